@@ -1,0 +1,1 @@
+"""Shipped presets (TOML data), installed as the ``srtool.presets`` package so they travel with a wheel."""

@@ -1,0 +1,50 @@
+"""Atomic file writes: a final name never points at a half-written file.
+
+Everything srtool writes (images, checkpoints, manifests, tables) goes through :func:`atomic_path`:
+the data is written to a hidden temporary file in the destination folder, flushed, and renamed over
+the final name with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted run
+leaves at most a ``.*.tmp`` file behind, never a truncated output under its real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it to ``final``, else delete it.
+
+    ``suffix`` defaults to the final suffix, so writers that pick a format from the extension
+    (PIL, numpy) still see the right one.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final.name}.", suffix=(suffix if suffix is not None else final.suffix) + ".tmp",
+        dir=final.parent,
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(final: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(final, text.encode("utf-8"))

@@ -1,0 +1,18 @@
+"""User-facing errors.
+
+A :class:`UserError` is something the user can fix (a missing file, a bad value). The CLI prints its
+message as one red line and exits with status 2; it never shows a traceback unless ``--debug`` is given.
+Library callers get an ordinary exception they can catch.
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error caused by the user's input; the message names the culprit (file, field or value)."""
+
+    exit_code = 2
+
+
+class NotLandedError(UserError):
+    """A subcommand whose implementation has not landed yet: it says so instead of pretending to work."""

@@ -1,0 +1,64 @@
+"""VGG-style discriminator of SRGAN (Ledig et al., 2017), also used by srtool's ESRGAN preset.
+
+``n_blocks`` 3x3 conv blocks, strides alternating 1, 2, 1, 2, ...; BatchNorm on every block but the
+first; LeakyReLU 0.2; channels start at ``base_channels`` and double every second block up to
+``max_channels`` (64, 64, 128, 128, 256, 256, 512, 512 for eight blocks). An adaptive average pool to
+``pool_size`` x ``pool_size`` lets it take any input at least as large as the training crop (the paper's
+fixed dense layer only takes 96x96). Then dense ``hidden``, LeakyReLU 0.2, dense 1. It returns raw
+logits: the loss applies the sigmoid (BCE-with-logits, or the relativistic average form).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+
+class DiscriminatorConfig(BaseModel):
+    """Hyperparameters of the VGG-style discriminator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["vgg_discriminator"] = Field("vgg_discriminator", description="Architecture name.")
+    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
+    n_blocks: int = Field(8, ge=2, le=16, description="Number of conv blocks (paper: 8).")
+    base_channels: int = Field(64, ge=8, le=512, description="Channels of the first two blocks.")
+    max_channels: int = Field(512, ge=8, le=2048, description="Channel cap as channels double every 2 blocks.")
+    pool_size: int = Field(6, ge=1, le=16, description="Adaptive average pool output side before the dense layers.")
+    hidden: int = Field(1024, ge=8, le=8192, description="Width of the hidden dense layer (paper: 1024).")
+
+    def channels(self) -> list[int]:
+        return [min(self.base_channels * 2 ** (i // 2), self.max_channels) for i in range(self.n_blocks)]
+
+    def min_input_size(self) -> int:
+        """Smallest input side that still leaves ``pool_size`` pixels after the stride-2 blocks."""
+        return self.pool_size * 2 ** (self.n_blocks // 2)
+
+
+class VGGDiscriminator(nn.Module):
+    def __init__(self, config: DiscriminatorConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        in_ch = config.in_channels
+        for i, out_ch in enumerate(config.channels()):
+            stride = 1 if i % 2 == 0 else 2
+            layers.append(nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=(i == 0)))
+            if i > 0:
+                layers.append(nn.BatchNorm2d(out_ch))
+            layers.append(nn.LeakyReLU(0.2, inplace=True))
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(config.pool_size)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_ch * config.pool_size**2, config.hidden),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(config.hidden, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x)))

@@ -1,0 +1,111 @@
+"""Reading state dicts safely, and srtool's own export format.
+
+Only two loaders ever touch a weights file: safetensors, and ``torch.load(weights_only=True)``,
+whose restricted unpickler refuses any pickle that would run code. A refused file is one clear
+error, never a traceback.
+
+An srtool export is a single ``.safetensors`` file whose header metadata carries, under the key
+``srtool``, a JSON document: the generator config (architecture and every hyperparameter, scale
+included), plus free-form provenance (preset, iterations, validation scores). A JSON copy of the
+same document is written beside it for people. Loading needs only the ``.safetensors`` file.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_path, write_text_atomic
+from ..errors import UserError
+
+EXPORT_FORMAT = "srtool-export/1"
+
+
+def read_state_dict(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint's top-level mapping without ever executing pickled code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise UserError(
+            f"{path}: refused to load: the pickle contains Python objects other than tensors and plain "
+            f"containers, which could run code ({first[:200]}). Convert it to .safetensors in a trusted environment."
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    return obj
+
+
+def read_export_metadata(path: str | Path) -> dict[str, Any] | None:
+    """The ``srtool`` metadata document of a safetensors file, or None if it is not an srtool export."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    if "srtool" not in meta:
+        return None
+    try:
+        doc = json.loads(meta["srtool"])
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: corrupt srtool metadata ({exc})") from None
+    if doc.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{path}: unsupported export format {doc.get('format')!r} (this srtool reads {EXPORT_FORMAT})")
+    return doc
+
+
+def save_export(path: str | Path, network: nn.Module, info: dict[str, Any] | None = None) -> Path:
+    """Write ``network`` (which must carry a pydantic ``config``) as an srtool export, atomically."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    doc = {
+        "format": EXPORT_FORMAT,
+        "srtool_version": __version__,
+        "generator": network.config.model_dump(),
+        **(info or {}),
+    }
+    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"srtool": json.dumps(doc, sort_keys=True)})
+    write_text_atomic(path.with_suffix(".json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def load_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network described by an srtool export and load its weights (strict)."""
+    from .registry import build_network, generator_config_from_dict
+
+    doc = read_export_metadata(path)
+    if doc is None:
+        raise UserError(f"{path}: a safetensors file without srtool metadata (not an srtool export)")
+    config = generator_config_from_dict(doc["generator"], source=str(path))
+    network = build_network(config)
+    state = read_state_dict(path)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise UserError(f"{path}: weights do not match its metadata ({str(exc).splitlines()[0]})") from None
+    return network.eval(), doc

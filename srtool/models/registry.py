@@ -1,0 +1,47 @@
+"""The explicit architecture registry: name -> (config class, network class).
+
+No import-time scanning: adding an architecture means one module and one line here. Configs are
+pydantic models whose ``arch`` field is the registry key, so a preset section or an export's
+metadata picks its architecture by name and validates every hyperparameter.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Union
+
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from torch import nn
+
+from ..errors import UserError
+from .discriminator import DiscriminatorConfig, VGGDiscriminator
+from .rrdbnet import RRDBNet, RRDBNetConfig
+from .srresnet import SRResNet, SRResNetConfig
+
+GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
+    "srresnet": (SRResNetConfig, SRResNet),
+    "rrdbnet": (RRDBNetConfig, RRDBNet),
+}
+DISCRIMINATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
+    "vgg_discriminator": (DiscriminatorConfig, VGGDiscriminator),
+}
+
+GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig], Field(discriminator="arch")]
+
+
+def build_network(config: BaseModel) -> nn.Module:
+    """Instantiate the network a config describes."""
+    arch = getattr(config, "arch", None)
+    for table in (GENERATORS, DISCRIMINATORS):
+        if arch in table:
+            return table[arch][1](config)
+    raise UserError(f"unknown architecture {arch!r}; known: {', '.join([*GENERATORS, *DISCRIMINATORS])}")
+
+
+def generator_config_from_dict(data: dict[str, Any], source: str = "config") -> BaseModel:
+    """Validate a generator config dict (from a preset, an export or a detector)."""
+    try:
+        return TypeAdapter(GeneratorConfig).validate_python(data)
+    except ValidationError as exc:
+        from ..config import format_validation_error
+
+        raise UserError(format_validation_error(exc, source)) from None

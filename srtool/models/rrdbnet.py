@@ -1,0 +1,105 @@
+"""RRDBNet, the generator of ESRGAN (Wang et al., ECCV Workshops 2018).
+
+Layout: 3x3 head conv; B Residual-in-Residual Dense Blocks, each three *distinct* dense blocks
+(five 3x3 convs with dense connections, growth ``g``, LeakyReLU 0.2, no BatchNorm) whose output is
+scaled by beta = 0.2 and added to its input, and the RRDB itself scaled by beta and added; a 3x3 conv
+closing the trunk, *added* to the head (global skip); nearest-neighbour x2 + conv + LeakyReLU,
+``log2(scale)`` times (one x3 stage for scale 3); 3x3 conv + LeakyReLU; 3x3 conv out.
+
+Three bugs of the study's snippet are absent by construction: the trunk is added to the head, not
+multiplied (``x * x1``); each RRDB owns three separate dense blocks (the snippet called one block three
+times, sharing weights); the number of upsampling stages comes from :func:`upsampling_factors`.
+
+Inputs and outputs are RGB in [0, 1], linear output.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from .srresnet import Scale, upsampling_factors
+
+
+class RRDBNetConfig(BaseModel):
+    """Hyperparameters of an RRDBNet generator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Literal["rrdbnet"] = Field("rrdbnet", description="Architecture name (RRDBNet, ESRGAN's generator).")
+    scale: Scale = Field(4, description="Upscaling factor.")
+    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
+    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
+    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
+    n_blocks: int = Field(23, ge=1, le=128, description="Number of RRDB blocks.")
+    growth: int = Field(32, ge=4, le=256, description="Growth channels of each dense block.")
+    res_scale: float = Field(0.2, gt=0, le=1, description="Residual scaling beta of dense blocks and RRDBs.")
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected 3x3 convs; output = input + res_scale * conv5(...)."""
+
+    def __init__(self, n_feats: int, growth: int, res_scale: float):
+        super().__init__()
+        self.res_scale = res_scale
+        self.conv1 = nn.Conv2d(n_feats, growth, 3, padding=1)
+        self.conv2 = nn.Conv2d(n_feats + growth, growth, 3, padding=1)
+        self.conv3 = nn.Conv2d(n_feats + 2 * growth, growth, 3, padding=1)
+        self.conv4 = nn.Conv2d(n_feats + 3 * growth, growth, 3, padding=1)
+        self.conv5 = nn.Conv2d(n_feats + 4 * growth, n_feats, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        act = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731
+        x1 = act(self.conv1(x))
+        x2 = act(self.conv2(torch.cat((x, x1), 1)))
+        x3 = act(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = act(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x + self.res_scale * x5
+
+
+class RRDB(nn.Module):
+    """Residual-in-Residual Dense Block: three distinct dense blocks and an outer scaled residual."""
+
+    def __init__(self, n_feats: int, growth: int, res_scale: float):
+        super().__init__()
+        self.res_scale = res_scale
+        self.rdb1 = ResidualDenseBlock(n_feats, growth, res_scale)
+        self.rdb2 = ResidualDenseBlock(n_feats, growth, res_scale)
+        self.rdb3 = ResidualDenseBlock(n_feats, growth, res_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.res_scale * self.rdb3(self.rdb2(self.rdb1(x)))
+
+
+class RRDBNet(nn.Module):
+    """RRDBNet generator; parameter names follow BasicSR's new layout (``conv_first``, ``body.N.rdbK``)."""
+
+    def __init__(self, config: RRDBNetConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.factors = upsampling_factors(c.scale)
+        self.conv_first = nn.Conv2d(c.in_channels, c.n_feats, 3, padding=1)
+        self.body = nn.Sequential(*[RRDB(c.n_feats, c.growth, c.res_scale) for _ in range(c.n_blocks)])
+        self.conv_body = nn.Conv2d(c.n_feats, c.n_feats, 3, padding=1)
+        for i, _ in enumerate(self.factors, start=1):  # conv_up1, conv_up2, ... as in BasicSR
+            self.add_module(f"conv_up{i}", nn.Conv2d(c.n_feats, c.n_feats, 3, padding=1))
+        self.conv_hr = nn.Conv2d(c.n_feats, c.n_feats, 3, padding=1)
+        self.conv_last = nn.Conv2d(c.n_feats, c.out_channels, 3, padding=1)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feat = self.conv_first(x)
+        feat = feat + self.conv_body(self.body(feat))
+        for i, factor in enumerate(self.factors, start=1):
+            conv = getattr(self, f"conv_up{i}")
+            feat = F.leaky_relu(conv(F.interpolate(feat, scale_factor=factor, mode="nearest")), 0.2)
+        return self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
