@@ -89,6 +89,11 @@ class TrainSection(Strict):
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips that step (skip)."
     )
+    sync_batch_norm: bool = Field(
+        True,
+        description="Under DDP on CUDA, convert BatchNorm to SyncBatchNorm (statistics over the global batch); "
+        "on the CPU (gloo) BatchNorm stays per rank.",
+    )
 
     @property
     def total_iters(self) -> int:

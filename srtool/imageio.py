@@ -8,12 +8,21 @@ orientation is applied so pixels are seen the way viewers show them. Every failu
 :func:`to_dataset_array` defines how datasets see an image (uint8, grayscale kept single-channel):
 16-bit -> 8-bit by rounding v/257; RGBA/LA -> alpha dropped; palette -> RGB (or L if the palette is
 gray); CMYK -> RGB by PIL's conversion; 1-bit -> L.
+
+:func:`read_image` / :func:`write_image` define how *upscale* sees an image, losing nothing:
+grayscale stays single-channel, alpha is kept (LA, RGBA; palette images become RGB or RGBA), 16-bit
+PNG and TIFF stay 16-bit (PIL reduces 16-bit colour to 8 bits, so those go through pypng and
+tifffile), EXIF orientation is applied to the pixels, and the ICC profile and the EXIF block (with
+its orientation tag removed) are carried to the output.
 """
 
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,32 +51,46 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
+def _read_source(source: str | Path | bytes) -> tuple[bytes, str]:
     label = "<stdin>" if isinstance(source, bytes) else str(source)
+    if isinstance(source, bytes):
+        return source, label
     try:
-        fp = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+        return Path(source).read_bytes(), label
     except OSError as exc:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or exc})") from None
-    with fp:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                img = Image.open(fp)
-                width, height = img.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ImageReadError(
-                        f"{label}: {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
-                        f"{max_pixels / 1e6:.1f} (possible decompression bomb; raise it with --max-pixels)"
-                    )
-                img.load()
-                img = ImageOps.exif_transpose(img)
-        except ImageReadError:
-            raise
-        except UnidentifiedImageError:
-            raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise ImageReadError(f"{label}: corrupt or truncated image ({exc})") from None
+
+
+def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
+    """PIL-open from bytes and refuse it from the header if it has too many pixels."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{label}: corrupt or truncated image ({exc})") from None
+    width, height = img.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(
+            f"{label}: {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
+            f"{max_pixels / 1e6:.1f} (possible decompression bomb; raise it with --max-pixels)"
+        )
+    return img
+
+
+def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
+    data, label = _read_source(source)
+    img = _open_checked(data, label, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img.load()
+            img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{label}: corrupt or truncated image ({exc})") from None
     return img
 
 
@@ -104,3 +127,287 @@ def write_png(path: str | Path, array: np.ndarray, compress_level: int = 6) -> N
         img = Image.fromarray(np.ascontiguousarray(array))
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG", compress_level=compress_level)
+
+
+# ----------------------------------------------------------------------- lossless I/O for upscale
+
+ORIENTATION_TAG = 0x0112
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp", "MPO": "jpg"}
+
+
+@dataclass
+class DecodedImage:
+    """Pixels as the viewer shows them, plus what an output should carry over.
+
+    ``array``: uint8 or uint16, (H, W) grayscale or (H, W, C) with C = 2 (LA), 3 (RGB), 4 (RGBA).
+    ``exif``: the EXIF block with the orientation tag removed (it is applied to ``array``).
+    ``format``: srtool's name of the source format (png, jpg, webp, tiff, bmp) or None.
+    """
+
+    array: np.ndarray
+    icc_profile: bytes | None = None
+    exif: bytes | None = None
+    format: str | None = None
+
+
+def format_for_suffix(suffix: str) -> str | None:
+    return _SUFFIX_FORMATS.get(suffix.lower())
+
+
+def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1..8) to an (H, W[, C]) array, as ``ImageOps.exif_transpose`` does."""
+    a = array
+    ops = {
+        2: lambda: a[:, ::-1], 3: lambda: a[::-1, ::-1], 4: lambda: a[::-1],
+        5: lambda: a.swapaxes(0, 1), 6: lambda: np.rot90(a, -1), 7: lambda: a.swapaxes(0, 1)[::-1, ::-1],
+        8: lambda: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(ops[orientation]()) if orientation in ops else array
+
+
+def array_from_pil(img: Image.Image) -> np.ndarray:
+    """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W)."""
+    mode = img.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        return np.asarray(img).astype(np.uint16)
+    if mode == "I":
+        arr = np.asarray(img)
+        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+            raise ValueError("32-bit integer image with values outside 0..65535")
+        return arr.astype(np.uint16)
+    if mode == "F":
+        raise ValueError("32-bit float images are not supported")
+    if mode in ("1", "L"):
+        return np.asarray(img.convert("L"))
+    if mode in ("LA", "La"):
+        return np.asarray(img.convert("LA"))
+    if mode in ("P", "PA"):
+        has_alpha = mode == "PA" or "transparency" in img.info
+        return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
+    if mode in ("RGBA", "RGBa"):
+        return np.asarray(img.convert("RGBA"))
+    return np.asarray(img.convert("RGB"))
+
+
+def pil_from_array(array: np.ndarray) -> Image.Image:
+    """Inverse of :func:`array_from_pil` (PIL has no 16-bit colour modes: those raise ValueError)."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype == np.uint16 and array.ndim != 2:
+        raise ValueError("PIL cannot hold 16-bit colour images; use srtool.imageio.write_image")
+    if array.dtype in (np.float32, np.float64):
+        if array.ndim != 2:
+            raise ValueError("PIL holds float images only as single-channel 'F'")
+        array = array.astype(np.float32)
+    elif array.dtype != np.uint16:
+        array = array.astype(np.uint8, copy=False)
+    return Image.fromarray(np.ascontiguousarray(array))  # L, LA, RGB, RGBA, I;16 or F, inferred
+
+
+def _png_header(data: bytes) -> tuple[int, int] | None:
+    """(bit depth, colour type) of a PNG, or None if ``data`` is not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return data[24], data[25]
+
+
+def _read_png16_colour(data: bytes) -> np.ndarray:
+    import png  # pypng: PIL reduces 16-bit colour PNGs to 8 bits
+
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    arr = np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(height, width, info["planes"])
+    return arr[..., 0] if info["planes"] == 1 else arr
+
+
+def _read_tiff16_colour(data: bytes) -> np.ndarray:
+    import tifffile  # PIL reduces 16-bit colour TIFFs to 8 bits
+
+    arr = tifffile.imread(io.BytesIO(data), key=0)
+    if arr.ndim == 3 and arr.shape[0] in (2, 3, 4) and arr.shape[2] not in (2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)
+    return np.ascontiguousarray(arr.astype(np.uint16))
+
+
+def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode an image for upscaling without losing depth, alpha, ICC or EXIF. Raises :class:`ImageReadError`."""
+    data, label = _read_source(source)
+    img = _open_checked(data, label, max_pixels)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            exif = img.getexif()
+            orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
+            icc = img.info.get("icc_profile") or None
+            fmt = _PIL_FORMATS.get(img.format or "")
+            header = _png_header(data)
+            bits = img.tag_v2.get(258) if img.format == "TIFF" else None
+            if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+                array = _read_png16_colour(data)
+            elif bits is not None and (bits if isinstance(bits, tuple) else (bits,))[0] == 16 and img.mode not in (
+                "I;16", "I;16L", "I;16B", "I;16N", "I"
+            ):
+                array = _read_tiff16_colour(data)
+            else:
+                img.load()
+                if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                    icc = None  # a CMYK/Lab profile does not describe the RGB pixels we produce
+                array = array_from_pil(img)
+    except ImageReadError:
+        raise
+    except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"{label}: corrupt, truncated or unsupported image ({exc})") from None
+    except Exception as exc:  # third-party decoders (pypng, tifffile) raise their own types
+        raise ImageReadError(f"{label}: cannot decode ({type(exc).__name__}: {exc})") from None
+    if orientation in range(2, 9):
+        array = apply_orientation(array, orientation)
+    return DecodedImage(array=array, icc_profile=icc, exif=_portable_exif(exif), format=fmt)
+
+
+# EXIF tags worth carrying to an output: descriptive IFD0 tags and the Exif/GPS sub-IFDs. Structural
+# tags (sizes, strips, compression, a TIFF writer's shape description) describe the *input* file and
+# would corrupt the output; orientation is dropped because it has been applied to the pixels.
+_PORTABLE_TAGS = (0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x011A, 0x011B, 0x0128, 0x010E)
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+
+
+def _portable_exif(exif: Image.Exif) -> bytes | None:
+    if not len(exif):
+        return None
+    out = Image.Exif()
+    for tag in _PORTABLE_TAGS:
+        value = exif.get(tag)
+        if value is None or (tag == 0x010E and str(value).startswith("{")):  # tifffile's JSON shape note
+            continue
+        out[tag] = value
+    for ifd in (_EXIF_IFD, _GPS_IFD):
+        sub = exif.get_ifd(ifd)
+        if sub:
+            out.get_ifd(ifd).update(sub)
+    return out.tobytes() if len(out) or any(out.get_ifd(i) for i in (_EXIF_IFD, _GPS_IFD)) else None
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+
+def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
+    """A 16-bit PNG of a uint16 (H, W[, C]) array (C = 1..4), rows with PNG's 'Up' filter."""
+    h, w = array.shape[:2]
+    c = 1 if array.ndim == 2 else array.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = np.ascontiguousarray(array, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
+    filtered = raw.copy()
+    filtered[1:] -= raw[:-1]  # 'Up' filter, modulo 256
+    rows = np.concatenate([np.full((h, 1), 2, np.uint8), filtered], axis=1)
+    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0))]
+    if icc_profile:
+        out.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+    if exif:
+        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    out += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _png_chunk(b"IEND", b"")]
+    return b"".join(out)
+
+
+def encode_png8(array: np.ndarray, compress_level: int = 1) -> bytes:
+    """A plain 8-bit PNG (no metadata) of a uint8 (H, W[, C]) array, C = 1..4, rows with PNG's 'Up' filter.
+
+    About twice as fast as PIL's encoder at the same zlib level for nearly the same size (PIL tries
+    every filter per row); ``srtool prepare`` writes its datasets with it (benchmarks/bench_prepare.py).
+    """
+    if array.dtype != np.uint8:
+        raise ValueError(f"encode_png8 takes uint8 arrays, got {array.dtype}")
+    h, w = array.shape[:2]
+    c = 1 if array.ndim == 2 else array.shape[2]
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    raw = np.ascontiguousarray(array).reshape(h, w * c)
+    rows = np.empty((h, w * c + 1), np.uint8)
+    rows[:, 0] = 2  # 'Up' filter
+    rows[0, 1:] = raw[0]
+    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])  # modulo 256
+    return b"".join([
+        b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour_type, 0, 0, 0)),
+        _png_chunk(b"IDAT", zlib.compress(rows.data, compress_level)), _png_chunk(b"IEND", b""),
+    ])
+
+
+def _to_8bit(array: np.ndarray) -> np.ndarray:
+    if array.dtype == np.uint16:
+        return np.floor(array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
+    return array
+
+
+def _flatten_alpha(array: np.ndarray) -> np.ndarray:
+    """Composite over white (for formats without alpha)."""
+    if array.ndim == 3 and array.shape[2] in (2, 4):
+        colour, alpha = array[..., :-1].astype(np.float64), array[..., -1:].astype(np.float64) / 255.0
+        return np.floor(colour * alpha + 255.0 * (1 - alpha) + 0.5).astype(np.uint8)
+    return array
+
+
+def encode_image(
+    array: np.ndarray, fmt: str, quality: int = 95, icc_profile: bytes | None = None, exif: bytes | None = None,
+) -> bytes:
+    """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp).
+
+    PNG and TIFF keep 16 bits; JPEG, WebP and BMP are 8-bit (16-bit input is rounded v/257); JPEG
+    and BMP have no alpha, so alpha images are composited over white. ICC and EXIF are embedded
+    where the format allows (16-bit colour TIFF keeps the ICC profile but not EXIF).
+    """
+    if fmt not in OUTPUT_FORMATS:
+        raise UserError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    extra: dict = {}
+    if icc_profile:
+        extra["icc_profile"] = icc_profile
+    if exif:
+        extra["exif"] = exif
+    buf = io.BytesIO()
+    if fmt == "png":
+        if array.dtype == np.uint16 and array.ndim == 3:
+            return encode_png16(array, icc_profile, exif)
+        pil_from_array(array).save(buf, format="PNG", compress_level=6, **extra)
+    elif fmt == "tiff":
+        if array.dtype == np.uint16 and array.ndim == 3:
+            import tifffile
+
+            photometric = "rgb" if array.shape[2] in (3, 4) else "minisblack"
+            extrasamples = ("unassalpha",) if array.shape[2] in (2, 4) else None
+            tifffile.imwrite(
+                buf, array, photometric=photometric, extrasamples=extrasamples, compression="zlib",
+                iccprofile=icc_profile, metadata=None,
+            )
+        else:
+            pil_from_array(array).save(buf, format="TIFF", compression="tiff_adobe_deflate", **extra)
+    else:
+        arr8 = _to_8bit(array)
+        if fmt in ("jpg", "bmp"):
+            arr8 = _flatten_alpha(arr8)
+        if fmt == "webp" and arr8.ndim == 2:
+            arr8 = np.repeat(arr8[..., None], 3, axis=2)
+        if fmt == "webp" and arr8.ndim == 3 and arr8.shape[2] == 2:
+            arr8 = np.concatenate([np.repeat(arr8[..., :1], 3, axis=2), arr8[..., 1:]], axis=2)
+        img = pil_from_array(arr8)
+        if fmt == "jpg":
+            img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **extra)
+        elif fmt == "webp":
+            img.save(buf, format="WEBP", quality=quality, **extra)
+        else:
+            img.save(buf, format="BMP")
+    return buf.getvalue()
+
+
+def write_image(
+    path: str | Path, array: np.ndarray, fmt: str | None = None, quality: int = 95,
+    icc_profile: bytes | None = None, exif: bytes | None = None,
+) -> None:
+    """Encode (see :func:`encode_image`; format from the suffix by default) and write atomically."""
+    path = Path(path)
+    fmt = fmt or format_for_suffix(path.suffix)
+    if fmt is None:
+        raise UserError(f"{path}: cannot tell the output format from the suffix {path.suffix!r}")
+    data = encode_image(array, fmt, quality, icc_profile, exif)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

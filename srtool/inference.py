@@ -1,15 +1,43 @@
-"""Models for inference: loading by name/path, and running them on images.
+"""Models for inference: loading by name or path, and the one tiled engine that runs them.
 
-FOUNDATION SKELETON: the upscale issue replaces ``run_network`` with the tiled engine and extends
-``load_model`` to run directories and third-party checkpoints; eval and upscale both go through here.
+Every network forward of eval, train's validation and upscale goes through :func:`upscale_array`:
+
+* **Tiles.** The LR image is cut into a grid of at most ``tile`` x ``tile`` cores (balanced: equal
+  sizes, no thin remainder), each read with ``tile_pad`` pixels of context around it (clipped at the
+  image border). When tiles are batched (GPU) all windows get the same shape: border windows shift
+  inwards instead of shrinking. ``tile=None`` picks the largest tile the free memory allows.
+* **Blending.** Neighbouring tiles cross-fade with a raised-cosine ramp ``tile_pad`` LR pixels wide,
+  centred on the core boundary, so no pixel with less than ``tile_pad / 2`` pixels of context gets any
+  weight and there is no seam. The 1-D weights of a tile are 1 on every side that faces the image
+  border (nothing to blend with there), so borders are never darkened; the weights of overlapping
+  tiles sum to one. Tiles are folded into a running *weighted mean* (``mean += w / W * (y - mean)``):
+  where overlapping tiles agree bit for bit the mean is exactly their value, which is why, once
+  ``tile_pad / 2`` covers the network's receptive field, tiled output equals untiled output pixel
+  for pixel (tested).
+* **Memory.** The uint8/uint16 output canvas is the only image-sized buffer. Tile outputs are
+  accumulated in float32 in a strip one tile row high; rows no later tile can touch are converted and
+  written to the canvas, and the strip moves on. On very wide images tiles get shorter so the strip
+  stays within ``STRIP_BUDGET`` (or half the canvas). Peak memory is bounded by the tile and the
+  canvas, never by a float copy of the image.
+* **Devices and precision.** ``device="auto"`` picks cuda, then mps, then cpu. ``precision="auto"``
+  is fp16 on CUDA and fp32 elsewhere; bf16 is opt-in on CPUs (fast with AVX512-BF16/AMX). On CPU the
+  network runs channels_last, which lets oneDNN skip a layout reorder around every convolution. On an
+  out-of-memory error the image is restarted with half the batch, then half the tile.
+* **Channels.** Grayscale stays single-channel (replicated to RGB for the network, the three output
+  channels averaged back). Alpha (LA, RGBA): colour is premultiplied by alpha before SR and divided by
+  the upscaled alpha afterwards, so transparent pixels' colour cannot bleed into halos; alpha is
+  upscaled by the network (``alpha="model"``) or by MATLAB bicubic (``alpha="bicubic"``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -19,6 +47,14 @@ from .errors import UserError
 from .resize import imresize
 
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+ALPHA_MODES = ("model", "bicubic")
+MIN_TILE = 16
+STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 def sha256_file(path: Path) -> str:
@@ -29,9 +65,67 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# ------------------------------------------------------------------------------ device and precision
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device: unknown device {name!r}; use one of {', '.join(DEVICES)}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps: Apple Metal (MPS) is not available on this machine")
+    return dev
+
+
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with AVX512-BF16 or AMX, where bf16 convolutions are fast (Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> fp16 on CUDA (tensor cores, half the memory), fp32 on CPU and MPS."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
+    return precision
+
+
+def prepare_network(network: nn.Module, device: torch.device, precision: str) -> nn.Module:
+    """Inference-ready copy: eval mode, no grads, on ``device`` in ``precision``, channels_last."""
+    network = network.eval().requires_grad_(False).to(device=device, dtype=_DTYPES[precision])
+    if device.type in ("cpu", "cuda"):
+        network = network.to(memory_format=torch.channels_last)
+    return network
+
+
+# ------------------------------------------------------------------------------------------ SRModel
+
+
 @dataclass
 class SRModel:
-    """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity."""
+    """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity.
+
+    ``tile`` (LR pixels, None = from free memory), ``tile_pad`` and ``alpha`` set how
+    :func:`upscale_array` runs it; ``precision`` is the resolved one (fp32, fp16 or bf16).
+    """
 
     name: str
     scale: int
@@ -40,6 +134,10 @@ class SRModel:
     source: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    precision: str = "fp32"
+    tile: int | None = None
+    tile_pad: int = DEFAULT_TILE_PAD
+    alpha: str = "model"
 
     @property
     def is_bicubic(self) -> bool:
@@ -47,27 +145,389 @@ class SRModel:
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         """Upscale an (H, W[, C]) uint8/uint16/float array; returns the same dtype."""
-        if self.network is None:
-            return imresize(image, float(self.scale))
-        return run_network(self, image)
+        return upscale_array(self, image)
 
 
-def run_network(model: SRModel, image: np.ndarray) -> np.ndarray:
-    """Untiled forward (skeleton): float in [0, 1] through the network, clamped, cast back."""
-    dtype = image.dtype
-    peak = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(dtype, 1.0)
-    arr = image.astype(np.float32) / peak
-    gray = arr.ndim == 2
-    if gray:
-        arr = np.repeat(arr[..., None], 3, axis=2)
-    x = torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))[None].to(model.device)
-    with torch.inference_mode():
-        y = model.network(x).clamp_(0, 1)[0].float().cpu().numpy().transpose(1, 2, 0)
-    if gray:
-        y = y.mean(axis=2)
-    if peak == 1.0:
-        return y.astype(dtype)
-    return np.floor(y * peak + 0.5).astype(dtype)
+# ------------------------------------------------------------------------------------- tile geometry
+
+
+@dataclass(frozen=True)
+class AxisTile:
+    """One tile along one axis: its core [core0, core1) and the window [win0, win1) the network sees."""
+
+    core0: int
+    core1: int
+    win0: int
+    win1: int
+
+
+def axis_tiles(length: int, tile: int, pad: int, uniform: bool = False) -> list[AxisTile]:
+    """Balanced tiling of one axis: n = ceil(length / tile) equal cores with ``pad`` of context.
+
+    Windows are clipped at the image border (no wasted context there). With ``uniform`` every window
+    has the same size instead (border windows shift inwards), so tiles stack into one GPU batch.
+    """
+    n = max(1, math.ceil(length / max(tile, 1)))
+    bounds = [round(k * length / n) for k in range(n + 1)]
+    size = min(length, max(b1 - b0 for b0, b1 in zip(bounds, bounds[1:])) + 2 * pad)
+    tiles = []
+    for b0, b1 in zip(bounds, bounds[1:]):
+        if uniform:
+            win0 = min(max(b0 - pad, 0), length - size)
+            tiles.append(AxisTile(b0, b1, win0, win0 + size))
+        else:
+            tiles.append(AxisTile(b0, b1, max(b0 - pad, 0), min(b1 + pad, length)))
+    return tiles
+
+
+def _ramp(t: np.ndarray) -> np.ndarray:
+    """Raised cosine from 0 (t <= 0) to 1 (t >= 1)."""
+    return 0.5 - 0.5 * np.cos(np.pi * np.clip(t, 0.0, 1.0))
+
+
+def axis_weights(tiles: list[AxisTile], k: int, scale: int, half_width: float) -> np.ndarray:
+    """Blend weights of tile ``k`` over its window in output pixels (float64).
+
+    Output pixel x sits at LR coordinate u = (x + 0.5) / scale. Across each inner core boundary b
+    the weight ramps over [b - half_width, b + half_width]; sides facing the image border stay 1.
+    """
+    t = tiles[k]
+    u = (np.arange(t.win0 * scale, t.win1 * scale, dtype=np.float64) + 0.5) / scale
+    w = np.ones_like(u)
+    if k > 0:
+        b = tiles[k].core0
+        w *= _ramp((u - (b - half_width)) / (2 * half_width)) if half_width > 0 else (u >= b)
+    if k < len(tiles) - 1:
+        b = tiles[k].core1
+        w *= 1.0 - (_ramp((u - (b - half_width)) / (2 * half_width)) if half_width > 0 else (u >= b))
+    return w
+
+
+def blend_half_width(tiles: list[AxisTile], pad: int) -> float:
+    """Half-width of the cross-fade: pad / 2, but never wider than half the smallest core."""
+    smallest = min(t.core1 - t.core0 for t in tiles)
+    return min(pad / 2.0, smallest / 2.0)
+
+
+# ------------------------------------------------------------------------------------ memory sizing
+
+
+def _network_feats(network: nn.Module) -> tuple[int, int]:
+    config = getattr(network, "config", None) or getattr(getattr(network, "network", None), "config", None)
+    return int(getattr(config, "n_feats", 64)), int(getattr(config, "growth", 0))
+
+
+def activation_bytes_per_pixel(network: nn.Module, scale: int, precision: str) -> int:
+    """Rough peak activation bytes per LR pixel: the widest LR tensors plus a few HR feature maps."""
+    feats, growth = _network_feats(network)
+    elem = 4 if precision == "fp32" else 2
+    return elem * ((feats + 4 * growth) * 4 + feats * scale * scale * 3) + 64 * scale * scale
+
+
+def available_memory(device: torch.device) -> int:
+    """Free bytes on ``device`` (CUDA: driver's free memory; CPU: MemAvailable)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def auto_tile(model: SRModel) -> tuple[int, int]:
+    """(tile, batch) from free memory: GPU up to 512 px x 16 tiles, CPU up to 512 px, one tile."""
+    per_px = activation_bytes_per_pixel(model.network, model.scale, model.precision)
+    free = available_memory(model.device)
+    budget = free * 0.6 if model.device.type == "cuda" else min(free * 0.25, 4 << 30)
+    fit = int(math.sqrt(max(budget, 0) / per_px)) - 2 * model.tile_pad
+    tile = max(MIN_TILE, min(512, fit // 16 * 16))
+    batch = 1
+    if model.device.type == "cuda":
+        batch = int(max(1, min(16, budget // (per_px * (tile + 2 * model.tile_pad) ** 2))))
+    return tile, batch
+
+
+# ------------------------------------------------------------------------------------- the engine
+
+
+def _float_planes(image: np.ndarray) -> np.ndarray:
+    peak = _PEAKS.get(image.dtype)
+    arr = image.astype(np.float32)
+    return arr / np.float32(peak) if peak else arr
+
+
+def _finish(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Clamp to [0, 1]; integer types: scale, round half up, cast (multi-threaded through torch)."""
+    peak = _PEAKS.get(np.dtype(dtype))
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).clamp(0.0, 1.0)
+    if peak is None:
+        return t.numpy().astype(dtype, copy=False)
+    t.mul_(peak).add_(0.5).floor_()
+    return t.to(torch.uint8).numpy() if peak == 255.0 else t.to(torch.int32).numpy().astype(np.uint16)
+
+
+class _Plan:
+    """How image channels map to network passes: colour group (+ alpha group) -> batch items."""
+
+    def __init__(self, channels: int, alpha_mode: str, net_in: int, net_out: int):
+        self.has_alpha = channels in (2, 4)
+        self.colour = channels - 1 if self.has_alpha else channels
+        self.alpha_by_model = self.has_alpha and alpha_mode == "model"
+        self.net_in, self.net_out = net_in, net_out
+        self.acc_channels = self.colour + (1 if self.alpha_by_model else 0)
+        for c in (self.colour, 1 if self.alpha_by_model else self.colour):
+            if not (c == net_in or (c == 1 and net_in == 3) or (c == 3 and net_in == 1)):
+                raise UserError(f"the model takes {net_in}-channel input; cannot feed a {c}-channel image")
+
+    def _to_net(self, planes: torch.Tensor) -> torch.Tensor:  # (n, c, h, w) -> network input
+        c = planes.shape[1]
+        if c == self.net_in:
+            return planes
+        if c == 1:
+            return planes.expand(-1, self.net_in, -1, -1)
+        return planes.reshape(-1, 1, *planes.shape[2:])  # 3 colour channels as three 1-channel items
+
+    def _from_net(self, out: torch.Tensor, c: int, n: int) -> torch.Tensor:
+        if self.net_in == 1 and c == 3:
+            return out.reshape(n, 3, *out.shape[2:])
+        if c == 1 and out.shape[1] != 1:  # gray through an RGB network: average the clamped channels
+            return out.float().clamp(0, 1).mean(dim=1, keepdim=True)
+        return out
+
+    def batch(self, tiles: list[np.ndarray]) -> tuple[torch.Tensor, int]:
+        """Float (h, w, C) tiles (premultiplied) -> one network batch, plus the tile count."""
+        arr = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)  # (n, C, h, w)
+        groups = [self._to_net(arr[:, : self.colour])]
+        if self.alpha_by_model:
+            groups.append(self._to_net(arr[:, self.colour :]))
+        return torch.cat(groups, 0), len(tiles)
+
+    def _items(self, c: int) -> int:
+        return 3 if (self.net_in == 1 and c == 3) else 1
+
+    def unbatch(self, out: torch.Tensor, n: int) -> np.ndarray:
+        """Network output batch -> (n, H, W, acc_channels) float32 on the CPU."""
+        k = n * self._items(self.colour)
+        parts = [self._from_net(out[:k], self.colour, n)]
+        if self.alpha_by_model:
+            parts.append(self._from_net(out[k:], 1, n))
+        return torch.cat(parts, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in str(exc).lower() or "can't allocate memory" in str(exc).lower()
+    )
+
+
+def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -> np.ndarray:
+    """Upscale an (H, W) or (H, W, C) array (C = 1..4; uint8, uint16 or float in [0, 1]) by ``model``.
+
+    Returns the same dtype and channel count. The bicubic model is MATLAB ``imresize`` on all
+    channels (integer images rounded after each pass, exactly as MATLAB does).
+    """
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
+        raise UserError(f"expected an (H, W) or (H, W, C<=4) image array, got shape {image.shape}")
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise UserError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32/float64 in [0, 1]")
+    if min(image.shape[:2]) < 1:
+        raise UserError(f"empty image of shape {image.shape}")
+    if model.is_bicubic:
+        return imresize(image, float(model.scale))
+    alpha_mode = alpha or model.alpha
+    if alpha_mode not in ALPHA_MODES:
+        raise UserError(f"--alpha: unknown mode {alpha_mode!r}; use one of {', '.join(ALPHA_MODES)}")
+    squeeze = image.ndim == 2
+    img3 = image[..., None] if squeeze else image
+    tile, batch = (model.tile, 1) if model.tile else auto_tile(model)
+    if model.tile and model.device.type == "cuda":
+        batch = auto_tile(model)[1]
+    while True:
+        try:
+            out = _run_tiled(model, img3, alpha_mode, tile, batch)
+            break
+        except Exception as exc:  # noqa: BLE001 -- only out-of-memory is retried
+            if not _is_oom(exc):
+                raise
+            if model.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if batch > 1:
+                batch //= 2
+            elif tile > MIN_TILE:
+                tile = max(MIN_TILE, tile // 2)
+            else:
+                raise UserError(
+                    f"out of memory even with {MIN_TILE}-pixel tiles on {model.device}; "
+                    "free memory or use --device cpu"
+                ) from None
+            print(f"notice: out of memory; retrying with tile {tile}, batch {batch}", file=sys.stderr)
+    return out[..., 0] if squeeze else out
+
+
+def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int) -> np.ndarray:
+    """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
+    network, s = model.network, model.scale
+    h, w, channels = image.shape
+    net_in = _first_conv_channels(network)
+    plan = _Plan(channels, alpha_mode, net_in, net_in)
+    dtype = image.dtype if image.dtype != np.float64 else np.dtype(np.float32)
+    out = np.empty((h * s, w * s, channels), dtype=dtype)
+    pad = max(0, int(model.tile_pad))
+    # The float strip spans the full output width; on very wide images the tiles get shorter so that
+    # the strip stays within STRIP_BUDGET (or half the output canvas, if that is larger).
+    row_bytes = s * (w * s) * 4 * (plan.acc_channels + 1)
+    budget = max(STRIP_BUDGET, min(4 * STRIP_BUDGET, out.nbytes // 2))
+    tile_h = max(MIN_TILE, min(tile, int(budget // row_bytes) - pad))
+    rows, cols = axis_tiles(h, tile_h, pad, uniform=batch > 1), axis_tiles(w, tile, pad, uniform=batch > 1)
+    hw_r, hw_c = blend_half_width(rows, pad), blend_half_width(cols, pad)
+    col_weights = [axis_weights(cols, j, s, hw_c).astype(np.float32) for j in range(len(cols))]
+    bicubic_alpha = None
+    if plan.has_alpha and not plan.alpha_by_model:
+        bicubic_alpha = _finish_alpha_plane(imresize(image[..., -1], float(s)), image.dtype)
+    net_dtype = _DTYPES[model.precision]
+    mem_format = torch.channels_last if model.device.type in ("cpu", "cuda") else torch.contiguous_format
+
+    def forward(tiles: list[np.ndarray]) -> np.ndarray:
+        x, n = plan.batch(tiles)
+        x = x.to(model.device, dtype=net_dtype).contiguous(memory_format=mem_format)
+        with torch.inference_mode():
+            y = network(x)
+        return plan.unbatch(y, n)
+
+    row_weights = [axis_weights(rows, i, s, hw_r).astype(np.float32) for i in range(len(rows))]
+    row_spans = [_nonzero_span(rt, wts, s) for rt, wts in zip(rows, row_weights)]
+    strip = _Strip(width=w * s, channels=plan.acc_channels, capacity=max(b - a for a, b in row_spans))
+
+    def sink(r0: int, values: np.ndarray) -> None:
+        _write_rows(out, r0, values, plan, bicubic_alpha, dtype)
+
+    for i, rt in enumerate(rows):
+        y0, y1 = row_spans[i]
+        wy = row_weights[i][y0 - rt.win0 * s : y1 - rt.win0 * s]
+        strip.extend_to(y1)
+        window_rows = _float_planes(image[rt.win0 : rt.win1])
+        if plan.has_alpha:  # premultiply colour by alpha
+            window_rows[..., : plan.colour] *= window_rows[..., plan.colour :]
+        for j0 in range(0, len(cols), batch):
+            group = cols[j0 : j0 + batch]
+            outs = forward([window_rows[:, ct.win0 : ct.win1] for ct in group])
+            for k, ct in enumerate(group):
+                wx = col_weights[j0 + k]
+                x0, x1 = _nonzero_span(ct, wx, s)
+                tile_out = outs[k][y0 - rt.win0 * s : y1 - rt.win0 * s, x0 - ct.win0 * s : x1 - ct.win0 * s]
+                strip.add(y0, x0, tile_out, wy, wx[x0 - ct.win0 * s : x1 - ct.win0 * s])
+        done = row_spans[i + 1][0] if i + 1 < len(rows) else h * s  # rows no later tile row touches
+        strip.release(done, sink)
+    return out
+
+
+def _nonzero_span(t: AxisTile, weights: np.ndarray, scale: int) -> tuple[int, int]:
+    """Output-pixel range [a, b) where a tile's weights are non-zero."""
+    nz = np.flatnonzero(weights)
+    return t.win0 * scale + int(nz[0]), t.win0 * scale + int(nz[-1]) + 1
+
+
+def _first_conv_channels(network: nn.Module) -> int:
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+def _finish_alpha_plane(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    peak = _PEAKS.get(np.dtype(dtype))
+    return alpha.astype(np.float32) / np.float32(peak) if peak else np.clip(alpha.astype(np.float32), 0, 1)
+
+
+def _write_rows(out: np.ndarray, r0: int, values: np.ndarray, plan: _Plan, bicubic_alpha, dtype) -> None:
+    """Finished float rows -> output canvas, un-premultiplying colour when there is alpha.
+
+    Colour is divided by the model's float alpha (exact straight colour where the premultiplied
+    value was exact); with ``alpha="bicubic"`` by the MATLAB-bicubic alpha that is written out.
+    """
+    r1 = r0 + values.shape[0]
+    if not plan.has_alpha:
+        out[r0:r1] = _finish(values, dtype)
+        return
+    if plan.alpha_by_model:
+        a = np.clip(values[..., plan.colour :], 0.0, 1.0)
+        alpha_q = _finish(a, dtype)
+    else:
+        a = bicubic_alpha[r0:r1, :, None]
+        alpha_q = _finish(a, dtype)
+    colour = np.divide(values[..., : plan.colour], a, out=np.zeros_like(values[..., : plan.colour]), where=a > 0)
+    out[r0:r1, :, : plan.colour] = _finish(colour, dtype)
+    out[r0:r1, :, plan.colour :] = alpha_q
+
+
+class _Strip:
+    """Float32 running weighted mean over a band of output rows [top, bottom), in a fixed buffer.
+
+    A tile's weights are separable (``wy`` x ``wx``). Where both are 1 no other tile contributes, so
+    the values are copied; only the cross-fade frame around it takes the running-mean update.
+    """
+
+    def __init__(self, width: int, channels: int, capacity: int):
+        self.mean = np.zeros((capacity, width, channels), np.float32)
+        self.wsum = np.zeros((capacity, width), np.float32)
+        self.top = self.bottom = 0
+
+    def extend_to(self, bottom: int) -> None:
+        if bottom > self.bottom:
+            a, b = self.bottom - self.top, bottom - self.top
+            self.mean[a:b] = 0
+            self.wsum[a:b] = 0
+            self.bottom = bottom
+
+    def add(self, y0: int, x0: int, values: np.ndarray, wy: np.ndarray, wx: np.ndarray) -> None:
+        r0 = y0 - self.top
+        ones_y, ones_x = np.flatnonzero(wy == 1), np.flatnonzero(wx == 1)
+        if ones_y.size and ones_x.size:
+            ya, yb, xa, xb = int(ones_y[0]), int(ones_y[-1]) + 1, int(ones_x[0]), int(ones_x[-1]) + 1
+        else:
+            ya = yb = xa = xb = 0
+        if yb > ya and xb > xa:
+            self.mean[r0 + ya : r0 + yb, x0 + xa : x0 + xb] = values[ya:yb, xa:xb]
+            self.wsum[r0 + ya : r0 + yb, x0 + xa : x0 + xb] = 1
+        h, w = values.shape[:2]
+        frame = [(0, ya, 0, w), (yb, h, 0, w), (ya, yb, 0, xa), (ya, yb, xb, w)] if yb > ya and xb > xa else [(0, h, 0, w)]
+        for a, b, c, d in frame:
+            if b > a and d > c:
+                self._blend(r0 + a, x0 + c, values[a:b, c:d], wy[a:b, None] * wx[None, c:d])
+
+    def _blend(self, r: int, c: int, values: np.ndarray, weight: np.ndarray) -> None:
+        """mean += w / (W + w) * (v - mean): exact where the tiles agree."""
+        h, w = weight.shape
+        wsum = self.wsum[r : r + h, c : c + w]
+        mean = self.mean[r : r + h, c : c + w]
+        wsum += weight
+        frac = np.divide(weight, wsum, out=np.zeros_like(weight), where=weight > 0)
+        mean += frac[..., None] * (values - mean)
+
+    def release(self, upto: int, sink: Callable[[int, np.ndarray], None]) -> None:
+        """Hand finished rows [top, upto) to ``sink``, then move the rest of the band to the buffer top."""
+        upto = min(upto, self.bottom)
+        n = upto - self.top
+        if n > 0:
+            sink(self.top, self.mean[:n])
+        keep = self.bottom - upto
+        if keep > 0:
+            self.mean[:keep] = self.mean[n : n + keep].copy()
+            self.wsum[:keep] = self.wsum[n : n + keep].copy()
+        self.top = upto
+
+
+# ------------------------------------------------------------------------------------------ loading
 
 
 def bicubic_model(scale: int = 4) -> SRModel:
@@ -79,33 +539,95 @@ def bundled_model_path() -> Path | None:
     return candidates[0] if candidates else None
 
 
-def load_model(spec: str | Path = "default", device: str = "cpu", scale: int = 4) -> SRModel:
-    """``default`` (bundled model, bicubic until one ships), ``bicubic``, or an srtool export file."""
-    from .models.export import load_export
+def run_directory_export(path: Path) -> Path | None:
+    """A training run directory's export: exports/best.safetensors, else exports/last.safetensors."""
+    for name in ("best.safetensors", "last.safetensors"):
+        candidate = path / "exports" / name
+        if candidate.is_file():
+            return candidate
+    return None
 
+
+def load_model(
+    spec: str | Path = "default",
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    tile: int | None = None,
+    tile_pad: int | None = None,
+    scale: int | None = None,
+    alpha: str = "model",
+    notice: Callable[[str], None] | None = None,
+) -> SRModel:
+    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, or a
+    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet).
+
+    ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error.
+    ``notice`` receives one-line notices (default: printed to stderr).
+    """
+    from .checkpoints import load_checkpoint
+    from .models.export import load_export, read_export_metadata
+
+    say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
+    if tile is not None and tile < MIN_TILE:
+        raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
+    if tile_pad is not None and tile_pad < 0:
+        raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
+    if alpha not in ALPHA_MODES:
+        raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
+    if scale is not None and scale not in (2, 3, 4, 8):
+        raise UserError(f"--scale: unsupported value {scale}; supported: 2, 3, 4, 8")
     spec_str = str(spec)
     if spec_str == "bicubic":
-        return bicubic_model(scale)
+        return bicubic_model(scale or 4)
     if spec_str == "default":
         path = bundled_model_path()
         if path is None:
-            return bicubic_model(scale)
+            model = bicubic_model(scale or 4)
+            model.info["notice"] = "no bundled model ships with this srtool yet: using MATLAB bicubic"
+            say(model.info["notice"])
+            return model
         spec = path
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if not path.exists():
-        raise UserError(f"model not found: {spec_str} (use 'default', 'bicubic' or a model file)")
-    network, doc = load_export(path)
+        raise UserError(
+            f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory or a checkpoint file)"
+        )
+    if path.is_dir():
+        export = run_directory_export(path)
+        if export is None:
+            raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
+        path = export
+    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
+        network, info = load_export(path)
+        info = {"layout": "srtool export", **info}
+    else:
+        network, info = load_checkpoint(path, scale_hint=scale)
+    net_scale = int(getattr(network, "scale"))
+    if scale is not None and scale != net_scale:
+        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+        say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
     return SRModel(
-        name=path.stem, scale=network.scale, network=network.to(device), identity=sha256_file(path),
-        source=str(path), info=doc, device=torch.device(device),
+        name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
+        scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
+        source=str(path), info=info, device=dev, precision=prec, tile=tile,
+        tile_pad=DEFAULT_TILE_PAD if tile_pad is None else tile_pad, alpha=alpha,
     )
 
 
-def upscale_image(model: SRModel, image):
-    """Upscale a PIL image or numpy array with ``model``; returns the same type."""
+def upscale_image(model: SRModel, image, alpha: str | None = None):
+    """Upscale a PIL image or numpy array with ``model``; returns the same type.
+
+    PIL images keep their mode family: L stays L, LA stays LA, RGB(A) stays RGB(A), palette images
+    come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit.
+    """
     from PIL import Image
 
+    from .imageio import array_from_pil, pil_from_array
+
     if isinstance(image, Image.Image):
-        arr = np.asarray(image.convert("RGB") if image.mode not in ("L", "RGB") else image)
-        return Image.fromarray(model(arr))
-    return model(np.asarray(image))
+        arr = array_from_pil(image)
+        return pil_from_array(upscale_array(model, arr, alpha=alpha))
+    return upscale_array(model, np.asarray(image), alpha=alpha)

@@ -92,3 +92,15 @@ def test_non_integer_scale_and_float_input():
 def test_constant_image_stays_constant():
     img = np.full((40, 40, 3), 77, dtype=np.uint8)
     assert np.all(downscale(img, 4) == 77) and np.all(upscale(img, 4) == 77)
+
+
+@pytest.mark.parametrize("edge", ["replicate", "mirror"])
+def test_fast_path_matches_reference_across_column_tiles(edge):
+    # wider than one 1024-column tile in both passes, so tile borders are exercised (shrink and enlarge)
+    rng = np.random.default_rng(5 + (edge == "mirror"))
+    img = rng.integers(0, 256, size=(52, 1400, 3), dtype=np.uint8)
+    assert np.array_equal(downscale(img, 4, edge), reference_imresize(img, 0.25, (13, 350), edge))
+    small = rng.integers(0, 256, size=(23, 530, 3), dtype=np.uint8)
+    assert np.array_equal(upscale(small, 3, edge), reference_imresize(small, 3, (69, 1590), edge))
+    f = rng.random((40, 1100)) * 300 - 20  # float64: no rounding, no clipping
+    assert np.allclose(imresize(f, 0.5, edge=edge), reference_imresize(f, 0.5, (20, 550), edge), rtol=0, atol=1e-9)

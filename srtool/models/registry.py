@@ -14,18 +14,20 @@ from torch import nn
 
 from ..errors import UserError
 from .discriminator import DiscriminatorConfig, VGGDiscriminator
+from .msrresnet import MSRResNet, MSRResNetConfig
 from .rrdbnet import RRDBNet, RRDBNetConfig
 from .srresnet import SRResNet, SRResNetConfig
 
 GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "srresnet": (SRResNetConfig, SRResNet),
     "rrdbnet": (RRDBNetConfig, RRDBNet),
+    "msrresnet": (MSRResNetConfig, MSRResNet),
 }
 DISCRIMINATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "vgg_discriminator": (DiscriminatorConfig, VGGDiscriminator),
 }
 
-GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig], Field(discriminator="arch")]
+GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig, MSRResNetConfig], Field(discriminator="arch")]
 
 
 def build_network(config: BaseModel) -> nn.Module:

@@ -1,0 +1,71 @@
+"""Where prepared datasets live, and how a dataset *name* ("Set5") becomes a folder.
+
+Prepared datasets go to the user data dir (``platformdirs.user_data_dir("srtool")``), overridable with
+the environment variable ``SRTOOL_DATA_DIR``. ``srtool prepare benchmark HR --out $(data dir)/Set5``
+makes ``Set5`` resolvable by name for ``srtool eval``; ``srtool prepare div2k`` writes
+``DIV2K/train`` and ``DIV2K/valid`` there by default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..errors import UserError
+
+# name (lower case) -> (folder under the data dir, how to make it)
+_KNOWN = {
+    "set5": ("Set5", "srtool prepare benchmark SET5_HR_DIR --out {dir}"),
+    "set14": ("Set14", "srtool prepare benchmark SET14_HR_DIR --out {dir}"),
+    "b100": ("B100", "srtool prepare benchmark B100_HR_DIR --out {dir}"),
+    "bsd100": ("B100", "srtool prepare benchmark B100_HR_DIR --out {dir}"),
+    "urban100": ("Urban100", "srtool prepare benchmark URBAN100_HR_DIR --out {dir}"),
+    "div2k-valid": ("DIV2K/valid", "srtool prepare div2k"),
+    "div2k_valid": ("DIV2K/valid", "srtool prepare div2k"),
+    "div2k-train": ("DIV2K/train", "srtool prepare div2k"),
+    "div2k_train": ("DIV2K/train", "srtool prepare div2k"),
+}
+DATASET_NAMES: tuple[str, ...] = ("Set5", "Set14", "B100", "Urban100", "DIV2K-valid", "DIV2K-train")
+
+
+def data_dir() -> Path:
+    """srtool's data folder: ``$SRTOOL_DATA_DIR`` if set, else the platform's user data dir."""
+    override = os.environ.get("SRTOOL_DATA_DIR")
+    if override:
+        return Path(override).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("srtool", appauthor=False))
+
+
+def dataset_dir(name: str) -> Path | None:
+    """The data-dir folder a known dataset name maps to (whether or not it exists yet); None if unknown."""
+    known = _KNOWN.get(name.lower())
+    return data_dir() / known[0] if known else None
+
+
+def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
+    """Folder of a dataset given as a path (a folder with ``HR/``) or a known name (Set5, Set14, B100,
+    Urban100, DIV2K-valid, DIV2K-train, case-insensitive) prepared under :func:`data_dir`.
+
+    Raises :class:`UserError` naming the dataset and the command that prepares it. ``scale`` is used to
+    check for ``LR_bicubic/X{scale}`` only in the advice (the LR folder is optional: eval can make it).
+    """
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    known = _KNOWN.get(text.lower())
+    if known is None or (path.exists() and (path / "HR").is_dir()):
+        if not path.exists():
+            names = ", ".join(DATASET_NAMES)
+            raise UserError(f"dataset {text!r}: no such folder, and not a known dataset name ({names})")
+        if not (path / "HR").is_dir():
+            raise UserError(f"dataset {text!r}: folder has no HR/ subfolder (expected HR/ and LR_bicubic/X{scale}/)")
+        return path
+    folder = data_dir() / known[0]
+    if not (folder / "HR").is_dir():
+        how = known[1].format(dir=folder)
+        raise UserError(
+            f"dataset {text!r} is not prepared in {folder}: run `{how} --scale {scale}` "
+            "(or set SRTOOL_DATA_DIR to where it is)"
+        )
+    return folder

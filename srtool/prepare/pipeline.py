@@ -1,0 +1,579 @@
+"""The prepare pipeline shared by ``prepare benchmark``, ``prepare folder`` and ``prepare div2k``.
+
+For every input image (a file, or a member of a zip archive), one worker process:
+
+1. reads the bytes and hashes them (sha256), decodes with the bomb-guarded :func:`srtool.imageio.open_image`
+   (EXIF orientation applied) and converts with :func:`srtool.imageio.to_dataset_array` (uint8; gray stays
+   single-channel; 16-bit, alpha, palette, CMYK conversions documented there);
+2. mod-crops top-left to the scale (MATLAB ``modcrop``), computes the LR with :func:`srtool.resize.downscale`
+   (MATLAB ``imresize(HR, 1/s, 'bicubic')`` bit for bit, replicate or mirror edges);
+3. writes ``HR/<name>.png`` (the source file itself when it is a plain 8-bit PNG needing no crop, else
+   :func:`srtool.imageio.encode_png8`), ``LR_bicubic/X{s}/<name>.png`` and, for training sets, the store
+   arrays, each atomically (temp + rename), then a per-image record ``.srtool-prepare/records/<name>.json``
+   holding the input and output sha256s.
+
+A re-run (or a run resumed after kill -9) skips an image whose record matches the recipe and the input's
+sha256 *and* whose outputs still hash to the recorded values; anything else is redone. The store index
+and then ``manifest.json`` are written last, from the records in name order, so an interrupted run never
+leaves a manifest and a finished one is byte-identical however many times it was interrupted.
+Nothing here records times or absolute output paths, for that reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..atomic import write_bytes_atomic, write_text_atomic
+from ..errors import UserError
+from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
+from ..resize import EDGE_MODES, downscale, modcrop
+from .download import sha256_of as sha256_file
+from .store import DEFAULT_STEP, DEFAULT_TILE, as_rgb, store_paths, tile_grid, write_index
+
+STATE_DIR = ".srtool-prepare"
+MANIFEST = "manifest.json"
+DEFAULT_COMPRESS_LEVEL = 1  # see notes/issue3-benchmarks.md: level 1 is ~4x faster than 6 for ~10% larger files
+
+RESIZE_RECIPE = {
+    "function": "MATLAB imresize(HR, 1/scale, 'bicubic')",
+    "kernel": "Keys cubic, a = -0.5, antialiased (width 4*scale, weights scale*cubic(scale*x)), rows normalised",
+    "coordinates": "u = x/scale + 0.5*(1 - 1/scale)",
+    "order": "height pass, then width pass",
+    "rounding": "uint8 after each pass, half away from zero, saturated",
+    "modcrop": "top-left kept, bottom/right cropped to a multiple of the scale",
+}
+CONVERSIONS = {
+    "L, RGB": "kept (grayscale stays single-channel; in the training store it is repeated to 3 channels)",
+    "I;16 / I (16-bit gray)": "8-bit = round(v / 257)",
+    "RGB/RGBA/LA 16-bit PNG": "8-bit = round(v / 257) per channel (decoded with pypng), alpha dropped",
+    "RGBA, LA": "alpha dropped (no compositing)",
+    "P (palette)": "expanded to RGB, or to L when the palette is gray",
+    "CMYK (JPEG)": "PIL's CMYK->RGB conversion (no ICC colour management)",
+    "1 (bilevel)": "to L (0/255)",
+    "EXIF orientation": "applied before anything else, as viewers show the image",
+    "HR PNG": "an 8-bit gray/RGB source PNG (no transparency, no EXIF) that needs no crop is copied byte for byte; "
+              "anything else is re-encoded (8-bit, 'Up' filter, zlib level png_compress_level, no metadata)",
+}
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """One input image: a file, or ``member`` of the zip archive ``path``."""
+
+    name: str
+    path: Path
+    member: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.path}:{self.member}" if self.member else str(self.path)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    scale: int = 4
+    edge: str = "replicate"
+    compress_level: int = DEFAULT_COMPRESS_LEVEL
+    store: bool = False
+    tile: int = DEFAULT_TILE
+    step: int = DEFAULT_STEP
+
+    def key(self) -> dict[str, Any]:
+        return {
+            "scale": self.scale,
+            "edge": self.edge,
+            "png_compress_level": self.compress_level,
+            "store": {"tile": self.tile, "step": self.step} if self.store else None,
+        }
+
+
+@dataclass
+class PrepareResult:
+    """What a prepare run did. ``records`` are the per-image records (name order); ``skipped`` = (input, reason)."""
+
+    out: Path
+    records: list[dict[str, Any]]
+    skipped: list[tuple[str, str]]
+    processed: int
+    reused: int
+    seconds: float
+    timings: dict[str, float] = field(default_factory=dict)
+    manifest: Path | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.skipped
+
+
+# ----------------------------------------------------------------------------------------- inputs
+
+
+def collect_folder_inputs(sources: Iterable[Path]) -> list[ImageSource]:
+    """Image files directly in each source folder (others are ignored), named by file stem, in name order.
+
+    Names must be unique in the output; a stem found in several sources is prefixed with its folder
+    name (``T91_im1``), and two files with the same stem in one folder get their extension appended.
+    """
+    found: list[tuple[Path, Path]] = []
+    for src in sources:
+        src = Path(src).expanduser()
+        if not src.exists():
+            raise UserError(f"{src}: source folder does not exist")
+        if src.is_file():
+            if src.suffix.lower() in IMAGE_SUFFIXES:  # a single image file is accepted as a source too
+                found.append((src.parent, src))
+                continue
+            raise UserError(f"{src}: not a folder of images")
+        if not src.is_dir():
+            raise UserError(f"{src}: not a folder")
+        try:
+            images = list_images(src)
+        except OSError as exc:
+            raise UserError(f"{src}: cannot list folder ({exc.strerror or exc})") from None
+        found.extend((src, p) for p in images)
+    stems: dict[str, int] = {}
+    for _, p in found:
+        stems[p.stem] = stems.get(p.stem, 0) + 1
+    per_folder: dict[tuple[Path, str], int] = {}
+    for folder, p in found:
+        per_folder[(folder, p.stem)] = per_folder.get((folder, p.stem), 0) + 1
+    inputs = []
+    for folder, p in found:
+        name = p.stem
+        if stems[p.stem] > 1 and len({f for f, q in found if q.stem == p.stem}) > 1:
+            name = f"{folder.name}_{name}"
+        if per_folder[(folder, p.stem)] > 1:
+            name = f"{name}_{p.suffix.lstrip('.').lower()}"
+        inputs.append(ImageSource(name, p.resolve()))
+    names = [i.name for i in inputs]
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"input names collide after disambiguation: {', '.join(dup[:5])}; rename the files")
+    return sorted(inputs, key=lambda i: i.name)
+
+
+_OPEN_ZIPS: dict[Path, zipfile.ZipFile] = {}  # per process: parsing DIV2K's central directory per image is waste
+
+
+def _read_source(src: ImageSource) -> bytes:
+    if src.member is None:
+        return src.path.read_bytes()
+    zf = _OPEN_ZIPS.get(src.path)
+    if zf is None:
+        for old in _OPEN_ZIPS.values():
+            old.close()
+        _OPEN_ZIPS.clear()
+        zf = _OPEN_ZIPS[src.path] = zipfile.ZipFile(src.path)
+    return zf.read(src.member)
+
+
+# ------------------------------------------------------------------------------------- one image
+
+
+def _records_dir(out: Path) -> Path:
+    return out / STATE_DIR / "records"
+
+
+def _lr_dir(out: Path, scale: int) -> Path:
+    return out / "LR_bicubic" / f"X{scale}"
+
+
+def _verify_record(out: Path, record: dict[str, Any], recipe: Recipe, source_sha: str) -> bool:
+    if record.get("recipe") != recipe.key() or record.get("source_sha256") != source_sha:
+        return False
+    try:
+        return all(sha256_file(out / rel) == digest for rel, digest in record["outputs"].items())
+    except OSError:
+        return False
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_dataset_image(data: bytes) -> tuple[np.ndarray, str, bool]:
+    """Decode an input for a dataset: ``(uint8 array, source mode, plain)``; conversions as :data:`CONVERSIONS` says.
+
+    16-bit colour PNGs go through :func:`srtool.imageio.read_image` (PIL would keep only the high byte)
+    and are rounded like 16-bit gray, ``round(v / 257)``; everything else through
+    :func:`srtool.imageio.open_image` + :func:`srtool.imageio.to_dataset_array`. ``plain`` is True for an
+    8-bit gray or RGB PNG without transparency or EXIF: its pixels are exactly ``array``, so
+    the file itself can serve as the HR PNG when no mod-crop is needed.
+    """
+    is_png = data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 26
+    if is_png and data[24] == 16 and data[25] in (2, 4, 6):
+        array = read_image(data).array
+        array = array[..., :3] if array.shape[2] == 4 else array[..., 0] if array.shape[2] == 2 else array
+        mode = {2: "RGB;16", 4: "LA;16", 6: "RGBA;16"}[data[25]]
+        return np.floor(array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8), mode, False
+    img = open_image(data)
+    # any eXIf chunk at all disqualifies (conservative): asking PIL for a PNG's EXIF would decode it twice
+    plain = (
+        is_png and data[24] == 8 and data[25] in (0, 2) and img.mode in ("L", "RGB")
+        and "transparency" not in img.info and b"eXIf" not in data
+    )
+    return to_dataset_array(img), img.mode, plain
+
+
+def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]:
+    """Prepare one image (see the module docstring). Returns its record, or ``{"error": message}`` for a bad input.
+
+    The returned dict also carries ``_status`` ("done" or "reused") and ``_timings`` (seconds per stage),
+    which are not part of the record file.
+    """
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    cpu0 = time.process_time()
+    try:
+        data = _read_source(src)
+    except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        return {"input": src.label, "error": f"{src.label}: cannot read ({exc})"}
+    source_sha = hashlib.sha256(data).hexdigest()
+    timings["read+hash"] = time.perf_counter() - t0
+    record_path = _records_dir(out) / f"{src.name}.json"
+    if record_path.exists():
+        try:
+            old = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old is not None and _verify_record(out, old, recipe, source_sha):
+            return {**old, "_status": "reused", "_timings": {"verify": time.perf_counter() - t0}}
+
+    t = time.perf_counter()
+    try:
+        array, mode, plain_png = decode_dataset_image(data)
+    except ImageReadError as exc:
+        return {"input": src.label, "error": str(exc).replace("<stdin>", src.label, 1)}
+    except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad input, named, not a crash
+        return {"input": src.label, "error": f"{src.label}: cannot decode ({type(exc).__name__}: {exc})"}
+    timings["decode"] = time.perf_counter() - t
+    s = recipe.scale
+    h, w = array.shape[:2]
+    if h < s or w < s:
+        return {"input": src.label, "error": f"{src.label}: image {w}x{h} is smaller than the scale factor {s}"}
+
+    t = time.perf_counter()
+    hr = modcrop(array, s)
+    lr = downscale(hr, s, edge=recipe.edge)
+    timings["resize"] = time.perf_counter() - t
+
+    outputs: dict[str, str] = {}
+    hr_rel = Path("HR") / f"{src.name}.png"
+    lr_rel = _lr_dir(Path(""), s) / f"{src.name}.png"
+    t = time.perf_counter()
+    try:
+        # a plain 8-bit PNG that needs no crop already is the HR PNG: copy its bytes (encoding is the costliest step)
+        hr_png = data if plain_png and hr.shape == array.shape else encode_png8(hr, recipe.compress_level)
+        blobs: list[tuple[Path, bytes]] = [(hr_rel, hr_png), (lr_rel, encode_png8(lr, recipe.compress_level))]
+        timings["png encode"] = time.perf_counter() - t
+        tiles: list[list[int]] = []
+        if recipe.store:
+            t = time.perf_counter()
+            hr_npy, lr_npy = store_paths(Path("store"), src.name, s)
+            blobs += [(hr_npy, _npy_bytes(as_rgb(hr))), (lr_npy, _npy_bytes(as_rgb(lr)))]
+            tiles = [list(win) for win in tile_grid(hr.shape[0], hr.shape[1], s, recipe.tile, recipe.step)]
+            timings["store arrays"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for rel, blob in blobs:
+            outputs[rel.as_posix()] = hashlib.sha256(blob).hexdigest()
+        timings["hash outputs"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for rel, blob in blobs:
+            write_bytes_atomic(out / rel, blob)
+        record = {
+            "name": src.name,
+            "source": src.label,
+            "source_sha256": source_sha,
+            "source_mode": mode,
+            "source_size": [w, h],
+            "shape": list(hr.shape),
+            "lr_shape": list(lr.shape),
+            "recipe": recipe.key(),
+            "outputs": outputs,
+            "tiles": tiles,
+        }
+        write_text_atomic(record_path, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        timings["write (atomic, fsync)"] = time.perf_counter() - t
+        timings["cpu"] = time.process_time() - cpu0
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write output for {src.label} ({exc.strerror or exc})") from None
+    return {**record, "_status": "done", "_timings": timings}
+
+
+def _worker_init() -> None:
+    """Workers ignore Ctrl-C: the parent handles it and cancels the queue (no traceback per worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ----------------------------------------------------------------------------------------- a run
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"--out {out}: exists and is not a folder") from None
+    except OSError as exc:
+        raise UserError(f"--out {out}: cannot create folder ({exc.strerror or exc})") from None
+    if not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    probe = out / f".srtool-write-test-{os.getpid()}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"--out {out}: not writable ({exc.strerror or exc})") from None
+
+
+def _clean_stale_temps(folders: Iterable[Path]) -> None:
+    """Remove ``.*.tmp`` files an interrupted run left behind (atomic writes never finished)."""
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                    p.unlink(missing_ok=True)
+
+
+def _claim_out(out: Path, inputs: list[ImageSource], recipe: Recipe, kind: str, overwrite: bool) -> None:
+    """Make sure we only overwrite what an earlier run of the same recipe wrote (or --overwrite)."""
+    state_path = out / STATE_DIR / "state.json"
+    state = {"kind": kind, "recipe": recipe.key()}
+    if state_path.exists():
+        try:
+            old = json.loads(state_path.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old == state:
+            return
+        if not overwrite:
+            raise UserError(
+                f"--out {out}: holds a dataset prepared with a different recipe ({old and old.get('recipe')}); "
+                "use another --out or pass --overwrite"
+            )
+    elif not overwrite:
+        lr_dir = _lr_dir(out, recipe.scale)
+        for src in inputs:
+            for path in (out / "HR" / f"{src.name}.png", lr_dir / f"{src.name}.png"):
+                if path.exists():
+                    raise UserError(f"{path}: already exists and was not written by srtool prepare; pass --overwrite to replace it")
+        if (out / MANIFEST).exists():
+            raise UserError(f"{out / MANIFEST}: already exists; pass --overwrite to replace it")
+    if overwrite:
+        records = _records_dir(out)
+        if records.is_dir():
+            for p in records.glob("*.json"):
+                p.unlink()
+        (out / MANIFEST).unlink(missing_ok=True)
+    write_text_atomic(state_path, json.dumps(state, sort_keys=True) + "\n")
+
+
+def run_prepare(
+    inputs: list[ImageSource],
+    out: Path,
+    recipe: Recipe,
+    *,
+    kind: str,
+    sources: list[dict[str, Any]],
+    workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    description: str = "prepare",
+    on_skip: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """Prepare ``inputs`` into ``out`` with ``recipe``; see the module docstring."""
+    if recipe.edge not in EDGE_MODES:
+        raise UserError(f"--edge {recipe.edge!r}: must be one of {', '.join(EDGE_MODES)}")
+    if recipe.scale < 1 or recipe.scale > 16:
+        raise UserError(f"--scale {recipe.scale}: must be an integer from 1 to 16")
+    if recipe.store and not (recipe.scale <= recipe.tile and recipe.scale <= recipe.step):
+        raise UserError(f"--tile {recipe.tile} / --step {recipe.step}: must be at least the scale ({recipe.scale})")
+    if not 0 <= recipe.compress_level <= 9:
+        raise UserError(f"--png-compress-level {recipe.compress_level}: must be 0..9")
+    if not inputs:
+        raise UserError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
+    out = Path(out).expanduser()
+    outputs_dirs = {(out / "HR").resolve(), _lr_dir(out, recipe.scale).resolve()}
+    clash = next((src for src in inputs if src.member is None and src.path.parent.resolve() in outputs_dirs), None)
+    if clash is not None:
+        raise UserError(f"--out {out}: would write into the source folder {clash.path.parent}; choose another --out")
+    _check_out(out)
+    _claim_out(out, inputs, recipe, kind, overwrite)
+    lr_dir = _lr_dir(out, recipe.scale)
+    _clean_stale_temps([out, out / "HR", lr_dir, out / "store", out / "store" / "hr",
+                        out / "store" / f"lr_x{recipe.scale}", _records_dir(out), out / STATE_DIR])
+    (out / "HR").mkdir(exist_ok=True)
+    lr_dir.mkdir(parents=True, exist_ok=True)
+
+    workers = max(1, int(workers or os.cpu_count() or 1))
+    workers = min(workers, len(inputs))
+    started = time.perf_counter()
+    results: dict[str, dict[str, Any]] = {}
+    skipped: list[tuple[str, str]] = []
+    timings: dict[str, float] = {}
+
+    def collect(src: ImageSource, result: dict[str, Any]) -> None:
+        if "error" in result:
+            skipped.append((src.label, result["error"]))
+            if on_skip:
+                on_skip(result["error"])
+            return
+        for k, v in result.pop("_timings", {}).items():
+            timings[k] = timings.get(k, 0.0) + v
+        results[src.name] = result
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("images"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        console=Console(stderr=True), disable=not progress, transient=False,
+    )
+    with bar:
+        task = bar.add_task(description, total=len(inputs))
+        if workers == 1:
+            for src in inputs:
+                collect(src, process_image(src, out, recipe))
+                bar.advance(task)
+        else:
+            # spawn, not fork: a caller may have started threads (torch, BLAS) that a fork would copy mid-state
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
+            try:
+                futures = {pool.submit(process_image, src, out, recipe): src for src in inputs}
+                for fut in as_completed(futures):
+                    collect(futures[fut], fut.result())
+                    bar.advance(task)
+            except BaseException:  # Ctrl-C or an error: do not wait for the queued images
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
+
+    records = [results[name] for name in sorted(results)]
+    processed = sum(1 for r in records if r.get("_status") == "done")
+    reused = sum(1 for r in records if r.get("_status") == "reused")
+    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+
+    store_index = None
+    if recipe.store:
+        index_images = [{"name": r["name"], "shape": r["shape"][:2], "tiles": r["tiles"]} for r in clean]
+        store_index = write_index(out / "store", recipe.scale, recipe.tile, recipe.step, index_images)
+
+    manifest = {
+        "srtool_version": __version__,
+        "kind": kind,
+        "scale": recipe.scale,
+        "recipe": {**RESIZE_RECIPE, "edge": recipe.edge, "png_compress_level": recipe.compress_level},
+        "conversions": CONVERSIONS,
+        "sources": sources,
+        "layout": {"hr": "HR/<name>.png", "lr": f"LR_bicubic/X{recipe.scale}/<name>.png",
+                   "store": "store/index.json" if recipe.store else None},
+        "store": None if store_index is None else {
+            "index": "store/index.json", "index_sha256": sha256_file(store_index), "tile": recipe.tile, "step": recipe.step,
+            "sub_images": sum(len(r["tiles"]) for r in clean),
+        },
+        "images": [
+            {"name": r["name"], "source": r["source"], "source_sha256": r["source_sha256"], "source_mode": r["source_mode"],
+             "source_size": r["source_size"], "hr_shape": r["shape"], "lr_shape": r["lr_shape"], "outputs": r["outputs"]}
+            for r in clean
+        ],
+        "skipped": [{"source": label, "reason": reason} for label, reason in sorted(skipped)],
+    }
+    manifest_path = out / MANIFEST
+    write_text_atomic(manifest_path, json.dumps(manifest, indent=1) + "\n")
+    return PrepareResult(
+        out=out, records=clean, skipped=sorted(skipped), processed=processed, reused=reused,
+        seconds=time.perf_counter() - started, timings=timings, manifest=manifest_path,
+    )
+
+
+# ---------------------------------------------------------------------------------- public entries
+
+
+def run_folder(
+    sources: list[Path],
+    out: Path,
+    scale: int = 4,
+    workers: int | None = None,
+    *,
+    edge: str = "replicate",
+    tile: int = DEFAULT_TILE,
+    step: int = DEFAULT_STEP,
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """:func:`prepare_folder` returning the full :class:`PrepareResult` (bad inputs listed, not raised)."""
+    if not sources:
+        raise UserError("give at least one source folder")
+    inputs = collect_folder_inputs([Path(s) for s in sources])
+    recipe = Recipe(scale=scale, edge=edge, compress_level=compress_level, store=True, tile=tile, step=step)
+    srcs = [{"path": str(Path(s).expanduser().resolve())} for s in sources]
+    return run_prepare(inputs, Path(out), recipe, kind="folder", sources=srcs, workers=workers,
+                       overwrite=overwrite, progress=progress, description="prepare folder", on_skip=on_skip)
+
+
+def run_benchmark(
+    hr_dir: Path,
+    out: Path,
+    scale: int = 4,
+    workers: int | None = None,
+    *,
+    edge: str = "replicate",
+    compress_level: int = DEFAULT_COMPRESS_LEVEL,
+    overwrite: bool = False,
+    progress: bool = True,
+    on_skip: Callable[[str], None] | None = None,
+) -> PrepareResult:
+    """:func:`prepare_benchmark` returning the full :class:`PrepareResult` (bad inputs listed, not raised)."""
+    inputs = collect_folder_inputs([Path(hr_dir)])
+    recipe = Recipe(scale=scale, edge=edge, compress_level=compress_level, store=False)
+    srcs = [{"path": str(Path(hr_dir).expanduser().resolve())}]
+    return run_prepare(inputs, Path(out), recipe, kind="benchmark", sources=srcs, workers=workers,
+                       overwrite=overwrite, progress=progress, description="prepare benchmark", on_skip=on_skip)
+
+
+def _checked(result: PrepareResult, skip_bad: bool) -> Path:
+    if result.skipped and not skip_bad:
+        names = "; ".join(reason for _, reason in result.skipped[:3])
+        more = f" (and {len(result.skipped) - 3} more)" if len(result.skipped) > 3 else ""
+        raise UserError(f"{len(result.skipped)} input(s) skipped: {names}{more}; pass skip_bad=True to accept")
+    return result.out
+
+
+def prepare_folder(sources: list[Path], out: Path, scale: int = 4, workers: int | None = None, *,
+                   skip_bad: bool = False, **options: Any) -> Path:
+    """Build a training set from folders of HR images: ``HR/``, ``LR_bicubic/X{s}/``, ``store/``, ``manifest.json``.
+
+    Returns ``out`` (open its store with ``TrainingStore.open(out, scale)``). Options as :func:`run_folder`
+    (edge, tile, step, compress_level, overwrite, progress, on_skip). A bad input is skipped and the others
+    prepared; then :class:`UserError` names it unless ``skip_bad``.
+    """
+    return _checked(run_folder(sources, out, scale, workers, **options), skip_bad)
+
+
+def prepare_benchmark(hr_dir: Path, out: Path, scale: int = 4, workers: int | None = None, *,
+                      skip_bad: bool = False, **options: Any) -> Path:
+    """Mod-crop a folder of HR test images and write MATLAB-bicubic LR copies (no training store); returns ``out``.
+
+    Options and bad-input behaviour as :func:`prepare_folder` (see :func:`run_benchmark`).
+    """
+    return _checked(run_benchmark(hr_dir, out, scale, workers, **options), skip_bad)

@@ -1,0 +1,586 @@
+"""The training engine: one preset (plus ``--set`` overrides) fully describes a run.
+
+Order of work, so that every mistake the user can make surfaces before anything heavy starts:
+preset and overrides -> run directory -> validation datasets and data folders -> device/precision ->
+VGG19 weights -> ``--init-from`` weights -> training store -> networks -> (``--resume``) state.
+
+One iteration: the generator step (pixel + perceptual + adversarial terms; the discriminator frozen),
+then, in a GAN stage, the discriminator step on HR and the detached SR. Both losses are checked for
+NaN/inf *before* any backward pass (all ranks agree through one collective), so a stopped run never
+writes a poisoned checkpoint. The EMA of the generator is updated after every optimiser step and is
+what validation and the exports use.
+
+Run directory::
+
+    preset.toml  run.json  environment.json  log.jsonl  curves.png  tensorboard/
+    checkpoints/iter_XXXXXXXX.pt  checkpoints/best.pt
+    exports/last.safetensors  exports/best.safetensors   (+ .json copies of their metadata)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..atomic import write_text_atomic
+from ..config import Preset, dump_toml, load_preset
+from ..errors import UserError
+from ..models.registry import build_network
+from .checkpoint import CheckpointDir, capture_rng_state, load_checkpoint, restore_rng_state
+from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, make_loader, open_stores
+from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
+from .losses import GeneratorLoss, discriminator_loss
+
+RUN_FILES = ("checkpoints", "exports", "tensorboard", "log.jsonl", "curves.png", "preset.toml", "run.json",
+             "environment.json")
+
+
+class NonFiniteLossError(UserError):
+    """A NaN/inf loss with ``train.on_nonfinite = "stop"``."""
+
+
+@dataclass
+class TrainOptions:
+    """Everything ``srtool train`` takes; the library entry point is :func:`train`."""
+
+    preset: str | None = None
+    data: list[Path] = field(default_factory=list)
+    out: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    init_from: str | None = None
+    vgg_weights: str | None = None
+    device: str = "auto"
+    resume: Path | None = None
+    overwrite: bool = False
+    progress: bool = True
+    cache_dir: Path | None = None
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    iteration: int
+    total: int
+    interrupted: str | None = None
+    skipped_steps: int = 0
+    best: dict[str, Any] | None = None
+    last_validation: dict[str, dict[str, float]] | None = None
+    exports: dict[str, Path] = field(default_factory=dict)
+    rank: int = 0
+
+
+def lr_factor(preset: Preset, iteration: int) -> float:
+    """Learning-rate multiplier at ``iteration`` (a pure function, so resume needs only the iteration)."""
+    s, t = preset.train.scheduler, preset.train
+    if s.kind == "multistep":
+        return s.gamma ** sum(1 for m in s.milestones if iteration >= m)
+    if s.kind == "cosine":
+        floor = min(1.0, s.eta_min / t.lr)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(iteration, t.total_iters) / t.total_iters))
+    return 1.0
+
+
+class EMA:
+    """Exponential moving average of a network's parameters (buffers such as BN statistics are copied)."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay = decay
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - self.decay)
+        for mine, theirs in zip(self.module.buffers(), model.buffers()):
+            mine.copy_(theirs)
+
+
+def resolve_device(requested: str, info: DistInfo | None = None) -> torch.device:
+    if requested not in ("auto", "cpu", "cuda") and not requested.startswith("cuda:"):
+        raise UserError(f"--device {requested!r}: expected auto, cpu or cuda")
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is available to PyTorch here; use --device cpu")
+        if requested == "cuda":
+            return torch.device("cuda", info.local_rank if info else 0)
+    return torch.device(requested)
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype, or None for fp32. auto = bf16 on GPUs that support it, else fp16; fp32 on the CPU."""
+    if device.type == "cpu":
+        if requested == "fp16":
+            raise UserError("train.precision=fp16 needs a CUDA GPU; on the CPU use bf16 or fp32")
+        return torch.bfloat16 if requested == "bf16" else None
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[requested]
+
+
+def environment_info(device: torch.device, info: DistInfo) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "srtool_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
+        "hostname": platform.node(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(), "device": str(device), "world_size": info.world_size,
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if device.type == "cuda":
+        env["gpu_name"] = torch.cuda.get_device_name(device)
+        env["gpu_count"] = torch.cuda.device_count()
+        env["cudnn"] = torch.backends.cudnn.version()
+    return env
+
+
+def load_init_weights(spec: str, preset: Preset, notice: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """Generator weights from a PSNR-stage run directory, an srtool export or a third-party checkpoint
+    (anything :func:`srtool.inference.load_model` reads); the architecture must match the preset's."""
+    from ..inference import load_model
+
+    model = load_model(spec, device="cpu", precision="fp32", notice=notice)
+    if model.network is None or not hasattr(model.network, "config"):
+        raise UserError(f"--init-from {spec}: not a generator network srtool can train (got {model.name})")
+    want, got = preset.model.generator.model_dump(), model.network.config.model_dump()
+    if want != got:
+        diff = ", ".join(f"{k}: {got.get(k)!r} vs preset {want.get(k)!r}" for k in sorted(set(want) | set(got))
+                         if want.get(k) != got.get(k))
+        raise UserError(f"--init-from {spec}: its generator does not match the preset's model.generator ({diff})")
+    return {k: v.contiguous() for k, v in model.network.state_dict().items()}
+
+
+class Trainer:
+    """Builds everything a run needs from :class:`TrainOptions`; :meth:`run` trains."""
+
+    def __init__(self, options: TrainOptions, warn: Callable[[str], None] = warn_stderr):
+        self.options = options
+        self.warn = warn
+        resuming = options.resume is not None
+        # ---- cheap checks first: preset, run directory, dataset names/folders
+        if resuming:
+            self.run_dir = Path(options.resume)
+            self._check_resume_options()
+            run_info = self._read_run_json()
+            self.preset = load_preset(str(self.run_dir / "preset.toml"))
+            data = [Path(p) for p in run_info["data"]]
+            init_from = run_info.get("init_from")
+            vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
+        else:
+            if not options.preset:
+                raise UserError("give --preset NAME|FILE (or --resume RUN_DIR)")
+            self.preset = load_preset(options.preset, options.overrides)
+            if options.out is None:
+                raise UserError("give --out RUN_DIR (where checkpoints, logs and exports go)")
+            self.run_dir = Path(options.out)
+            data = [Path(p).expanduser().resolve() for p in options.data]
+            init_from, vgg_weights = options.init_from, options.vgg_weights
+            run_info = {
+                "preset_source": options.preset, "overrides": list(options.overrides),
+                "data": [str(p) for p in data], "init_from": init_from, "vgg_weights": vgg_weights,
+                "srtool_version": __version__,
+            }
+        p, t = self.preset, self.preset.train
+        self.total = t.total_iters
+        self.dist = init_distributed("cuda" if options.device.startswith("cuda") or
+                                     (options.device == "auto" and torch.cuda.is_available()) else "cpu")
+        if not self.dist.is_main:
+            self.warn = lambda message: None  # rank 0 speaks for the run
+        if not resuming:
+            self._check_out_dir()
+        check_data_paths(data)
+        self._check_validation_datasets()
+        self.device = resolve_device(options.device, self.dist)
+        self.amp_dtype = resolve_precision(t.precision, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        # ---- VGG19 and --init-from weights: any error here comes before training starts
+        self.loss = GeneratorLoss(p.loss, vgg_weights=vgg_weights or "imagenet").to(self.device)
+        init_state = None
+        if init_from and not resuming:
+            init_state = load_init_weights(init_from, p, self.warn)
+        elif p.stage == "gan" and not resuming:
+            self.warn(
+                f"GAN stage '{p.name}' is starting from a RANDOM generator: SRGAN/ESRGAN start from a trained "
+                "PSNR-stage generator (--init-from RUN_DIR or EXPORT, e.g. a `srtool train --preset srresnet` or "
+                "`--preset rrdbnet` run); from scratch the adversarial training is slow and unstable"
+            )
+        # ---- data
+        if not self.dist.is_main:
+            barrier(self.dist)  # rank 0 prepares a plain image folder into the cache first
+        stores, labels = open_stores(data, p.scale, options.cache_dir)
+        if self.dist.is_main:
+            barrier(self.dist)
+        self.source = CropSource(stores, labels, t.hr_crop, p.scale, warn=self.warn)
+        self.dataset = KeyedCropDataset(self.source, t.seed, hflip=p.data.hflip, rot90=p.data.rot90)
+        # ---- networks, optimisers, schedules
+        torch.manual_seed(t.seed)
+        self.generator = build_network(p.model.generator)
+        if init_state is not None:
+            self.generator.load_state_dict(init_state)
+        self.generator.to(self.device)
+        self.discriminator = build_network(p.model.discriminator).to(self.device) if p.stage == "gan" else None
+        memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        for net in (self.generator, self.discriminator):
+            if net is not None:
+                net.to(memory_format=memory_format)
+        self.memory_format = memory_format
+        self.ema = EMA(self.generator, t.ema_decay)
+        self.opt_g = torch.optim.Adam(self.generator.parameters(), lr=t.lr, betas=t.betas, weight_decay=t.weight_decay)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, lambda it: lr_factor(p, it))
+        self.opt_d = self.sched_d = None
+        if self.discriminator is not None:
+            self.opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=t.discriminator_lr or t.lr,
+                                          betas=t.betas, weight_decay=t.weight_decay)
+            self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, lambda it: lr_factor(p, it))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16 and self.device.type == "cuda")
+        self.g_run, self.d_run = self._wrap(self.generator), self._wrap(self.discriminator)
+        # ---- state
+        self.iteration = 0
+        self.skipped = 0
+        self.best: dict[str, Any] | None = None
+        self.last_scores: dict[str, dict[str, float]] | None = None
+        self.checkpoints = CheckpointDir(self.run_dir, p.checkpoint.keep_last)
+        self._signal: int | None = None
+        resumed_from = None
+        if resuming:
+            latest = self.checkpoints.latest()
+            if latest is None:
+                self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
+                if init_from:
+                    self.generator.load_state_dict(load_init_weights(init_from, p, self.warn))
+                    self.ema = EMA(self.generator, t.ema_decay)
+            else:
+                self._load_state(load_checkpoint(latest))
+            resumed_from = self.iteration
+        self.monitor = None
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
+            if not resuming:
+                write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+            write_text_atomic(self.run_dir / "environment.json",
+                              json.dumps(environment_info(self.device, self.dist), indent=2) + "\n")
+            from .monitor import RunMonitor
+
+            self.monitor = RunMonitor(self.run_dir, f"{p.name} ({p.stage} stage)", self.iteration, self.total,
+                                      progress=options.progress, resume_from=resumed_from)
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_n = 0
+
+    # ------------------------------------------------------------------------------- set-up helpers
+
+    def _check_resume_options(self) -> None:
+        o = self.options
+        extra = [name for name, v in (("--preset", o.preset), ("--data", o.data), ("--set", o.overrides),
+                                      ("--init-from", o.init_from), ("--out", o.out)) if v]
+        if extra:
+            raise UserError(f"--resume continues {o.resume} with its saved preset and data; drop {', '.join(extra)}")
+        if not (self.run_dir / "run.json").is_file() or not (self.run_dir / "preset.toml").is_file():
+            raise UserError(f"--resume {self.run_dir}: not a training run directory (no run.json / preset.toml)")
+
+    def _read_run_json(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.run_dir / "run.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{self.run_dir / 'run.json'}: unreadable ({exc})") from None
+
+    def _check_out_dir(self) -> None:
+        present = [n for n in RUN_FILES if (self.run_dir / n).exists()]
+        if present and not self.options.overwrite:
+            raise UserError(
+                f"--out {self.run_dir} already holds a run ({', '.join(present)}): continue it with "
+                f"`srtool train --resume {self.run_dir}` or start over with --overwrite"
+            )
+        if present and self.dist.is_main:
+            for name in present:
+                path = self.run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        barrier(self.dist)  # every rank passes here exactly once, whatever it saw
+
+    def _check_validation_datasets(self) -> None:
+        from ..prepare.paths import resolve_dataset
+
+        self.val_datasets = [resolve_dataset(d, self.preset.scale) for d in self.preset.validation.datasets]
+
+    def _wrap(self, net: nn.Module | None) -> nn.Module | None:
+        if net is None:
+            return None
+        run: nn.Module = net
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            if self.device.type == "cuda" and self.preset.train.sync_batch_norm:
+                run = nn.SyncBatchNorm.convert_sync_batchnorm(run)
+            run = DDP(run, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.preset.train.compile:
+            run = torch.compile(run)
+        return run
+
+    # --------------------------------------------------------------------------------- state I/O
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {
+            "iteration": self.iteration, "skipped_steps": self.skipped, "best": self.best,
+            "generator": self.generator.state_dict(), "ema": self.ema.module.state_dict(),
+            "optimizer_g": self.opt_g.state_dict(), "scheduler_g": self.sched_g.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": capture_rng_state(),
+            "data": {"seed": self.preset.train.seed, "next_iteration": self.iteration,
+                     "global_batch": self.preset.train.batch_size * self.dist.world_size,
+                     "world_size": self.dist.world_size, "samples": len(self.source),
+                     "fingerprint": self.source.fingerprint()},
+        }
+        if self.discriminator is not None:
+            state.update(discriminator=self.discriminator.state_dict(), optimizer_d=self.opt_d.state_dict(),
+                         scheduler_d=self.sched_d.state_dict())
+        return state
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.ema.module.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["optimizer_g"])
+        self.sched_g.load_state_dict(state["scheduler_g"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.opt_d.load_state_dict(state["optimizer_d"])
+            self.sched_d.load_state_dict(state["scheduler_d"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = int(state["iteration"])
+        self.skipped = int(state.get("skipped_steps", 0))
+        self.best = state.get("best")
+        restore_rng_state(state["rng"])
+        data = state["data"]
+        if data["global_batch"] != self.preset.train.batch_size * self.dist.world_size:
+            self.warn(f"resuming with a global batch of {self.preset.train.batch_size * self.dist.world_size} "
+                      f"instead of {data['global_batch']}: the data order is not the original run's")
+        if data["fingerprint"] != self.source.fingerprint():
+            self.warn("the training data differ from the checkpoint's: the data order is not the original run's")
+
+    # ------------------------------------------------------------------------------------ one step
+
+    def _batch(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        return x.contiguous(memory_format=self.memory_format)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def _optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.preset.train.grad_clip_norm > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, self.preset.train.grad_clip_norm)
+        self.scaler.step(optimizer)
+
+    def step(self, lr_images: torch.Tensor, hr_images: torch.Tensor) -> tuple[dict[str, torch.Tensor] | None, bool]:
+        """One training iteration; returns (loss terms or None if skipped, stop requested on any rank)."""
+        p = self.preset
+        lr, hr = self._batch(lr_images), self._batch(hr_images)
+        d_raw = self.discriminator
+        with self._autocast():
+            sr = self.g_run(lr)
+            fake_logits = real_logits = None
+            if d_raw is not None:
+                d_raw.requires_grad_(False)  # the generator step must not touch D (unwrapped: no DDP hooks)
+                fake_logits = d_raw(sr)
+                if p.loss.adversarial.kind == "ragan":
+                    with torch.no_grad():
+                        real_logits = d_raw(hr)
+            terms = self.loss(sr, hr, fake_logits, real_logits)
+        g_total = sum(terms.values())
+        d_total = None
+        if d_raw is not None:
+            d_raw.requires_grad_(True)
+            with self._autocast():
+                d_terms = discriminator_loss(p.loss.adversarial.kind, self.d_run(hr), self.d_run(sr.detach()))
+            d_total = sum(d_terms.values())
+            terms.update(d_terms)
+        totals = torch.stack([g_total.detach().float()] + ([d_total.detach().float()] if d_total is not None else []))
+        nonfinite, stop = any_flag([not bool(torch.isfinite(totals).all()), self._signal is not None], self.dist, self.device)
+        if nonfinite:
+            if p.train.on_nonfinite == "stop":
+                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                latest = self.checkpoints.latest()
+                raise NonFiniteLossError(
+                    f"non-finite loss at iteration {self.iteration + 1} ({values}); stopped without saving. "
+                    f"Last good checkpoint: {latest or 'none yet'}. Lower train.lr, set train.grad_clip_norm, "
+                    "or set train.on_nonfinite=skip to skip such steps"
+                )
+            self.skipped += 1
+            self.opt_g.zero_grad(set_to_none=True)
+            self.sched_g.step()
+            if self.sched_d is not None:
+                self.opt_d.zero_grad(set_to_none=True)
+                self.sched_d.step()
+            return None, stop
+        self._optimise(g_total, self.opt_g, self.generator.parameters())
+        if d_total is not None:
+            self._optimise(d_total, self.opt_d, self.discriminator.parameters())
+        self.scaler.update()
+        self.sched_g.step()
+        if self.sched_d is not None:
+            self.sched_d.step()
+        self.ema.update(self.generator)
+        return {k: v.detach() for k, v in terms.items()}, stop
+
+    # ------------------------------------------------------------------------------ around steps
+
+    def validate(self) -> dict[str, dict[str, float]]:
+        from ..evaluate import evaluate_dataset
+        from ..inference import SRModel
+
+        net = self.ema.module.eval()
+        model = SRModel(name=f"{self.preset.name}@{self.iteration}", scale=self.preset.scale, network=net,
+                        identity=f"{self.run_dir}@iter{self.iteration}", source=str(self.run_dir),
+                        info={"iterations": self.iteration}, device=self.device)
+        scores = {}
+        for dataset in self.val_datasets:
+            result = evaluate_dataset(model, dataset, protocol=self.preset.validation.protocol, progress=False)
+            scores[result.name] = {"psnr": float(result.psnr), "ssim": float(result.ssim)}
+        self.last_scores = scores
+        return scores
+
+    def export_info(self, scores: dict[str, Any] | None) -> dict[str, Any]:
+        p = self.preset
+        return {
+            "preset": p.name, "stage": p.stage, "iterations": self.iteration, "weights": "ema",
+            "validation": scores or {}, "validation_protocol": p.validation.protocol,
+            "hyperparameters": {"train": p.train.model_dump(mode="json"), "loss": p.loss.model_dump(mode="json")},
+            "preset_toml": dump_toml(p, with_descriptions=False), "run_dir": str(self.run_dir.resolve()),
+        }
+
+    def export(self, name: str, scores: dict[str, Any] | None) -> Path:
+        from ..models.export import save_export
+
+        return save_export(self.run_dir / "exports" / f"{name}.safetensors", self.ema.module, self.export_info(scores))
+
+    def _after_validation(self, scores: dict[str, dict[str, float]]) -> None:
+        v = self.preset.validation
+        score = sum(s[v.metric] for s in scores.values()) / len(scores)
+        is_best = self.best is None or score > self.best["score"]
+        if is_best:
+            self.best = {"iteration": self.iteration, "metric": v.metric, "score": score, "scores": scores}
+            from .checkpoint import save_checkpoint
+
+            save_checkpoint(self.checkpoints.best_path, self.state_dict())
+            self.export("best", scores)
+        self.monitor.log_validation(self.iteration, scores, is_best)
+
+    def _save(self) -> None:
+        self.checkpoints.save(self.iteration, self.state_dict())
+        self.export("last", self.last_scores)
+
+    def _log(self) -> None:
+        values = {f"loss/{k}": (v / max(self._acc_n, 1)).item() for k, v in self._acc.items()}
+        values["lr"] = self.opt_g.param_groups[0]["lr"]
+        if self.skipped:
+            values["skipped_steps"] = self.skipped
+        self.monitor.log_train(self.iteration, values)
+        self._acc, self._acc_n = {}, 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: leave now
+        self._signal = signum
+
+    def run(self, until: int | None = None) -> TrainResult:
+        """Train up to iteration ``until`` (default: the preset's total), checkpointing on the way."""
+        p = self.preset
+        end = self.total if until is None else min(until, self.total)
+        loader = make_loader(self.dataset, self.iteration, end, p.train.batch_size, p.train.num_workers,
+                             self.dist.rank, self.dist.world_size, pin_memory=self.device.type == "cuda")
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                handlers[sig] = signal.signal(sig, self._on_signal)
+        interrupted = None
+        self.generator.train()
+        if self.discriminator is not None:
+            self.discriminator.train()
+        try:
+            for lr_images, hr_images in loader:
+                try:
+                    terms, stop = self.step(lr_images, hr_images)
+                except torch.OutOfMemoryError:
+                    raise UserError(self._oom_message()) from None
+                except RuntimeError as exc:
+                    if "can't allocate memory" in str(exc) or "out of memory" in str(exc):
+                        raise UserError(self._oom_message()) from None
+                    raise
+                self.iteration += 1
+                if terms is not None:
+                    for k, v in terms.items():
+                        self._acc[k] = self._acc.get(k, 0.0) + v.float()
+                    self._acc_n += 1
+                if stop:
+                    interrupted = signal.Signals(self._signal).name if self._signal else "signal on another rank"
+                done = self.iteration == end
+                if self.dist.is_main:
+                    self.monitor.advance(self.iteration)
+                    if self.iteration % p.log.every == 0 or done or stop:
+                        self._log()
+                    if self.val_datasets and (self.iteration % p.validation.every == 0 or
+                                              (self.iteration == self.total and not stop)):
+                        self._after_validation(self.validate())
+                        self.generator.train()
+                    if self.iteration % p.checkpoint.every == 0 or done or stop:
+                        self._save()
+                if stop:
+                    break
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+        if self.dist.is_main and self.iteration == 0 and not (self.run_dir / "exports" / "last.safetensors").exists():
+            self._save()
+        barrier(self.dist)
+        exports = {n: self.run_dir / "exports" / f"{n}.safetensors" for n in ("best", "last")}
+        if interrupted and self.monitor is not None:
+            self.monitor.console_print(
+                f"[yellow]interrupted ({interrupted}) at iteration {self.iteration}[/yellow]: checkpoint saved; "
+                f"continue with `srtool train --resume {self.run_dir}`"
+            )
+        return TrainResult(self.run_dir, self.iteration, self.total, interrupted, self.skipped, self.best,
+                           self.last_scores, {n: q for n, q in exports.items() if q.exists()}, self.dist.rank)
+
+    def _oom_message(self) -> str:
+        t = self.preset.train
+        return (f"out of memory at train.batch_size={t.batch_size}, train.hr_crop={t.hr_crop}: try a smaller batch or "
+                f"crop, e.g. --set train.batch_size={max(1, t.batch_size // 2)} or --set train.hr_crop="
+                f"{max(self.preset.scale * 8, t.hr_crop // 2 // self.preset.scale * self.preset.scale)}")
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.monitor.close()
+            self.monitor = None
+
+
+def train(options: TrainOptions) -> TrainResult:
+    """Run (or resume) a training run; the entry point of ``srtool train``."""
+    trainer = None
+    try:
+        trainer = Trainer(options)
+        return trainer.run()
+    finally:
+        if trainer is not None:
+            trainer.close()
+        if trainer is not None:
+            shutdown(trainer.dist)
