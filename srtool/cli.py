@@ -195,7 +195,7 @@ def train(
     out: Annotated[Optional[str], typer.Option("--out", help="Run directory (checkpoints, logs, exports).")] = None,
     set_: SetOption = None,
     init_from: Annotated[
-        Optional[str], typer.Option("--init-from", help="Start the generator from a run directory or srtool export.")
+        Optional[str], typer.Option("--init-from", help="Start the generator from a run directory, an srtool export or a third-party checkpoint.")
     ] = None,
     vgg_weights: Annotated[
         Optional[str], typer.Option("--vgg-weights", help="VGG19 state dict for the perceptual loss (default: torchvision ImageNet).")

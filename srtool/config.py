@@ -166,8 +166,17 @@ class Preset(Strict):
 # ----------------------------------------------------------------------------------------- loading
 
 
+def _presets_root():
+    """The shipped presets: the installed ``srtool.presets`` package, or ``presets/`` of a source tree
+    used without installing (``PYTHONPATH=.``), where the package-dir mapping does not exist."""
+    try:
+        return resources.files("srtool.presets")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "presets"
+
+
 def preset_names() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("srtool.presets").iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in _presets_root().iterdir() if p.name.endswith(".toml"))
 
 
 def _read_preset_source(name_or_path: str) -> tuple[dict[str, Any], str]:
@@ -178,7 +187,7 @@ def _read_preset_source(name_or_path: str) -> tuple[dict[str, Any], str]:
             raise UserError(f"preset file not found: {path}")
         text, label = path.read_text(encoding="utf-8"), str(path)
     else:
-        resource = resources.files("srtool.presets") / f"{name_or_path}.toml"
+        resource = _presets_root() / f"{name_or_path}.toml"
         if not resource.is_file():
             raise UserError(f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())} (or give a .toml path)")
         text, label = resource.read_text(encoding="utf-8"), f"presets/{name_or_path}.toml"

@@ -323,3 +323,21 @@ def test_memory_bounded_by_tile_not_image():
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["shape"] == [12000, 16000, 3]
     assert result["maxrss_kb"] * 1024 < 3e9, result
+
+
+def test_cpu_fusion_keeps_function_and_state_dict(photo):
+    """conv -> LeakyReLU pairs run as fused oneDNN calls; same outputs, same state_dict keys."""
+    from srtool.inference import _FusedConvActivation
+
+    torch.manual_seed(3)
+    net = RRDBNet(RRDBNetConfig(n_blocks=1, n_feats=16, growth=8)).eval()
+    keys = list(net.state_dict())
+    x = torch.from_numpy(photo[:24, :20]).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        eager = net(x)
+    fused = prepare_network(net, torch.device("cpu"), "fp32")
+    assert sum(isinstance(m, _FusedConvActivation) for m in fused.modules()) == 3 * 4 + 3
+    assert fused.code.count("torch.add") == 3 + 1  # x + 0.2 * y -> one add with alpha, per RDB and RRDB
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), eager, atol=1e-5, rtol=1e-4)
+    assert list(fused.state_dict()) == keys and fused.config == net.config

@@ -150,7 +150,7 @@ def test_perceptual_terms_follow_the_presets(vgg_file):
 
 @pytest.mark.slow
 def test_small_srresnet_beats_bicubic_on_set5_and_exports(t291, benchmarks_dir, tmp_path):
-    """A PSNR-stage run on T91+BSD200 passes MATLAB bicubic on Set5 within 700 CPU iterations."""
+    """A PSNR-stage run on T91+BSD200 passes MATLAB bicubic on Set5 within 1000 CPU iterations."""
     from srtool.evaluate import evaluate_dataset
     from srtool.inference import load_model
 
@@ -160,18 +160,23 @@ def test_small_srresnet_beats_bicubic_on_set5_and_exports(t291, benchmarks_dir, 
         "model.generator.n_blocks=2", "model.generator.n_feats=16", "model.generator.tail_kernel=3",
         "model.generator.batch_norm=false", "model.generator.trunk_batch_norm=false",  # BN is slow on the CPU
         "train.batch_size=16", "train.hr_crop=48", "train.lr=4e-3", "train.ema_decay=0.9",
-        "train.iters_per_epoch=700", "train.num_workers=0", "log.every=50", "checkpoint.every=350",
-        "validation.every=350", f"validation.datasets=['{set5}']",
+        "train.iters_per_epoch=1000", "train.num_workers=0", "log.every=50", "checkpoint.every=500",
+        "validation.every=500", f"validation.datasets=['{set5}']",
     )
-    result = train(opts)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread: immune to OpenMP barrier stalls on a busy 2-core CI runner
+    try:
+        result = train(opts)
+    finally:
+        torch.set_num_threads(threads)
     run = result.run_dir
-    assert result.iteration == 700 and result.best is not None
+    assert result.iteration == 1000 and result.best is not None
     assert result.best["score"] > SET5_BICUBIC_PSNR, result.best
     # curves.png and the log
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["iter"] for r in records if r["kind"] == "val"] == [350, 700]
-    assert sum(r["kind"] == "train" for r in records) == 14
+    assert [r["iter"] for r in records if r["kind"] == "val"] == [500, 1000]
+    assert sum(r["kind"] == "train" for r in records) == 20
     env = json.loads((run / "environment.json").read_text())
     assert {"torch", "srtool_version", "cuda_available", "device"} <= set(env)
     assert 'name = "srresnet"' in (run / "preset.toml").read_text()
@@ -180,7 +185,7 @@ def test_small_srresnet_beats_bicubic_on_set5_and_exports(t291, benchmarks_dir, 
     assert model.info["iterations"] == result.best["iteration"] and model.info["weights"] == "ema"
     again = evaluate_dataset(model, set5, protocol="y", progress=False)
     assert again.psnr == pytest.approx(result.best["scores"]["Set5"]["psnr"], abs=1e-6)
-    assert load_model(run / "exports" / "last.safetensors").info["iterations"] == 700
+    assert load_model(run / "exports" / "last.safetensors").info["iterations"] == 1000
 
 
 def test_srgan_runs_end_to_end_from_a_psnr_export(t291, vgg_file, tmp_path):

@@ -68,6 +68,6 @@ class MSRResNet(nn.Module):
             out = F.leaky_relu(F.pixel_shuffle(getattr(self, f"upconv{i}")(out), f), 0.1)
         out = self.conv_last(F.leaky_relu(self.conv_hr(out), 0.1))
         base = F.interpolate(x, scale_factor=self.config.scale, mode="bilinear", align_corners=False)
-        if base.shape[1] != out.shape[1]:
+        if self.config.in_channels != self.config.out_channels:  # e.g. RGB in, gray out: add the mean
             base = base.mean(dim=1, keepdim=True).expand_as(out)
         return out + base

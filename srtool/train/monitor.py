@@ -121,23 +121,28 @@ class RunMonitor:
         self._progress = None
         self._task = None
         self._rate_mark = (time.perf_counter(), start)
+        self._live = None
         if progress:
-            from rich.console import Console
+            from rich.console import Console, Group
+            from rich.live import Live
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                        TimeRemainingColumn)
+            from rich.text import Text
 
+            console = Console(stderr=True)
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("{task.fields[status]}"),
-                console=Console(stderr=True), transient=False, refresh_per_second=4,
+                console=console,
             )
-            self._progress.start()
-            self._task = self._progress.add_task(title, total=total, completed=start, rate="", status="")
+            self._task = self._progress.add_task(title, total=total, completed=start, rate="")
+            self._status_line = Text("", style="dim")  # second line: losses and the last validation
+            self._live = Live(Group(self._progress, self._status_line), console=console, refresh_per_second=4)
+            self._live.start()
 
     def console_print(self, message: str) -> None:
-        if self._progress is not None:
-            self._progress.console.print(message, highlight=False)
+        if self._live is not None:
+            self._live.console.print(message, highlight=False)
         else:
             from rich.console import Console
 
@@ -166,8 +171,8 @@ class RunMonitor:
         losses = " ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in values.items() if k.startswith("loss/"))
         self.status = losses
         if self._progress is not None:
-            self._progress.update(self._task, completed=iteration, rate=f"{rate:.2f} it/s",
-                                  status=f"{losses}  {self.val_status}".strip())
+            self._progress.update(self._task, completed=iteration, rate=f"{rate:.2f} it/s")
+            self._set_status()
         return record
 
     def log_validation(self, iteration: int, scores: dict[str, dict[str, float]], best: bool) -> None:
@@ -179,16 +184,23 @@ class RunMonitor:
                 self.tb.add_scalar(f"val/{ds}/psnr", s["psnr"], iteration)
                 self.tb.add_scalar(f"val/{ds}/ssim", s["ssim"], iteration)
         self._write(record)
-        self.val_status = " ".join(f"{ds} {s['psnr']:.2f}dB/{s['ssim']:.4f}" for ds, s in scores.items())
+        self.val_status = "val " + " ".join(f"{ds} {s['psnr']:.2f} dB / {s['ssim']:.4f}" for ds, s in scores.items())
+        self._set_status()
         self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
         self.refresh_curves()
+
+    def _set_status(self) -> None:
+        if self._live is not None:
+            self._status_line.plain = "  ".join(part for part in ("losses " + self.status if self.status else "",
+                                                                   self.val_status) if part)
 
     def refresh_curves(self) -> None:
         plot_curves(self.records, self.run_dir / "curves.png", self.title)
 
     def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+        if self._live is not None:
+            self._live.stop()
+            self._live = None
             self._progress = None
         if self.tb is not None:
             self.tb.close()
