@@ -285,11 +285,10 @@ def test_bf16_on_cpu_is_close_to_fp32(photo):
     assert 0 < mse and 10 * np.log10(255**2 / mse) > 35  # bf16 costs little against fp32 output
 
 
-def test_load_model_default_is_bicubic_with_notice(capsys):
+def test_load_model_default_without_bundled_weights_is_bicubic_with_notice(capsys, monkeypatch, tmp_path):
     from srtool import inference
 
-    if inference.bundled_model_path() is not None:
-        pytest.skip("a bundled model ships now")
+    monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_DIR", tmp_path)  # an install without weights
     model = load_model("default")
     assert model.is_bicubic and "bicubic" in capsys.readouterr().err
     img = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20

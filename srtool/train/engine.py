@@ -454,7 +454,9 @@ class Trainer:
                         info={"iterations": self.iteration}, device=self.device)
         scores = {}
         for dataset in self.val_datasets:
-            result = evaluate_dataset(model, dataset, protocol=self.preset.validation.protocol, progress=False)
+            # strict: a network failing on a validation image must stop the run, not shrink the mean silently
+            result = evaluate_dataset(model, dataset, protocol=self.preset.validation.protocol, progress=False,
+                                      strict=True)
             scores[result.name] = {"psnr": float(result.psnr), "ssim": float(result.ssim)}
         self.last_scores = scores
         return scores

@@ -1,0 +1,59 @@
+"""CPU speed of the bundled default model, read against the machine's fp32 GEMM rate.
+
+Target (issue 7): >= 0.4 output megapixels/s on the 2-core CPU in fp32, through the same tiled
+engine `srtool upscale` uses. FLOPs are counted with torch.utils.flop_counter on the network itself.
+
+    .venv/bin/python benchmarks/bench_default_model.py
+"""
+
+from __future__ import annotations
+
+import fcntl
+import statistics
+import time
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from srtool.inference import load_model
+
+LOCK = "/tmp/srtool-cpu.lock"
+
+
+def gemm_rate(n: int = 1024, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        model = load_model("default", device="cpu", precision="fp32")
+        side = 256  # LR side -> 1024x1024 output
+        rng = np.random.default_rng(0)
+        img = (rng.random((side, side, 3)) * 255).astype(np.uint8)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            model.network(torch.rand(1, 3, 64, 64))
+        flops_per_lr_px = counter.get_total_flops() / (64 * 64)
+        model(img)  # warm-up (oneDNN primitive creation)
+        times = [_timed(lambda: model(img)) for _ in range(5)]
+        gemm = gemm_rate()
+    median = statistics.median(times)
+    out_mp = (side * 4) ** 2 / 1e6
+    achieved = flops_per_lr_px * side * side / median
+    print(f"bundled model {model.name}: {model.info['generator']['n_blocks']} blocks, {flops_per_lr_px / 16 / 1e6:.3f} MFLOP per output pixel")
+    print(f"  {side}x{side} -> {side * 4}x{side * 4}: median {median:.3f} s = {out_mp / median:.2f} output MP/s (target >= 0.4)")
+    print(f"  {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / gemm:.0f}% of fp32 GEMM {gemm / 1e9:.1f} GFLOP/s (1024^3, same run)")
+
+
+if __name__ == "__main__":
+    main()
