@@ -314,6 +314,20 @@ def _describe_failure(exc: BaseException) -> str:
 ImageCallback = Callable[[str, "np.ndarray", "np.ndarray", "dict[int, np.ndarray]"], None]
 
 
+def _common_scale(models: Sequence[SRModel], protocol: str) -> int:
+    """Check the protocol and that all models share one scale (they are compared on the same images)."""
+    if protocol not in PROTOCOLS:
+        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
+    if not models:
+        raise UserError("no model to evaluate")
+    scales = {m.scale for m in models}
+    if len(scales) > 1:
+        raise UserError(
+            f"models of different scales cannot be compared on one dataset: {', '.join(f'{m.name} x{m.scale}' for m in models)}"
+        )
+    return next(iter(scales))
+
+
 def evaluate_models(
     models: Sequence[SRModel],
     dataset: str | Path | Dataset,
@@ -331,14 +345,7 @@ def evaluate_models(
     image's result; with ``strict`` the exception propagates instead (e.g. for training validation,
     where a partial mean would be misleading).
     """
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    if not models:
-        raise UserError("no model to evaluate")
-    scales = {m.scale for m in models}
-    if len(scales) > 1:
-        raise UserError(f"models of different scales cannot share a dataset: {', '.join(f'{m.name} x{m.scale}' for m in models)}")
-    scale = scales.pop()
+    scale = _common_scale(models, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
         raise UserError(f"dataset {data.name} is x{data.scale} but the model is x{scale}")
@@ -471,16 +478,7 @@ def evaluate(
 
     from . import __version__
 
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
-    if not models:
-        raise UserError("no model to evaluate")
-    scales = {m.scale for m in models}
-    if len(scales) > 1:
-        raise UserError(
-            f"models of different scales cannot be compared on one dataset: {', '.join(f'{m.name} x{m.scale}' for m in models)}"
-        )
-    scale = next(iter(scales))
+    scale = _common_scale(models, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]
     _unique_dataset_names(data)
     labels = model_labels(models)

@@ -31,8 +31,6 @@ from .inference import SRModel, upscale_array
 from .resize import imresize
 
 STDIO = "-"
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
 WRITE_BUDGET = 1 << 30  # bytes of upscaled images waiting for their encoder threads
 
@@ -221,7 +219,6 @@ def _encode_and_write(job: Job, sr: np.ndarray, decoded: DecodedImage, options: 
         return
     with atomic_path(job.output) as tmp:
         tmp.write_bytes(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the user's usual mode
 
 
 def run_batch(

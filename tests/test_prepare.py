@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtool.cli import main
 from srtool.errors import UserError
 from srtool.prepare import TrainingStore, data_dir, prepare_folder, resolve_dataset, run_folder, tile_grid
 from srtool.resize import downscale, modcrop
+from cli_runner import run_cli
 
 
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def load(path: Path) -> np.ndarray:

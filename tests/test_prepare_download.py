@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtool.cli import main
 from srtool.errors import UserError
 from srtool.prepare import prepare_div2k
 from srtool.prepare.div2k import verify_zip
 from srtool.prepare.download import DownloadError, download
 from srtool.resize import downscale
+from cli_runner import run_cli as _cli
 
 
 def div2k_zip(split: str, size=(16, 12), corrupt_member: str | None = None) -> bytes:
@@ -232,9 +232,3 @@ def test_div2k_from_local_sources_builds_the_train_store(fast_tmp, valid_zip):
     assert not (tmp_path / "data" / "DIV2K" / "valid" / "store").exists()
 
 
-def _cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0

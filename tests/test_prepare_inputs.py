@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtool.cli import main
 from srtool.imageio import encode_png16, to_dataset_array
 from srtool.prepare import prepare_benchmark, run_benchmark
 from srtool.resize import downscale, modcrop
+from cli_runner import run_cli
 
 
-def run_cli(*args: str) -> int:
-    try:
-        main(list(args))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def load(path: Path) -> np.ndarray:

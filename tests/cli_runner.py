@@ -1,0 +1,13 @@
+"""Run the srtool CLI in-process and return its exit status (shared by the CLI-level tests)."""
+
+from __future__ import annotations
+
+from srtool.cli import main
+
+
+def run_cli(*args: str) -> int:
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
