@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .errors import NotLandedError, UserError
+from .errors import UserError
 
 err_console = Console(stderr=True)
 out_console = Console()
@@ -35,7 +35,6 @@ app.add_typer(presets_app, name="presets")
 app.add_typer(prepare_app, name="prepare")
 
 _DEBUG = {"on": False}
-_PASS_THROUGH = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
 def _version(value: bool) -> None:
@@ -90,11 +89,7 @@ def presets_show(
     sys.stdout.write(dump_toml(preset))
 
 
-# --------------------------------------------------------------------------- not-yet-landed commands
-
-
-def _not_landed(command: str, issue: str) -> None:
-    raise NotLandedError(f"'srtool {command}' is not available yet: it lands with the {issue} issue")
+# ------------------------------------------------------------------------------------------ commands
 
 
 _PrepScale = Annotated[int, typer.Option("--scale", help="Integer downscale factor (LR = HR / scale).")]

@@ -12,7 +12,3 @@ class UserError(Exception):
     """An error caused by the user's input; the message names the culprit (file, field or value)."""
 
     exit_code = 2
-
-
-class NotLandedError(UserError):
-    """A subcommand whose implementation has not landed yet: it says so instead of pretending to work."""
