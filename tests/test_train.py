@@ -234,6 +234,22 @@ def test_esrgan_runs_end_to_end_and_warns_when_started_from_scratch(t291, vgg_fi
     assert (result.run_dir / "exports" / "best.safetensors").is_file() and (result.run_dir / "curves.png").is_file()
 
 
+@pytest.mark.slow
+def test_compiled_gan_step_matches_eager(t291, vgg_file, tmp_path):
+    """train.compile: D's compiled forward updates its BatchNorm buffers in place; the generator's backward
+    must already have run by then (it failed on an H200 before the step was reordered)."""
+    tiny = [*TINY_SRRESNET, *TINY_D, "train.iters_per_epoch=2", "checkpoint.every=100"]
+    weights = {}
+    for compiled in (False, True):
+        trainer = Trainer(options(tmp_path / str(compiled), t291, "srgan", *tiny, f"train.compile={str(compiled).lower()}",
+                                  vgg_weights=str(vgg_file)), warn=lambda msg: None)
+        trainer.run()
+        weights[compiled] = {k: v.clone() for k, v in trainer.generator.state_dict().items()}
+        trainer.close()
+    for key, value in weights[False].items():
+        torch.testing.assert_close(weights[True][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
 # ----------------------------------------------------------------------------------------- guards
 
 

@@ -383,9 +383,11 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
 
-    def _optimise(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, params) -> None:
+    def _backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
         optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+
+    def _apply(self, optimizer: torch.optim.Optimizer, params) -> None:
         if self.preset.train.grad_clip_norm > 0:
             self.scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, self.preset.train.grad_clip_norm)
@@ -407,6 +409,11 @@ class Trainer:
                         real_logits = d_raw(hr)
             terms = self.loss(sr, hr, fake_logits, real_logits)
         g_total = sum(terms.values())
+        # The generator's backward runs before the discriminator's next forward: that forward updates D's
+        # BatchNorm running statistics in place, and a torch.compile'd D does so with a visible in-place
+        # copy that invalidates the buffers the generator's graph saved. Gradients of a step that turns out
+        # non-finite are discarded below, never applied.
+        self._backward(g_total, self.opt_g)
         d_total = None
         if d_raw is not None:
             d_raw.requires_grad_(True)
@@ -414,6 +421,7 @@ class Trainer:
                 d_terms = discriminator_loss(p.loss.adversarial.kind, self.d_run(hr), self.d_run(sr.detach()))
             d_total = sum(d_terms.values())
             terms.update(d_terms)
+            self._backward(d_total, self.opt_d)
         totals = torch.stack([g_total.detach().float()] + ([d_total.detach().float()] if d_total is not None else []))
         nonfinite, stop = any_flag([not bool(torch.isfinite(totals).all()), self._signal is not None], self.dist, self.device)
         if nonfinite:
@@ -432,9 +440,9 @@ class Trainer:
                 self.opt_d.zero_grad(set_to_none=True)
                 self.sched_d.step()
             return None, stop
-        self._optimise(g_total, self.opt_g, self.generator.parameters())
+        self._apply(self.opt_g, self.generator.parameters())
         if d_total is not None:
-            self._optimise(d_total, self.opt_d, self.discriminator.parameters())
+            self._apply(self.opt_d, self.discriminator.parameters())
         self.scaler.update()
         self.sched_g.step()
         if self.sched_d is not None:
