@@ -407,6 +407,14 @@ def test_malicious_pickle_is_refused(tmp_path: Path, container: str):
         os.remove(target)
 
 
+
+@pytest.mark.parametrize("content", [b"hello world\n", b"PK\x03\x04truncated zip", b""])
+def test_files_that_are_not_checkpoints_are_one_clear_error(tmp_path: Path, content: bytes):
+    path = tmp_path / "model.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=r"model\.pth: (not a readable PyTorch checkpoint|refused to load)"):
+        load_model(path)
+
 def test_run_directory_prefers_best_then_last(tmp_path: Path):
     run = tmp_path / "run"
     best = _randomise(SRResNet(SRResNetConfig(n_blocks=1, n_feats=16)))

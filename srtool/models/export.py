@@ -42,16 +42,28 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise UserError(
-            f"{path}: refused to load: the pickle contains Python objects other than tensors and plain "
-            f"containers, which could run code ({first[:200]}). Convert it to .safetensors in a trusted environment."
+            f"{path}: refused to load: PyTorch's safe loader (weights_only) rejected it ({_unpickler_reason(exc)}). "
+            "Either it is not a checkpoint, or it pickles Python objects beyond tensors and plain containers, "
+            "which could run code; convert a trusted one to .safetensors."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    except Exception as exc:  # truncated zip, a text file, ... (torch raises many types here)
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """The informative line of torch's long weights_only error, e.g. 'Trying to load unsupported GLOBAL
+    posix.system ...' or 'Unsupported operand 35' (the rest is boilerplate about torch.load's defaults)."""
+    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    for line in str(exc).splitlines():
+        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
+        if line and not line.startswith(boilerplate):
+            return line[:200]
+    return type(exc).__name__
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any] | None:
