@@ -1,4 +1,4 @@
-"""Atomic file writes: a final name never points at a half-written file.
+"""Atomic file writes (a final name never points at a half-written file), and the file hash used to verify them.
 
 Everything srtool writes (images, checkpoints, manifests, tables) goes through :func:`atomic_path`:
 the data is written to a hidden temporary file in the destination folder, flushed, and renamed over
@@ -9,6 +9,7 @@ leaves at most a ``.*.tmp`` file behind, never a truncated output under its real
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -45,6 +46,15 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (model identities, manifests, download checks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:

@@ -31,7 +31,6 @@ Every network forward of eval, train's validation and upscale goes through :func
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -43,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .atomic import sha256_file
 from .errors import UserError
 from .resize import imresize
 
@@ -55,14 +55,6 @@ MIN_TILE = 16
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ------------------------------------------------------------------------------ device and precision

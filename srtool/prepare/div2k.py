@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import write_text_atomic
+from ..atomic import sha256_file, write_text_atomic
 from ..errors import UserError
 from ..imageio import list_images
-from .download import download, move_aside, sha256_of
+from .download import download, move_aside
 from .paths import data_dir
 from .pipeline import DEFAULT_COMPRESS_LEVEL, ImageSource, PrepareResult, Recipe, run_prepare
 from .store import DEFAULT_STEP, DEFAULT_TILE
@@ -92,7 +92,7 @@ def _verify_archive_cached(path: Path, out_root: Path) -> tuple[str, dict[str, s
         digest = entry["sha256"]
     else:
         split, members = verify_zip(path)
-        digest = sha256_of(path)
+        digest = sha256_file(path)
         cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
         write_text_atomic(cache_path, json.dumps(cache, indent=1, sort_keys=True) + "\n")
     return split, members, digest

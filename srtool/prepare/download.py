@@ -12,7 +12,6 @@ a check is moved aside to ``<dest>.bad`` (never used, never silently deleted) an
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import socket
@@ -24,6 +23,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from .. import __version__
+from ..atomic import sha256_file
 from ..errors import UserError
 
 CHUNK = 1 << 20
@@ -42,14 +42,6 @@ def move_aside(path: Path) -> Path:
         target = path.with_name(f"{path.name}.bad{n}")
     os.replace(path, target)
     return target
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _total_from_headers(status: int, headers, have: int) -> int | None:
@@ -136,7 +128,7 @@ def download(
         bad = move_aside(part)
         raise DownloadError(f"{url}: got {size} bytes but the server announced {total}; moved the file aside to {bad}")
     if sha256:
-        actual = sha256_of(part)
+        actual = sha256_file(part)
         if actual.lower() != sha256.lower():
             bad = move_aside(part)
             raise DownloadError(f"{url}: sha256 mismatch (expected {sha256}, got {actual}); moved the file aside to {bad}")

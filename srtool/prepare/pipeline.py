@@ -41,7 +41,7 @@ from ..atomic import write_bytes_atomic, write_text_atomic
 from ..errors import UserError
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
 from ..resize import EDGE_MODES, downscale, modcrop
-from .download import sha256_of as sha256_file
+from ..atomic import sha256_file
 from .store import DEFAULT_STEP, DEFAULT_TILE, as_rgb, store_paths, tile_grid, write_index
 
 STATE_DIR = ".srtool-prepare"
