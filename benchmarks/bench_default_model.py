@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from srtool.inference import load_model
+from srtool.loading import load_model
 
 LOCK = "/tmp/srtool-cpu.lock"
 

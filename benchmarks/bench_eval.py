@@ -67,13 +67,13 @@ def bench_cli(repeats: int) -> None:
     rows = [
         ("python -c pass", [py, "-c", "pass"]),
         ("python -c 'import torch'", [py, "-c", "import torch"]),
-        ("import eval command modules", [py, "-c", "import srtool.cli, srtool.evaluate, srtool.report, srtool.inference, srtool.prepare"]),
+        ("import eval command modules", [py, "-c", "import srtool.cli, srtool.evaluate, srtool.report, srtool.engine, srtool.loading, srtool.prepare"]),
         ("srtool eval --model bicubic --data Set14", command),
     ]
     for label, args in rows:
         print(f"   {label:44s} {fmt([run_process(args) for _ in range(repeats)])}")
     from srtool.evaluate import evaluate_dataset
-    from srtool.inference import bicubic_model
+    from srtool.loading import bicubic_model
 
     model = bicubic_model(4)
     evaluate_dataset(model, set14, progress=False)

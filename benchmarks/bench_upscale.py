@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from srtool.inference import SRModel, cpu_has_native_bf16, prepare_network
+from srtool.devices import cpu_has_native_bf16
+from srtool.engine import SRModel
+from srtool.fusion import prepare_network
 from srtool.models import RRDBNet, RRDBNetConfig, SRResNet, SRResNetConfig
 
 
@@ -178,7 +180,7 @@ def main() -> None:
             t_untiled = min(t_untiled, best_time(lambda: untiled(img), reps=1, warmup=0))
             t_tiled = min(t_tiled, best_time(lambda: tiled(img), reps=1, warmup=0))
         g_tiled = gemm_rate()
-        from srtool.inference import axis_tiles
+        from srtool.engine import axis_tiles
 
         tiles = axis_tiles(tiled_side, 256, tiled.tile_pad)
         executed = sum(t.win1 - t.win0 for t in tiles) ** 2 / tiled_side**2

@@ -17,14 +17,14 @@ from typing import Any
 
 def load_model(*args: Any, **kwargs: Any):
     """Load a model by name ("default", "bicubic"), export file, run directory or checkpoint."""
-    from .inference import load_model as _load
+    from .loading import load_model as _load
 
     return _load(*args, **kwargs)
 
 
 def upscale_image(*args: Any, **kwargs: Any):
     """Upscale a PIL image or numpy array; returns the same type."""
-    from .inference import upscale_image as _up
+    from .engine import upscale_image as _up
 
     return _up(*args, **kwargs)
 

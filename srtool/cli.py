@@ -284,7 +284,7 @@ def upscale(
     """Batch-upscale images with a model (tiled; never runs out of memory; keeps depth, alpha, ICC, EXIF)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .inference import load_model
+    from .loading import load_model
     from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch
 
     sr_model = load_model(

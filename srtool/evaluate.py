@@ -7,7 +7,7 @@ with the MATLAB recipe (:func:`srtool.resize.downscale`, after a top-left mod-cr
 
 Images are streamed: each HR/LR pair is read once and every model runs on it before the next pair
 is read, so memory is bounded by one image (models run through the tiled engine of
-:mod:`srtool.inference`). Problems with the *data* (missing HR/, LR not exactly HR/scale, a model
+:mod:`srtool.engine`). Problems with the *data* (missing HR/, LR not exactly HR/scale, a model
 whose scale differs from the dataset's, an unreadable image, an empty dataset) stop the run with a
 :class:`~srtool.errors.UserError` naming the file. A *model* that fails on one image is recorded as
 failed for that image (``ImageResult.error``) and the run continues: nothing is silently skipped, and
@@ -31,7 +31,7 @@ from .errors import UserError
 from .metrics import PROTOCOLS, compute_metrics
 
 if TYPE_CHECKING:
-    from .inference import SRModel
+    from .engine import SRModel
 
 LR_FOLDER = "LR_bicubic"
 _LR_SCALE_DIR = re.compile(r"^X(\d+)$")
@@ -511,12 +511,12 @@ class EvalOutputs:
 
 
 def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | None = None, scale: int | None = None) -> list[SRModel]:
-    """Load every model spec through :func:`srtool.inference.load_model`, in float32.
+    """Load every model spec through :func:`srtool.loading.load_model`, in float32.
 
     Evaluation runs networks in fp32 whatever the device (fp16 would move scores by ~1e-3 dB and
     published numbers are fp32). ``bicubic`` takes the networks' scale (or ``scale``, else 4).
     """
-    from .inference import bicubic_model, load_model
+    from .loading import bicubic_model, load_model
 
     specs = list(specs) or ["default"]
     loaded: dict[int, SRModel] = {}

@@ -191,7 +191,7 @@ def comparison_figure(
     Scores under each panel are that image's PSNR/SSIM under ``protocol`` (the same numbers the
     eval tables hold). A model that fails on this image raises its exception (the caller names it).
     """
-    from .inference import bicubic_model
+    from .loading import bicubic_model
     from .metrics import compute_metrics
 
     panels = [Panel("HR", hr)]

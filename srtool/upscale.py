@@ -27,7 +27,7 @@ from .errors import UserError
 from .imageio import (
     DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_image, format_for_suffix, is_image_file, read_image,
 )
-from .inference import SRModel, upscale_array
+from .engine import SRModel, upscale_array
 from .resize import imresize
 
 STDIO = "-"

@@ -17,7 +17,7 @@ from torch import nn
 
 from srtool.checkpoints import LAYOUTS, load_checkpoint
 from srtool.errors import UserError
-from srtool.inference import load_model
+from srtool.loading import load_model
 from srtool.models import RRDBNet, RRDBNetConfig, SRResNet, SRResNetConfig
 from srtool.models.export import save_export
 from srtool.models.vgg import IMAGENET_MEAN, IMAGENET_STD

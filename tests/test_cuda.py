@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from srtool.inference import load_model
+from srtool.loading import load_model
 from srtool.models import SRResNet, SRResNetConfig
 from srtool.models.export import save_export
 

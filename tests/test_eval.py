@@ -21,7 +21,8 @@ from srtool.cli import main
 from srtool.errors import UserError
 from srtool.evaluate import evaluate, evaluate_dataset, open_dataset, run_eval, EvalOutputs
 from srtool.imageio import read_dataset_image, write_png
-from srtool.inference import SRModel, bicubic_model, load_model
+from srtool.engine import SRModel
+from srtool.loading import bicubic_model, load_model
 from srtool.metrics import compute_metrics
 from srtool.report import to_csv, to_json_document, to_markdown
 from srtool.resize import upscale
@@ -98,7 +99,7 @@ def test_json_has_per_image_values_means_protocol_version_identity(set5_run, sha
     doc = json.loads((out / "r.json").read_text())
     assert doc["schema"] == "srtool-eval/1" and doc["srtool_version"] == __version__ and doc["protocol"] == "y"
     assert [m["label"] for m in doc["models"]] == ["bicubic", "tiny"]
-    from srtool.inference import sha256_file
+    from srtool.atomic import sha256_file
 
     assert doc["models"][1]["identity"] == sha256_file(tiny_model) and doc["models"][0]["identity"] == "bicubic"
     bicubic = next(r for r in doc["results"] if r["model"] == "bicubic")

@@ -15,10 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from srtool.errors import UserError
-from srtool.inference import (
-    SRModel, axis_tiles, axis_weights, blend_half_width, load_model, prepare_network, resolve_device,
-    resolve_precision, upscale_array, upscale_image,
-)
+from srtool.devices import resolve_device, resolve_precision
+from srtool.engine import SRModel, axis_tiles, axis_weights, blend_half_width, upscale_array, upscale_image
+from srtool.fusion import prepare_network
+from srtool.loading import load_model
 from srtool.models import RRDBNet, RRDBNetConfig, SRResNet, SRResNetConfig
 from srtool.resize import imresize
 
@@ -110,14 +110,14 @@ def test_tiled_equals_untiled_rrdbnet(photo):
 
 def test_wide_image_gets_shorter_tiles_same_result(photo, monkeypatch):
     """The float strip spans the full width; a small strip budget forces short tiles, same pixels."""
-    from srtool import inference
+    from srtool import engine
 
     net = _srresnet()
     expected = _model(net, tile=32, pad=18)(photo)
     calls = []
-    monkeypatch.setattr(inference, "STRIP_BUDGET", 1 << 16)
-    original = inference.axis_tiles
-    monkeypatch.setattr(inference, "axis_tiles", lambda n, t, p, uniform=False: calls.append((n, t)) or original(n, t, p, uniform))
+    monkeypatch.setattr(engine, "STRIP_BUDGET", 1 << 16)
+    original = engine.axis_tiles
+    monkeypatch.setattr(engine, "axis_tiles", lambda n, t, p, uniform=False: calls.append((n, t)) or original(n, t, p, uniform))
     np.testing.assert_array_equal(_model(net, tile=32, pad=18)(photo), expected)
     assert calls[0] == (97, 16) and calls[1] == (81, 32)  # rows: 16-px tiles, columns: 32
 
@@ -142,10 +142,10 @@ def test_blending_never_darkens_borders():
 def test_batched_tiles_match(photo):
     net = _srresnet()
     model = _model(net, tile=32, pad=18)
-    from srtool import inference
+    from srtool import engine
 
     expected = model(photo)  # one tile per call, border windows clipped
-    out = inference._run_tiled(model, photo, "model", 32, 3)  # three same-shape tiles per network call
+    out = engine._run_tiled(model, photo, "model", 32, 3)  # three same-shape tiles per network call
     np.testing.assert_array_equal(out, expected)
 
 
@@ -286,9 +286,9 @@ def test_bf16_on_cpu_is_close_to_fp32(photo):
 
 
 def test_load_model_default_without_bundled_weights_is_bicubic_with_notice(capsys, monkeypatch, tmp_path):
-    from srtool import inference
+    from srtool import loading
 
-    monkeypatch.setattr(inference, "BUNDLED_WEIGHTS_DIR", tmp_path)  # an install without weights
+    monkeypatch.setattr(loading, "BUNDLED_WEIGHTS_DIR", tmp_path)  # an install without weights
     model = load_model("default")
     assert model.is_bicubic and "bicubic" in capsys.readouterr().err
     img = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
@@ -298,7 +298,8 @@ def test_load_model_default_without_bundled_weights_is_bicubic_with_notice(capsy
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import numpy as np, torch
-    from srtool.inference import SRModel, prepare_network
+    from srtool.engine import SRModel
+    from srtool.fusion import prepare_network
     from srtool.models import SRResNet, SRResNetConfig
     torch.manual_seed(0)
     net = SRResNet(SRResNetConfig(n_blocks=1, n_feats=8, head_kernel=3, tail_kernel=3))
@@ -326,7 +327,7 @@ def test_memory_bounded_by_tile_not_image():
 
 def test_cpu_fusion_keeps_function_and_state_dict(photo):
     """conv -> LeakyReLU pairs run as fused oneDNN calls; same outputs, same state_dict keys."""
-    from srtool.inference import _FusedConvActivation
+    from srtool.fusion import _FusedConvActivation
 
     torch.manual_seed(3)
     net = RRDBNet(RRDBNetConfig(n_blocks=1, n_feats=16, growth=8)).eval()

@@ -152,7 +152,7 @@ def test_perceptual_terms_follow_the_presets(vgg_file):
 def test_small_srresnet_beats_bicubic_on_set5_and_exports(t291, benchmarks_dir, tmp_path):
     """A PSNR-stage run on T91+BSD200 passes MATLAB bicubic on Set5 within 1000 CPU iterations."""
     from srtool.evaluate import evaluate_dataset
-    from srtool.inference import load_model
+    from srtool.loading import load_model
 
     set5 = benchmarks_dir / "Set5"
     opts = options(

@@ -23,7 +23,8 @@ from torch import nn
 
 from srtool.cli import main
 from srtool.imageio import apply_orientation, read_image
-from srtool.inference import SRModel, prepare_network
+from srtool.engine import SRModel
+from srtool.fusion import prepare_network
 from srtool.resize import imresize
 from srtool.upscale import UpscaleOptions, plan_jobs, run_batch
 

@@ -151,8 +151,8 @@ def environment_info(device: torch.device, info: DistInfo) -> dict[str, Any]:
 
 def load_init_weights(spec: str, preset: Preset, notice: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
     """Generator weights from a PSNR-stage run directory, an srtool export or a third-party checkpoint
-    (anything :func:`srtool.inference.load_model` reads); the architecture must match the preset's."""
-    from ..inference import load_model
+    (anything :func:`srtool.loading.load_model` reads); the architecture must match the preset's."""
+    from ..loading import load_model
 
     model = load_model(spec, device="cpu", precision="fp32", notice=notice)
     if model.network is None or not hasattr(model.network, "config"):
@@ -454,7 +454,7 @@ class Trainer:
 
     def validate(self) -> dict[str, dict[str, float]]:
         from ..evaluate import evaluate_dataset
-        from ..inference import SRModel
+        from ..engine import SRModel
 
         net = self.ema.module.eval()
         model = SRModel(name=f"{self.preset.name}@{self.iteration}", scale=self.preset.scale, network=net,

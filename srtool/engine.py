@@ -1,4 +1,4 @@
-"""Models for inference: loading by name or path, and the one tiled engine that runs them.
+"""The one tiled inference engine: :class:`SRModel` and :func:`upscale_array`.
 
 Every network forward of eval, train's validation and upscale goes through :func:`upscale_array`:
 
@@ -31,189 +31,28 @@ Every network forward of eval, train's validation and upscale goes through :func
 
 from __future__ import annotations
 
+from __future__ import annotations
+
 import math
-import os
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .atomic import sha256_file
+from .devices import NET_DTYPES, available_memory
 from .errors import UserError
 from .resize import imresize
 
-BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
-# ------------------------------------------------------------------------------ device and precision
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}; use one of {', '.join(DEVICES)}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple Metal (MPS) is not available on this machine")
-    return dev
-
-
-def cpu_has_native_bf16() -> bool:
-    """True on CPUs with AVX512-BF16 or AMX, where bf16 convolutions are fast (Linux flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA (tensor cores, half the memory), fp32 on CPU and MPS."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
-    return precision
-
-
-def prepare_network(network: nn.Module, device: torch.device, precision: str) -> nn.Module:
-    """Inference-ready network: eval mode, no grads, on ``device`` in ``precision``, channels_last;
-    on the CPU, convolutions followed by LeakyReLU/ReLU run as one fused oneDNN call."""
-    network = network.eval().requires_grad_(False).to(device=device, dtype=_DTYPES[precision])
-    if device.type in ("cpu", "cuda"):
-        network = network.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
-        network = fuse_conv_activations(network)
-    return network
-
-
-def _fuse_scaled_residuals(graph_module) -> int:
-    """Rewrite ``x + c * y`` (c a Python number) into ``torch.add(x, y, alpha=c)``: one pass, not two."""
-    import operator
-
-    count = 0
-    for node in list(graph_module.graph.nodes):
-        if node.op != "call_function" or node.target is not operator.add or len(node.args) != 2:
-            continue
-        for i in (0, 1):
-            mul, other = node.args[i], node.args[1 - i]
-            if getattr(mul, "op", None) != "call_function" or mul.target is not operator.mul or len(mul.users) != 1:
-                continue
-            scalars = [a for a in mul.args if isinstance(a, (int, float))]
-            tensors = [a for a in mul.args if not isinstance(a, (int, float))]
-            if len(scalars) != 1 or len(tensors) != 1 or isinstance(other, (int, float)):
-                continue
-            with graph_module.graph.inserting_after(node):
-                replacement = graph_module.graph.call_function(torch.add, (other, tensors[0]), {"alpha": scalars[0]})
-            node.replace_all_uses_with(replacement)
-            graph_module.graph.erase_node(node)
-            graph_module.graph.erase_node(mul)
-            count += 1
-            break
-    return count
-
-
-class _FusedConvActivation(nn.Module):
-    """A Conv2d and the activation after it as one oneDNN convolution with a post-op.
-
-    Shares the convolution's parameters. The activation is applied to the accumulator before the
-    result is written, which saves one pass over the feature map and one allocation per layer;
-    results are identical to the two-step eager computation.
-    """
-
-    def __init__(self, conv: nn.Conv2d, attr: str, scalars: list[float]):
-        super().__init__()
-        # held outside the module tree: the conv stays registered under its own name in the traced
-        # network, so state_dict() keeps exactly the original keys (train's --init-from reads them)
-        self._conv = (conv,)
-        self.attr, self.scalars = attr, scalars
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self._conv[0]
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, c.weight, c.bias, list(c.padding), list(c.stride), list(c.dilation), c.groups,
-            self.attr, self.scalars, "",
-        )
-
-
-def fuse_conv_activations(network: nn.Module) -> nn.Module:
-    """Rewrite conv -> leaky_relu/relu pairs into fused oneDNN calls (CPU inference only).
-
-    Uses torch.fx to find the pairs, so no architecture is special-cased. Returns ``network``
-    unchanged when it cannot be traced, oneDNN is unavailable, or nothing is fusable.
-    """
-    import torch.fx
-    import torch.nn.functional as F
-
-    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")):
-        return network
-    try:
-        graph_module = torch.fx.symbolic_trace(network)
-    except Exception:  # noqa: BLE001 -- data-dependent control flow etc.: keep the eager network
-        return network
-    modules = dict(graph_module.named_modules())
-    fused = 0
-    for node in list(graph_module.graph.nodes):
-        attr, scalars = None, []
-        if node.op == "call_function" and node.target in (F.leaky_relu, torch.nn.functional.leaky_relu):
-            slope = node.args[1] if len(node.args) > 1 else node.kwargs.get("negative_slope", 0.01)
-            attr, scalars = "leaky_relu", [float(slope)]
-        elif node.op == "call_function" and node.target in (F.relu, torch.relu):
-            attr = "relu"
-        elif node.op == "call_module" and isinstance(modules.get(node.target), nn.LeakyReLU):
-            attr, scalars = "leaky_relu", [float(modules[node.target].negative_slope)]
-        elif node.op == "call_module" and isinstance(modules.get(node.target), nn.ReLU):
-            attr = "relu"
-        if attr is None or not node.args:
-            continue
-        producer = node.args[0]
-        conv = modules.get(producer.target) if getattr(producer, "op", None) == "call_module" else None
-        if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1 or conv.padding_mode != "zeros" \
-                or isinstance(conv.padding, str):
-            continue
-        name = f"_fused_{fused}"
-        graph_module.add_submodule(name, _FusedConvActivation(conv, attr, scalars))
-        with graph_module.graph.inserting_after(node):
-            replacement = graph_module.graph.call_module(name, (producer.args[0],))
-        node.replace_all_uses_with(replacement)
-        graph_module.graph.erase_node(node)
-        graph_module.graph.erase_node(producer)
-        fused += 1
-    fused += _fuse_scaled_residuals(graph_module)
-    if not fused:
-        return network
-    graph_module.graph.lint()
-    graph_module.recompile()
-    graph_module.config = getattr(network, "config", None)
-    graph_module.scale = getattr(network, "scale", None)
-    return graph_module
-
-
-# ------------------------------------------------------------------------------------------ SRModel
 
 
 @dataclass
@@ -319,23 +158,6 @@ def activation_bytes_per_pixel(network: nn.Module, scale: int, precision: str) -
     feats, growth = _network_feats(network)
     elem = 4 if precision == "fp32" else 2
     return elem * ((feats + 4 * growth) * 4 + feats * scale * scale * 3) + 64 * scale * scale
-
-
-def available_memory(device: torch.device) -> int:
-    """Free bytes on ``device`` (CUDA: driver's free memory; CPU: MemAvailable)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
 
 
 def auto_tile(model: SRModel) -> tuple[int, int]:
@@ -491,7 +313,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
     bicubic_alpha = None
     if plan.has_alpha and not plan.alpha_by_model:
         bicubic_alpha = _finish_alpha_plane(imresize(image[..., -1], float(s)), image.dtype)
-    net_dtype = _DTYPES[model.precision]
+    net_dtype = NET_DTYPES[model.precision]
     mem_format = torch.channels_last if model.device.type in ("cpu", "cuda") else torch.contiguous_format
 
     def forward(tiles: list[np.ndarray]) -> np.ndarray:
@@ -625,93 +447,6 @@ class _Strip:
 
 
 # ------------------------------------------------------------------------------------------ loading
-
-
-def bicubic_model(scale: int = 4) -> SRModel:
-    return SRModel(name="bicubic", scale=scale, identity="bicubic", source="MATLAB bicubic")
-
-
-def bundled_model_path() -> Path | None:
-    candidates = sorted(BUNDLED_WEIGHTS_DIR.glob("*.safetensors"))
-    return candidates[0] if candidates else None
-
-
-def run_directory_export(path: Path) -> Path | None:
-    """A training run directory's export: exports/best.safetensors, else exports/last.safetensors."""
-    for name in ("best.safetensors", "last.safetensors"):
-        candidate = path / "exports" / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def load_model(
-    spec: str | Path = "default",
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    tile: int | None = None,
-    tile_pad: int | None = None,
-    scale: int | None = None,
-    alpha: str = "model",
-    notice: Callable[[str], None] | None = None,
-) -> SRModel:
-    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, or a
-    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet).
-
-    ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error.
-    ``notice`` receives one-line notices (default: printed to stderr).
-    """
-    from .checkpoints import load_checkpoint
-    from .models.export import load_export, read_export_metadata
-
-    say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
-    if tile is not None and tile < MIN_TILE:
-        raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
-    if tile_pad is not None and tile_pad < 0:
-        raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
-    if alpha not in ALPHA_MODES:
-        raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
-    if scale is not None and scale not in (2, 3, 4, 8):
-        raise UserError(f"--scale: unsupported value {scale}; supported: 2, 3, 4, 8")
-    spec_str = str(spec)
-    if spec_str == "bicubic":
-        return bicubic_model(scale or 4)
-    if spec_str == "default":
-        path = bundled_model_path()
-        if path is None:
-            model = bicubic_model(scale or 4)
-            model.info["notice"] = "no bundled model ships with this srtool yet: using MATLAB bicubic"
-            say(model.info["notice"])
-            return model
-        spec = path
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise UserError(
-            f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory or a checkpoint file)"
-        )
-    if path.is_dir():
-        export = run_directory_export(path)
-        if export is None:
-            raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
-        path = export
-    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
-        network, info = load_export(path)
-        info = {"layout": "srtool export", **info}
-    else:
-        network, info = load_checkpoint(path, scale_hint=scale)
-    net_scale = int(getattr(network, "scale"))
-    if scale is not None and scale != net_scale:
-        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
-        say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
-    return SRModel(
-        name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
-        scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
-        source=str(path), info=info, device=dev, precision=prec, tile=tile,
-        tile_pad=DEFAULT_TILE_PAD if tile_pad is None else tile_pad, alpha=alpha,
-    )
 
 
 def upscale_image(model: SRModel, image, alpha: str | None = None):

@@ -1,0 +1,106 @@
+"""Models by name or path: "default" (the bundled model), "bicubic", srtool exports, training run
+directories and third-party checkpoints, made ready for the engine (device, precision, fusion).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .atomic import sha256_file
+from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
+from .engine import ALPHA_MODES, DEFAULT_TILE_PAD, MIN_TILE, SRModel
+from .errors import UserError
+from .fusion import prepare_network
+
+BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def bicubic_model(scale: int = 4) -> SRModel:
+    return SRModel(name="bicubic", scale=scale, identity="bicubic", source="MATLAB bicubic")
+
+
+def bundled_model_path() -> Path | None:
+    candidates = sorted(BUNDLED_WEIGHTS_DIR.glob("*.safetensors"))
+    return candidates[0] if candidates else None
+
+
+def run_directory_export(path: Path) -> Path | None:
+    """A training run directory's export: exports/best.safetensors, else exports/last.safetensors."""
+    for name in ("best.safetensors", "last.safetensors"):
+        candidate = path / "exports" / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_model(
+    spec: str | Path = "default",
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    tile: int | None = None,
+    tile_pad: int | None = None,
+    scale: int | None = None,
+    alpha: str = "model",
+    notice: Callable[[str], None] | None = None,
+) -> SRModel:
+    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, or a
+    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet).
+
+    ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error.
+    ``notice`` receives one-line notices (default: printed to stderr).
+    """
+    from .checkpoints import load_checkpoint
+    from .models.export import load_export, read_export_metadata
+
+    say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
+    if tile is not None and tile < MIN_TILE:
+        raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
+    if tile_pad is not None and tile_pad < 0:
+        raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
+    if alpha not in ALPHA_MODES:
+        raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
+    if scale is not None and scale not in (2, 3, 4, 8):
+        raise UserError(f"--scale: unsupported value {scale}; supported: 2, 3, 4, 8")
+    spec_str = str(spec)
+    if spec_str == "bicubic":
+        return bicubic_model(scale or 4)
+    if spec_str == "default":
+        path = bundled_model_path()
+        if path is None:
+            model = bicubic_model(scale or 4)
+            model.info["notice"] = "no bundled model ships with this srtool yet: using MATLAB bicubic"
+            say(model.info["notice"])
+            return model
+        spec = path
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory or a checkpoint file)"
+        )
+    if path.is_dir():
+        export = run_directory_export(path)
+        if export is None:
+            raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
+        path = export
+    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
+        network, info = load_export(path)
+        info = {"layout": "srtool export", **info}
+    else:
+        network, info = load_checkpoint(path, scale_hint=scale)
+    net_scale = int(getattr(network, "scale"))
+    if scale is not None and scale != net_scale:
+        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
+        say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
+    return SRModel(
+        name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
+        scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
+        source=str(path), info=info, device=dev, precision=prec, tile=tile,
+        tile_pad=DEFAULT_TILE_PAD if tile_pad is None else tile_pad, alpha=alpha,
+    )
