@@ -3,7 +3,11 @@
 Everything srtool writes (images, checkpoints, manifests, tables) goes through :func:`atomic_path`:
 the data is written to a hidden temporary file in the destination folder, flushed, and renamed over
 the final name with :func:`os.replace`, which is atomic on POSIX and Windows. An interrupted run
-leaves at most a ``.*.tmp`` file behind, never a truncated output under its real name.
+leaves at most a ``.srtool-*.tmp`` file behind, never a truncated output under its real name.
+
+Temporary names are short and fixed-pattern (``.srtool-XXXXXXXX.png.tmp``), not derived from the
+final name: a 250-byte final name must not fail on a longer temporary one (ENAMETOOLONG), and
+:func:`is_srtool_temp` can tell srtool's leftovers from a user's own ``.notes.tmp``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +24,19 @@ from pathlib import Path
 # Read once at import: os.umask can only be read by setting it, which would race with other threads.
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+
+TEMP_PREFIX = ".srtool-"
+_TEMP_NAME = re.compile(r"\.srtool-[A-Za-z0-9_]{8}(\.[A-Za-z0-9]{1,8})?\.tmp")
+
+
+def is_srtool_temp(path: str | os.PathLike) -> bool:
+    """True for a temporary name :func:`atomic_path` creates (and only for those)."""
+    return _TEMP_NAME.fullmatch(Path(path).name) is not None
+
+
+def _temp_suffix(suffix: str) -> str:
+    """The extension part of a temporary name: kept when short and plain, else dropped."""
+    return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
 
 
 @contextlib.contextmanager
@@ -31,7 +49,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=(suffix if suffix is not None else final.suffix) + ".tmp",
+        prefix=TEMP_PREFIX, suffix=_temp_suffix(suffix if suffix is not None else final.suffix) + ".tmp",
         dir=final.parent,
     )
     os.close(fd)

@@ -14,27 +14,63 @@ import torch
 from .errors import UserError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICES = ("auto", "cpu", "cuda", "mps", "xpu")
 NET_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
+def _xpu_available() -> bool:
+    return getattr(torch, "xpu", None) is not None and torch.xpu.is_available()
+
+
+def available_devices() -> list[str]:
+    """The ``--device`` values that can run a network on this machine with this torch build."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _mps_available():
+        names.append("mps")
+    if _xpu_available():
+        names.append("xpu")
+    return names
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist."""
-    name = str(device)
+    """``auto`` -> cuda if available, else mps, else cpu; an explicit device must exist and compute.
+
+    Anything else (a typo, a backend this torch build lacks such as ``hpu``, an absent GPU index,
+    ``meta`` which holds no data) is a :class:`UserError` naming the usable choices.
+    """
+    name = str(device).strip()
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
+    choices = ", ".join(available_devices())
     try:
         dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}; use one of {', '.join(DEVICES)}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available to PyTorch on this machine")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UserError("--device mps: Apple Metal (MPS) is not available on this machine")
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device: unknown device {name!r}; on this machine use one of {choices}") from None
+    if dev.type == "meta":
+        raise UserError(f"--device meta: the meta device holds no data and cannot compute; use one of {choices}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA GPU is available to PyTorch on this machine; use one of {choices}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use one of {choices}")
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise UserError(f"--device {name}: Apple Metal (MPS) is not available on this machine; use one of {choices}")
+    elif dev.type == "xpu":
+        if not _xpu_available():
+            raise UserError(f"--device {name}: no Intel XPU is available to PyTorch on this machine; use one of {choices}")
+    elif dev.type != "cpu":
+        raise UserError(f"--device {name}: srtool does not run on {dev.type!r} devices; on this machine use one of {choices}")
     return dev
 
 

@@ -156,6 +156,11 @@ def format_for_suffix(suffix: str) -> str | None:
     return _SUFFIX_FORMATS.get(suffix.lower())
 
 
+def format_for_pil(pil_format: str | None) -> str | None:
+    """srtool's format name for a PIL format name (``JPEG`` -> ``jpg``), None if srtool does not write it."""
+    return _PIL_FORMATS.get(pil_format or "")
+
+
 def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     """Apply an EXIF orientation (1..8) to an (H, W[, C]) array, as ``ImageOps.exif_transpose`` does."""
     a = array
@@ -292,7 +297,9 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
 
 
-def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None) -> bytes:
+def encode_png16(
+    array: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None, software: str | None = None,
+) -> bytes:
     """A 16-bit PNG of a uint16 (H, W[, C]) array (C = 1..4), rows with PNG's 'Up' filter."""
     h, w = array.shape[:2]
     c = 1 if array.ndim == 2 else array.shape[2]
@@ -306,6 +313,8 @@ def encode_png16(array: np.ndarray, icc_profile: bytes | None = None, exif: byte
         out.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     if exif:
         out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
+    if software:
+        out.append(_png_chunk(b"tEXt", b"Software\x00" + software.encode("latin-1", "replace")))
     out += [_png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)), _png_chunk(b"IEND", b"")]
     return b"".join(out)
 
@@ -348,12 +357,15 @@ def _flatten_alpha(array: np.ndarray) -> np.ndarray:
 
 def encode_image(
     array: np.ndarray, fmt: str, quality: int = 95, icc_profile: bytes | None = None, exif: bytes | None = None,
+    software: str | None = None,
 ) -> bytes:
     """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp).
 
     PNG and TIFF keep 16 bits; JPEG, WebP and BMP are 8-bit (16-bit input is rounded v/257); JPEG
     and BMP have no alpha, so alpha images are composited over white. ICC and EXIF are embedded
-    where the format allows (16-bit colour TIFF keeps the ICC profile but not EXIF).
+    where the format allows (16-bit colour TIFF keeps the ICC profile but not EXIF). ``software``
+    is recorded as the PNG ``Software`` text, the TIFF Software tag or the JPEG comment (see
+    :func:`read_software`); WebP and BMP do not carry it.
     """
     if fmt not in OUTPUT_FORMATS:
         raise UserError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
@@ -367,7 +379,12 @@ def encode_image(
     buf = io.BytesIO()
     if fmt == "png":
         if array.dtype == np.uint16 and array.ndim == 3:
-            return encode_png16(array, icc_profile, exif)
+            return encode_png16(array, icc_profile, exif, software)
+        if software:
+            from PIL.PngImagePlugin import PngInfo
+
+            extra["pnginfo"] = PngInfo()
+            extra["pnginfo"].add_text("Software", software)
         pil_from_array(array).save(buf, format="PNG", compress_level=6, **extra)
     elif fmt == "tiff":
         if array.dtype == np.uint16 and array.ndim == 3:
@@ -377,9 +394,11 @@ def encode_image(
             extrasamples = ("unassalpha",) if array.shape[2] in (2, 4) else None
             tifffile.imwrite(
                 buf, array, photometric=photometric, extrasamples=extrasamples, compression="zlib",
-                iccprofile=icc_profile, metadata=None,
+                iccprofile=icc_profile, metadata=None, software=software or None,
             )
         else:
+            if software:
+                extra["software"] = software
             pil_from_array(array).save(buf, format="TIFF", compression="tiff_adobe_deflate", **extra)
     else:
         arr8 = _to_8bit(array)
@@ -391,12 +410,36 @@ def encode_image(
             arr8 = np.concatenate([np.repeat(arr8[..., :1], 3, axis=2), arr8[..., 1:]], axis=2)
         img = pil_from_array(arr8)
         if fmt == "jpg":
+            if software:
+                extra["comment"] = software.encode("utf-8")
             img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **extra)
         elif fmt == "webp":
             img.save(buf, format="WEBP", quality=quality, **extra)
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
+
+
+def read_software(path: str | Path) -> str | None:
+    """The writer recorded by :func:`encode_image` (PNG text, TIFF tag, JPEG comment), else None.
+
+    Reads only the header (no pixel decoding); unreadable files give None.
+    """
+    try:
+        with Image.open(path) as img:
+            if img.format == "PNG":
+                value = img.info.get("Software")
+            elif img.format == "TIFF":
+                value = img.tag_v2.get(0x0131)
+            elif img.format in ("JPEG", "MPO"):
+                value = img.info.get("comment")
+            else:
+                return None
+    except Exception:  # noqa: BLE001 -- not an image we can read: no marker
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) else None
 
 
 def write_image(

@@ -65,6 +65,7 @@ def load_model(
         raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
     if scale is not None and scale not in (2, 3, 4, 8):
         raise UserError(f"--scale: unsupported value {scale}; supported: 2, 3, 4, 8")
+    dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
     spec_str = str(spec)
     if spec_str == "bicubic":
         return bicubic_model(scale or 4)
@@ -94,7 +95,6 @@ def load_model(
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
-    dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")

@@ -13,6 +13,7 @@ over ``--max-pixels``) is reported and skipped; the rest of the batch goes on. E
 from __future__ import annotations
 
 import glob
+import io
 import os
 import sys
 import time
@@ -25,7 +26,8 @@ import numpy as np
 
 from .errors import UserError
 from .imageio import (
-    DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_image, format_for_suffix, is_image_file, read_image,
+    DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_image, format_for_pil, format_for_suffix, is_image_file,
+    read_image, read_software,
 )
 from .engine import SRModel, upscale_array
 from .resize import imresize
@@ -33,6 +35,7 @@ from .resize import imresize
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
 WRITE_BUDGET = 1 << 30  # bytes of upscaled images waiting for their encoder threads
+SOFTWARE_MARKER = "srtool upscale"  # written into PNG/TIFF/JPEG metadata; how a re-run knows its own outputs
 
 
 @dataclass
@@ -57,6 +60,7 @@ class Job:
     source: Path | None
     output: Path | None
     relative: Path = Path()
+    data: bytes | None = None  # stdin's bytes when planning had to read them (--format keep)
     status: str = "pending"  # pending, written, skipped, failed
     message: str = ""
     megapixels: float = 0.0
@@ -87,7 +91,11 @@ def default_suffix(model: SRModel, outscale: float | None) -> str:
 
 
 def collect_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path | None, Path]]:
-    """(source, path relative to its input root) for every image; ``-`` gives (None, 'stdin')."""
+    """(source, path relative to its input root) for every image; ``-`` gives (None, 'stdin').
+
+    Each real file is listed once, however many names reach it (a folder symlinked into itself, a
+    file given twice): the first and shortest path wins.
+    """
     found: list[tuple[Path | None, Path]] = []
     for item in inputs:
         if item == STDIO:
@@ -96,7 +104,7 @@ def collect_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path | None
         path = Path(item).expanduser()
         if path.is_dir():
             pattern = "**/*" if recursive else "*"
-            files = sorted(p for p in path.glob(pattern) if is_image_file(p))
+            files = _shortest_first(p for p in path.glob(pattern) if is_image_file(p))
             if not files:
                 hint = "" if recursive else " (add --recursive for subfolders)"
                 raise UserError(f"{item}: folder has no images{hint}")
@@ -104,15 +112,27 @@ def collect_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path | None
         elif path.is_file():
             found.append((path, Path(path.name)))
         elif glob.has_magic(item):
-            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            files = [m for m in matches if is_image_file(m)]
+            files = _shortest_first(m for m in map(Path, glob.iglob(item, recursive=True)) if is_image_file(m))
             if not files:
                 raise UserError(f"{item}: the pattern matches no images")
             base = Path(_glob_base(item))
             found += [(m, m.relative_to(base) if m.is_relative_to(base) else Path(m.name)) for m in files]
         else:
             raise UserError(f"{item}: no such file or folder")
-    return found
+    seen: set[Path] = set()
+    unique = []
+    for source, relative in found:
+        key = source.resolve() if source is not None else None
+        if key is None or key not in seen:
+            unique.append((source, relative))
+            if key is not None:
+                seen.add(key)
+    return unique
+
+
+def _shortest_first(paths) -> list[Path]:
+    """Sorted by depth, then name, so the plain path of a file comes before its symlink-loop aliases."""
+    return sorted(paths, key=lambda p: (len(p.parts), str(p)))
 
 
 def _glob_base(pattern: str) -> str:
@@ -140,8 +160,77 @@ def _output_name(relative: Path, source: Path | None, suffix: str, fmt: str) -> 
     return f"{relative.stem}{suffix}{ext}"
 
 
+def check_suffix(suffix: str, beside_inputs: bool) -> None:
+    """A suffix is part of a file name: no path separators, and never empty when writing beside the inputs."""
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if any(sep in suffix for sep in separators) or "\0" in suffix:
+        raise UserError(f"--suffix {suffix!r}: must not contain a path separator (it is part of the output file name)")
+    if beside_inputs and not suffix:
+        raise UserError("--suffix '': with outputs beside the inputs an empty suffix would target each input's own "
+                        "name; give a suffix or an output folder with -o")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path`` stays inside ``folder`` once '..' and symlinks are resolved."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def is_own_output(path: Path, suffix: str) -> bool:
+    """An image ``srtool upscale`` wrote: the output suffix on its name and srtool's marker inside."""
+    return bool(suffix) and path.stem.endswith(suffix) and (read_software(path) or "").startswith(SOFTWARE_MARKER)
+
+
+def _stdin_limit(max_pixels: int | None) -> int | None:
+    """Most bytes an image within ``max_pixels`` can take (16-bit RGBA, uncompressed) plus headers."""
+    return None if not max_pixels else max_pixels * 8 + (1 << 20)
+
+
+def read_stdin(max_pixels: int | None, stream=None) -> bytes:
+    """Standard input, refused once it exceeds what ``max_pixels`` worth of image can take."""
+    stream = stream if stream is not None else sys.stdin.buffer
+    limit = _stdin_limit(max_pixels)
+    chunks, total = [], 0
+    while chunk := stream.read(1 << 20 if limit is None else min(1 << 20, limit + 1 - total)):
+        chunks.append(chunk)
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise UserError(
+                f"<stdin>: more than {limit:,} bytes, more than an image of --max-pixels {max_pixels:,} can take; "
+                "raise --max-pixels for larger images"
+            )
+    if not total:
+        raise UserError("<stdin>: no data on standard input")
+    return b"".join(chunks)
+
+
+def _sniff_format(data: bytes) -> str | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return format_for_pil(img.format)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+
+
+def _output_file(options: UpscaleOptions) -> Path | None:
+    """``-o`` naming an image file (an image extension, not an existing folder), else None."""
+    if options.output in (None, STDIO):
+        return None
+    path = Path(options.output).expanduser()
+    if path.is_dir() or format_for_suffix(path.suffix) is None:
+        return None
+    return path
+
+
 def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> list[Job]:
-    """Jobs with output paths; skips and refusals are decided here, before any work."""
+    """Jobs with output paths; skips and refusals are decided here, before any work.
+
+    srtool's own outputs found among the inputs (an earlier run's ``photo_x4.png`` beside
+    ``photo.png``) are skipped, never upscaled again: those that are the planned output of another
+    input, and those carrying srtool's marker under the output suffix. So running the same command
+    twice does nothing the second time.
+    """
     if options.format not in FORMAT_CHOICES:
         raise UserError(f"--format: unknown value {options.format!r}; use one of {', '.join(FORMAT_CHOICES)}")
     if not 1 <= options.quality <= 100:
@@ -152,41 +241,74 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> lis
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
         raise UserError("'-' (stdin) can be given only once")
+    suffix = options.suffix if options.suffix is not None else default_suffix(model, options.outscale)
+    check_suffix(suffix, beside_inputs=options.output is None and inputs != [STDIO])
+    out_file = _output_file(options)
+    if out_file is not None and options.format not in ("png", "keep", format_for_suffix(out_file.suffix)):
+        raise UserError(f"-o {options.output}: the extension does not match --format {options.format}")
     sources = collect_inputs(inputs, options.recursive)
+    if out_file is not None and len(sources) != 1:
+        raise UserError(
+            f"-o {options.output}: names one output file, but the inputs name {len(sources)} images; "
+            "give an output folder (without an image extension)"
+        )
     to_stdout = options.output == STDIO or (options.output is None and sources == [(None, Path("stdin"))])
     if to_stdout and len(sources) != 1:
         raise UserError(f"-o -: stdout takes exactly one image, but the inputs name {len(sources)}")
-    out_dir = None if options.output in (None, STDIO) else Path(options.output).expanduser()
+    out_dir = None if options.output in (None, STDIO) or out_file is not None else Path(options.output).expanduser()
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"-o {options.output}: exists and is not a folder")
-    suffix = options.suffix if options.suffix is not None else default_suffix(model, options.outscale)
-    input_files = {src.resolve() for src, _ in sources if src is not None}
     jobs: list[Job] = []
-    claimed: dict[Path, str] = {}
     for source, relative in sources:
         label = str(source) if source is not None else "<stdin>"
-        if to_stdout:
-            jobs.append(Job(label, source, None, relative))
-            continue
-        fmt = _output_format(options, source)
-        name = _output_name(relative, source, suffix, fmt)
-        if out_dir is not None:
-            output = out_dir / relative.parent / name
-        elif source is not None:
-            output = source.parent / name
-        else:
-            output = Path(name)
-        job = Job(label, source, output, relative)
-        key = output.resolve()
-        if key in input_files:
-            job.status, job.message = "failed", f"output {output} would overwrite an input; use -o or --suffix"
-        elif key in claimed:
-            job.status, job.message = "failed", f"output {output} is also the output of {claimed[key]}"
-        elif output.exists() and not options.overwrite:
-            job.status, job.message = "skipped", f"{output} exists (use --overwrite)"
-        claimed.setdefault(key, label)
+        job = Job(label, source, None, relative)
+        if source is None and not to_stdout and options.format == "keep" and out_file is None:
+            job.data = read_stdin(options.max_pixels)  # the name's extension follows the format found
+        if not to_stdout:
+            job.output = _plan_output(job, options, suffix, out_dir, out_file)
         jobs.append(job)
+    planned = {job.output.resolve(): job.label for job in jobs if job.output is not None}
+    for job in jobs:
+        origin = planned.get(job.source.resolve()) if job.source is not None else None
+        if origin is not None and origin != job.label:
+            job.status, job.message = "skipped", f"{job.source} is srtool's output for {origin}, not an input"
+        elif job.source is not None and is_own_output(job.source, suffix):
+            job.status, job.message = "skipped", f"{job.source} is an earlier srtool output (name and marker), not an input"
+    input_files = {job.source.resolve() for job in jobs if job.source is not None and job.status == "pending"}
+    claimed: dict[Path, str] = {}
+    for job in jobs:
+        if job.output is None or job.status != "pending":
+            continue
+        key = job.output.resolve()
+        if key in input_files:
+            job.status, job.message = "failed", f"output {job.output} would overwrite an input; use -o or --suffix"
+        elif key in claimed:
+            job.status, job.message = "failed", f"output {job.output} is also the output of {claimed[key]}"
+        elif job.output.exists() and not options.overwrite:
+            job.status, job.message = "skipped", f"{job.output} exists (use --overwrite)"
+        claimed.setdefault(key, job.label)
     return jobs
+
+
+def _plan_output(job: Job, options: UpscaleOptions, suffix: str, out_dir: Path | None, out_file: Path | None) -> Path:
+    """Where ``job`` writes; refused (before any work) unless it stays in -o or beside its input."""
+    if out_file is not None:
+        return out_file
+    decoded = _sniff_format(job.data) if job.data is not None else None
+    fmt = _output_format(options, job.source, decoded)
+    name = _output_name(job.relative, job.source, suffix, fmt)
+    if out_dir is not None:
+        output = out_dir / job.relative.parent / name
+        if ".." in job.relative.parts or not _inside(output, out_dir):
+            raise UserError(f"{job.label}: its output {output} would be outside -o {out_dir}; "
+                            "use a pattern without '..' after its first wildcard")
+    elif job.source is not None:
+        output = job.source.parent / name
+    else:
+        output = Path(name)
+    if output.parent.resolve() != (out_dir / job.relative.parent if out_dir is not None else output.parent).resolve():
+        raise UserError(f"{job.label}: its output {output} would leave its folder")
+    return output
 
 
 # ------------------------------------------------------------------------------------------- running
@@ -202,17 +324,19 @@ def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = N
 
 
 def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
-    data = sys.stdin.buffer.read() if job.source is None else job.source
-    if isinstance(data, bytes) and not data:
-        raise UserError("<stdin>: no data on standard input")
+    if job.source is not None:
+        return read_image(job.source, options.max_pixels)
+    data = job.data if job.data is not None else read_stdin(options.max_pixels)
+    job.data = None
     return read_image(data, options.max_pixels)
 
 
 def _encode_and_write(job: Job, sr: np.ndarray, decoded: DecodedImage, options: UpscaleOptions) -> None:
     from .atomic import atomic_path
 
-    fmt = _output_format(options, job.source, decoded.format)
-    data = encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif)
+    fmt = format_for_suffix(job.output.suffix) if job.output is not None else None
+    fmt = fmt or _output_format(options, job.source, decoded.format)
+    data = encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER)
     if job.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()

@@ -256,6 +256,8 @@ def test_skip_existing_overwrite_and_inputs_never_overwritten(tmp_path, capsys):
     assert run_cli(["upscale", str(src), "--model", "bicubic", "--overwrite"], capsys)[0] == 0
     assert Image.open(out).size == (20, 20)
     code, err = run_cli(["upscale", str(src), "--model", "bicubic", "--suffix", "", "--overwrite"], capsys)
+    assert code == 2 and "empty suffix" in err  # refused before any work
+    code, err = run_cli(["upscale", str(src), "-o", str(tmp_path), "--model", "bicubic", "--suffix", "", "--overwrite"], capsys)
     assert code == 1 and "would overwrite an input" in err
     assert src.read_bytes() == original
 

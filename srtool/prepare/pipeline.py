@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..atomic import write_bytes_atomic, write_text_atomic
+from ..atomic import is_srtool_temp, write_bytes_atomic, write_text_atomic
 from ..errors import UserError
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
 from ..resize import EDGE_MODES, downscale, modcrop
@@ -344,11 +344,15 @@ def _check_out(out: Path) -> None:
 
 
 def _clean_stale_temps(folders: Iterable[Path]) -> None:
-    """Remove ``.*.tmp`` files an interrupted run left behind (atomic writes never finished)."""
+    """Remove the temporaries an interrupted run left behind (atomic writes never finished).
+
+    Only srtool's own temporary names (:func:`~srtool.atomic.is_srtool_temp`) are touched: a user's
+    ``.notes.tmp`` in ``--out`` is theirs.
+    """
     for folder in folders:
         if folder.is_dir():
             for p in folder.iterdir():
-                if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file():
+                if is_srtool_temp(p) and p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
 
 
