@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from ..atomic import sha256_file, write_text_atomic
 from ..errors import UserError
 from ..imageio import list_images
+from .archive import MAX_IMAGE_MEMBER_BYTES, check_member, read_member
 from .download import download, move_aside
 from .paths import data_dir
 from .pipeline import DEFAULT_COMPRESS_LEVEL, ImageSource, PrepareResult, Recipe, run_prepare
@@ -33,7 +35,9 @@ SPLITS: dict[str, tuple[str, range]] = {
     "train": ("DIV2K_train_HR.zip", range(1, 801)),
     "valid": ("DIV2K_valid_HR.zip", range(801, 901)),
 }
-_MEMBER = re.compile(r"(?:^|/)(\d{4})\.png$")
+# Members are matched by their full path in the official archives: DIV2K_train_HR/0001.png. Another
+# */0801.png elsewhere in the archive is not a DIV2K image and is ignored, never taken instead.
+_MEMBER = re.compile(r"DIV2K_(train|valid)_HR/(\d{4})\.png")
 
 
 def expected_names(split: str) -> set[str]:
@@ -52,25 +56,42 @@ def _split_of(names: set[str], label: str) -> str:
 
 
 def verify_zip(path: Path, check_crc: bool = True) -> tuple[str, dict[str, str]]:
-    """Check a DIV2K zip: readable, the exact member list, every CRC. Returns (split, {name: member})."""
+    """Check a DIV2K zip: readable, the exact member list, every CRC. Returns (split, {name: member}).
+
+    Duplicate, encrypted, oddly compressed, oversized or corrupt members are refused, naming the
+    archive and the member (srtool.prepare.archive).
+    """
     try:
         with zipfile.ZipFile(path) as zf:
-            members = {}
+            members: dict[str, str] = {}
             for info in zf.infolist():
-                match = _MEMBER.search(info.filename)
-                if match and not info.is_dir():
-                    members[match.group(1)] = info.filename
+                match = _MEMBER.fullmatch(info.filename)
+                if not match or info.is_dir():
+                    continue
+                if match.group(2) in members:
+                    raise UserError(f"{path}: member {info.filename} appears twice in the archive (damaged or tampered)")
+                check_member(info, path, MAX_IMAGE_MEMBER_BYTES)
+                members[match.group(2)] = info.filename
             split = _split_of(set(members), str(path))
+            stray = next((m for m in members.values() if not m.startswith(f"DIV2K_{split}_HR/")), None)
+            if stray is not None:
+                raise UserError(f"{path}: member {stray} is outside DIV2K_{split}_HR/, where the {split} images belong")
             if check_crc:
                 for member in members.values():
-                    with zf.open(member) as fh:  # reading to the end checks the CRC (BadZipFile if wrong)
-                        while fh.read(1 << 20):
-                            pass
+                    read_member(zf, member, path, MAX_IMAGE_MEMBER_BYTES)
     except zipfile.BadZipFile as exc:
         raise UserError(f"{path}: corrupt zip archive ({exc})") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return split, members
+
+
+def check_mirror(base_url: str) -> str:
+    """``--mirror`` must be an http(s) URL (a local copy is given with ``--source``)."""
+    parsed = urllib.parse.urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"--mirror {base_url!r}: not an http(s) URL; for files you already have, use --source")
+    return base_url
 
 
 def _verified_cache(out_root: Path) -> Path:
@@ -138,6 +159,7 @@ def prepare_div2k(
     on_download: Callable[[str, int, int | None], None] | None = None,
 ) -> dict[str, PrepareResult]:
     """Prepare DIV2K into ``OUT/DIV2K/{train,valid}`` (``OUT`` defaults to :func:`data_dir`). See the module docstring."""
+    check_mirror(base_url)
     out = Path(out).expanduser() if out is not None else data_dir()
     sha256 = sha256 or {}
     for split in splits:

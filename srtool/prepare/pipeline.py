@@ -42,6 +42,7 @@ from ..errors import UserError
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
 from ..resize import EDGE_MODES, downscale, modcrop
 from ..atomic import sha256_file
+from .archive import MAX_IMAGE_MEMBER_BYTES, read_member
 from .store import DEFAULT_STEP, DEFAULT_TILE, as_rgb, store_paths, tile_grid, write_index
 
 STATE_DIR = ".srtool-prepare"
@@ -178,7 +179,7 @@ def _read_source(src: ImageSource) -> bytes:
             old.close()
         _OPEN_ZIPS.clear()
         zf = _OPEN_ZIPS[src.path] = zipfile.ZipFile(src.path)
-    return zf.read(src.member)
+    return read_member(zf, src.member, src.path, MAX_IMAGE_MEMBER_BYTES)
 
 
 # ------------------------------------------------------------------------------------- one image
@@ -242,6 +243,8 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
     cpu0 = time.process_time()
     try:
         data = _read_source(src)
+    except UserError as exc:  # a damaged archive member, named
+        return {"input": src.label, "error": str(exc)}
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         return {"input": src.label, "error": f"{src.label}: cannot read ({exc})"}
     source_sha = hashlib.sha256(data).hexdigest()
