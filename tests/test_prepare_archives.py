@@ -142,10 +142,10 @@ def test_mirror_must_be_an_http_url(mirror, tmp_path, capsys):
 
 
 def test_members_matched_by_full_expected_path(tmp_path, capsys):
-    """A decoy ``other/0801.png`` ahead of ``DIV2K_valid_HR/0801.png`` must not be taken."""
+    """A decoy ``other/0801.png`` after ``DIV2K_valid_HR/0801.png`` must not be taken."""
     decoy = _png(np.random.default_rng(99), size=12)
     archive = tmp_path / "DIV2K_valid_HR.zip"
-    archive.write_bytes(valid_zip(first=[("other/0801.png", decoy)]))
+    archive.write_bytes(valid_zip(extra=[("other/0801.png", decoy)]))
     code = run_cli("prepare", "div2k", "--split", "valid", "--source", str(archive), "--out", str(tmp_path / "out"),
                    "--workers", "1", "--no-progress")
     assert code == 0, capsys.readouterr().err
