@@ -164,11 +164,12 @@ def prepare_div2k(
 def prepare_folder(
     sources: Annotated[list[str], typer.Argument(help="One or more folders of HR images, merged into one training set.")],
     out: Annotated[str, typer.Option("--out", help="Output folder (gets HR/, LR_bicubic/X{s}/, store/, manifest.json).")],
+    lr: Annotated[Optional[str], typer.Option("--lr", metavar="DIR", help="Folder of your own LR images (NAME.png or NAMEx{s}.png, exactly 1/scale of each HR) used instead of MATLAB bicubic.")] = None,
     scale: _PrepScale = 4, edge: _PrepEdge = "replicate", workers: _PrepWorkers = None, skip_bad: _PrepSkipBad = False,
     overwrite: _PrepOverwrite = False, png_compress_level: _PrepLevel = 1, tile: _PrepTile = 480, step: _PrepStep = 240,
     progress: _PrepProgress = True,
 ) -> None:
-    """Build a training set (HR, LR and training store) from folders of HR images."""
+    """Build a training set (HR, LR and training store) from folders of HR images (or HR/LR pairs with --lr)."""
     from pathlib import Path
 
     from .prepare import run_folder as run
@@ -176,7 +177,7 @@ def prepare_folder(
 
     result = run([Path(s) for s in sources], Path(out), scale, workers, edge=edge, tile=tile, step=step,
                  compress_level=png_compress_level, overwrite=overwrite, progress=progress,
-                 on_skip=skip_printer(err_console))
+                 on_skip=skip_printer(err_console), lr_dir=Path(lr) if lr else None)
     _prepare_finish({"+".join(Path(s).name for s in sources): result}, skip_bad)
 
 

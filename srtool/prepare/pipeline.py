@@ -57,6 +57,10 @@ RESIZE_RECIPE = {
     "rounding": "uint8 after each pass, half away from zero, saturated",
     "modcrop": "top-left kept, bottom/right cropped to a multiple of the scale",
 }
+PAIRED_RECIPE = {
+    "function": "none: the LR images were given (srtool prepare folder --lr), each exactly 1/scale of its HR",
+    "modcrop": "none: HR sizes must already be multiples of the scale",
+}
 CONVERSIONS = {
     "L, RGB": "kept (grayscale stays single-channel; in the training store it is repeated to 3 channels)",
     "I;16 / I (16-bit gray)": "8-bit = round(v / 257)",
@@ -73,11 +77,12 @@ CONVERSIONS = {
 
 @dataclass(frozen=True)
 class ImageSource:
-    """One input image: a file, or ``member`` of the zip archive ``path``."""
+    """One input image: a file, or ``member`` of the zip archive ``path``; ``lr_path``: its given LR (paired data)."""
 
     name: str
     path: Path
     member: str | None = None
+    lr_path: Path | None = None
 
     @property
     def label(self) -> str:
@@ -92,14 +97,16 @@ class Recipe:
     store: bool = False
     tile: int = DEFAULT_TILE
     step: int = DEFAULT_STEP
+    paired: bool = False  # LR images are given (prepare folder --lr), not made by MATLAB bicubic
 
     def key(self) -> dict[str, Any]:
-        return {
+        key = {
             "scale": self.scale,
             "edge": self.edge,
             "png_compress_level": self.compress_level,
             "store": {"tile": self.tile, "step": self.step} if self.store else None,
         }
+        return {**key, "lr": "given (paired)"} if self.paired else key
 
 
 @dataclass
@@ -167,6 +174,36 @@ def collect_folder_inputs(sources: Iterable[Path]) -> list[ImageSource]:
     return sorted(inputs, key=lambda i: i.name)
 
 
+def collect_paired_inputs(hr_dir: Path, lr_dir: Path, scale: int) -> list[ImageSource]:
+    """HR images of ``hr_dir`` each paired with its LR in ``lr_dir``: same stem, or the stem + ``x{scale}``
+    (DIV2K's ``0001x4.png``). Every HR needs exactly one LR and every LR an HR, checked before any work."""
+    hr_dir, lr_dir = Path(hr_dir).expanduser(), Path(lr_dir).expanduser()
+    if not lr_dir.is_dir():
+        raise UserError(f"--lr {lr_dir}: not a folder")
+    hr_inputs = collect_folder_inputs([hr_dir])
+    by_stem: dict[str, list[Path]] = {}
+    for p in list_images(lr_dir):
+        stem = p.stem[: -len(f"x{scale}")] if p.stem.endswith(f"x{scale}") else p.stem
+        by_stem.setdefault(stem, []).append(p)
+    pairs, missing = [], []
+    for src in hr_inputs:
+        found = by_stem.pop(src.path.stem, [])
+        if len(found) > 1:
+            raise UserError(f"--lr {lr_dir}: several LR images for {src.path.name}: {', '.join(p.name for p in found)}")
+        if not found:
+            missing.append(src.path.name)
+            continue
+        pairs.append(ImageSource(src.name, src.path, lr_path=found[0].resolve()))
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise UserError(f"--lr {lr_dir}: no LR image for {', '.join(missing[:3])}{more} (looked for NAME.* and NAMEx{scale}.*)")
+    if by_stem:
+        extra = sorted(p.name for ps in by_stem.values() for p in ps)
+        more = f" (and {len(extra) - 3} more)" if len(extra) > 3 else ""
+        raise UserError(f"--lr {lr_dir}: {', '.join(extra[:3])}{more} has no HR image in {hr_dir}")
+    return pairs
+
+
 _OPEN_ZIPS: dict[Path, zipfile.ZipFile] = {}  # per process: parsing DIV2K's central directory per image is waste
 
 
@@ -193,8 +230,10 @@ def _lr_dir(out: Path, scale: int) -> Path:
     return out / "LR_bicubic" / f"X{scale}"
 
 
-def _verify_record(out: Path, record: dict[str, Any], recipe: Recipe, source_sha: str) -> bool:
+def _verify_record(out: Path, record: dict[str, Any], recipe: Recipe, source_sha: str, lr_sha: str | None) -> bool:
     if record.get("recipe") != recipe.key() or record.get("source_sha256") != source_sha:
+        return False
+    if record.get("lr_source_sha256") != lr_sha:
         return False
     try:
         return all(sha256_file(out / rel) == digest for rel, digest in record["outputs"].items())
@@ -248,6 +287,13 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
     except (OSError, KeyError, zipfile.BadZipFile) as exc:
         return {"input": src.label, "error": f"{src.label}: cannot read ({exc})"}
     source_sha = hashlib.sha256(data).hexdigest()
+    lr_data = lr_sha = None
+    if src.lr_path is not None:
+        try:
+            lr_data = src.lr_path.read_bytes()
+        except OSError as exc:
+            return {"input": src.label, "error": f"{src.lr_path}: cannot read ({exc.strerror or exc})"}
+        lr_sha = hashlib.sha256(lr_data).hexdigest()
     timings["read+hash"] = time.perf_counter() - t0
     record_path = _records_dir(out) / f"{src.name}.json"
     if record_path.exists():
@@ -255,7 +301,7 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
             old = json.loads(record_path.read_text())
         except (OSError, ValueError):
             old = None
-        if old is not None and _verify_record(out, old, recipe, source_sha):
+        if old is not None and _verify_record(out, old, recipe, source_sha, lr_sha):
             return {**old, "_status": "reused", "_timings": {"verify": time.perf_counter() - t0}}
 
     t = time.perf_counter()
@@ -272,8 +318,14 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         return {"input": src.label, "error": f"{src.label}: image {w}x{h} is smaller than the scale factor {s}"}
 
     t = time.perf_counter()
-    hr = modcrop(array, s)
-    lr = downscale(hr, s, edge=recipe.edge)
+    if lr_data is not None:
+        try:
+            hr, lr = array, _given_lr(src, lr_data, array, s)
+        except UserError as exc:
+            return {"input": src.label, "error": str(exc)}
+    else:
+        hr = modcrop(array, s)
+        lr = downscale(hr, s, edge=recipe.edge)
     timings["resize"] = time.perf_counter() - t
 
     outputs: dict[str, str] = {}
@@ -303,6 +355,7 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
             "name": src.name,
             "source": src.label,
             "source_sha256": source_sha,
+            **({"lr_source": str(src.lr_path), "lr_source_sha256": lr_sha} if lr_sha else {}),
             "source_mode": mode,
             "source_size": [w, h],
             "shape": list(hr.shape),
@@ -317,6 +370,23 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
     except OSError as exc:
         raise UserError(f"{out}: cannot write output for {src.label} ({exc.strerror or exc})") from None
     return {**record, "_status": "done", "_timings": timings}
+
+
+def _given_lr(src: ImageSource, lr_data: bytes, hr: np.ndarray, scale: int) -> np.ndarray:
+    """The given LR image of a pair, checked: exactly 1/scale of the HR size, same channels."""
+    try:
+        lr, _, _ = decode_dataset_image(lr_data)
+    except Exception as exc:  # noqa: BLE001 - a bad LR file is a bad pair, named
+        raise UserError(f"{src.lr_path}: cannot decode ({type(exc).__name__}: {exc})") from None
+    (h, w), (lh, lw) = hr.shape[:2], lr.shape[:2]
+    if (h, w) != (lh * scale, lw * scale):
+        raise UserError(
+            f"{src.lr_path}: LR {lw}x{lh} is not exactly 1/{scale} of its HR {src.path.name} {w}x{h} "
+            f"(expected {w / scale:g}x{h / scale:g})"
+        )
+    if hr.ndim != lr.ndim:
+        raise UserError(f"{src.lr_path}: LR is {'gray' if lr.ndim == 2 else 'colour'} but its HR {src.path.name} is not")
+    return lr
 
 
 def _worker_init() -> None:
@@ -487,7 +557,8 @@ def run_prepare(
         "srtool_version": __version__,
         "kind": kind,
         "scale": recipe.scale,
-        "recipe": {**RESIZE_RECIPE, "edge": recipe.edge, "png_compress_level": recipe.compress_level},
+        "recipe": {**(PAIRED_RECIPE if recipe.paired else RESIZE_RECIPE), "edge": recipe.edge,
+                   "png_compress_level": recipe.compress_level},
         "conversions": CONVERSIONS,
         "sources": sources,
         "layout": {"hr": "HR/<name>.png", "lr": f"LR_bicubic/X{recipe.scale}/<name>.png",
@@ -527,14 +598,23 @@ def run_folder(
     overwrite: bool = False,
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
+    lr_dir: Path | None = None,
 ) -> PrepareResult:
     """:func:`prepare_folder` returning the full :class:`PrepareResult` (bad inputs listed, not raised)."""
     if not sources:
         raise UserError("give at least one source folder")
-    inputs = collect_folder_inputs([Path(s) for s in sources])
-    recipe = Recipe(scale=scale, edge=edge, compress_level=compress_level, store=True, tile=tile, step=step)
+    if lr_dir is not None:
+        if len(sources) != 1:
+            raise UserError(f"--lr {lr_dir}: give exactly one HR folder with it (got {len(sources)})")
+        inputs = collect_paired_inputs(Path(sources[0]), Path(lr_dir), scale)
+    else:
+        inputs = collect_folder_inputs([Path(s) for s in sources])
+    recipe = Recipe(scale=scale, edge=edge, compress_level=compress_level, store=True, tile=tile, step=step,
+                    paired=lr_dir is not None)
     srcs = [{"path": str(Path(s).expanduser().resolve())} for s in sources]
-    return run_prepare(inputs, Path(out), recipe, kind="folder", sources=srcs, workers=workers,
+    if lr_dir is not None:
+        srcs[0]["lr"] = str(Path(lr_dir).expanduser().resolve())
+    return run_prepare(inputs, Path(out), recipe, kind="folder-paired" if lr_dir else "folder", sources=srcs, workers=workers,
                        overwrite=overwrite, progress=progress, description="prepare folder", on_skip=on_skip)
 
 
@@ -571,7 +651,8 @@ def prepare_folder(sources: list[Path], out: Path, scale: int = 4, workers: int 
     """Build a training set from folders of HR images: ``HR/``, ``LR_bicubic/X{s}/``, ``store/``, ``manifest.json``.
 
     Returns ``out`` (open its store with ``TrainingStore.open(out, scale)``). Options as :func:`run_folder`
-    (edge, tile, step, compress_level, overwrite, progress, on_skip). A bad input is skipped and the others
+    (edge, tile, step, compress_level, overwrite, progress, on_skip, and ``lr_dir``: a folder of given LR
+    images paired with the HR ones by name, used instead of MATLAB bicubic). A bad input is skipped and the others
     prepared; then :class:`UserError` names it unless ``skip_bad``.
     """
     return _checked(run_folder(sources, out, scale, workers, **options), skip_bad)
