@@ -34,7 +34,7 @@ def degraded_lr(benchmarks_dir: Path, folder: Path) -> Path:
     return folder
 
 
-def test_paired_store_uses_the_given_lr_and_trains(benchmarks_dir, tmp_path, capsys):
+def test_paired_store_uses_the_given_lr(benchmarks_dir, tmp_path, capsys):
     hr = benchmarks_dir / "Set5" / "HR"
     lr = degraded_lr(benchmarks_dir, tmp_path / "lr")
     out = tmp_path / "pairs"
@@ -56,8 +56,15 @@ def test_paired_store_uses_the_given_lr_and_trains(benchmarks_dir, tmp_path, cap
     # a re-run reuses everything
     assert run_cli("prepare", "folder", str(hr), "--lr", str(lr), "--out", str(out), "--no-progress") == 0
     assert "5" in capsys.readouterr().out
-    # train takes the store unchanged
+
+
+@pytest.mark.slow  # ~20 s on a busy 2-core machine, mostly importing and building the trainer
+def test_train_uses_a_paired_store_unchanged(benchmarks_dir, tmp_path, capsys):
+    from srtool.prepare import prepare_folder
     from srtool.train import TrainOptions, train
+
+    out = prepare_folder([benchmarks_dir / "Set5" / "HR"], tmp_path / "pairs", scale=4, workers=1, progress=False,
+                         lr_dir=degraded_lr(benchmarks_dir, tmp_path / "lr"))
 
     overrides = ["train.num_workers=0", "validation.datasets=[]", "log.every=1", "checkpoint.every=2",
                  "train.epochs=1", "train.iters_per_epoch=2", "model.generator.n_blocks=1",
