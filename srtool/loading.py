@@ -47,8 +47,9 @@ def load_model(
     alpha: str = "model",
     notice: Callable[[str], None] | None = None,
 ) -> SRModel:
-    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, or a
-    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet).
+    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, a
+    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet),
+    or a named official model (``realesrgan-x4plus``...; see :mod:`srtool.model_zoo`).
 
     ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error.
     ``notice`` receives one-line notices (default: printed to stderr).
@@ -77,10 +78,16 @@ def load_model(
             say(model.info["notice"])
             return model
         spec = path
+    elif not Path(spec_str).expanduser().exists():
+        from .model_zoo import fetch, zoo_entry
+
+        if zoo_entry(spec_str) is not None:  # a named official model: downloaded once, verified
+            spec = fetch(spec_str, notice=say)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(
-            f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory or a checkpoint file)"
+            f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory, a checkpoint file "
+            "or a named model such as realesrgan-x4plus)"
         )
     if path.is_dir():
         export = run_directory_export(path)
