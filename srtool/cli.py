@@ -114,21 +114,49 @@ def _prepare_finish(results: dict, skip_bad: bool) -> None:
 
 @prepare_app.command("benchmark")
 def prepare_benchmark(
-    hr_dir: Annotated[str, typer.Argument(help="Folder of HR test images (png/jpg/bmp/tif; gray or RGB).")],
-    out: Annotated[str, typer.Option("--out", help="Output folder (gets HR/, LR_bicubic/X{s}/, manifest.json).")],
+    hr_dir: Annotated[Optional[str], typer.Argument(help="Folder of HR test images (png/jpg/bmp/tif; gray or RGB); or use --download.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", help="Output folder (gets HR/, LR_bicubic/X{s}/, manifest.json); with --download default: the srtool data dir/NAME.")] = None,
+    download: Annotated[Optional[str], typer.Option("--download", metavar="NAME", help="Fetch a public HR test set first: Set5, Set14, B100 or Urban100 (Manga109 is not redistributable).")] = None,
+    source: Annotated[Optional[str], typer.Option("--source", metavar="FILE", help="With --download: the set's archive (tar.gz or zip) you already have, instead of downloading it.")] = None,
+    sha256: Annotated[Optional[str], typer.Option("--sha256", metavar="HEX", help="With --download: pin the archive's sha256.")] = None,
+    mirror: Annotated[Optional[str], typer.Option("--mirror", metavar="URL", help="With --download: base URL to fetch the archive from instead.")] = None,
     scale: _PrepScale = 4, edge: _PrepEdge = "replicate", workers: _PrepWorkers = None, skip_bad: _PrepSkipBad = False,
     overwrite: _PrepOverwrite = False, png_compress_level: _PrepLevel = 1, progress: _PrepProgress = True,
 ) -> None:
-    """Mod-crop HR images and write MATLAB-bicubic LR copies (HR/ and LR_bicubic/X{s}/)."""
+    """Mod-crop HR images and write MATLAB-bicubic LR copies (HR/ and LR_bicubic/X{s}/); --download fetches a set first."""
     from pathlib import Path
 
     from .prepare import run_benchmark as run
-    from .prepare.report import skip_printer
+    from .prepare.report import download_progress, skip_printer
 
-    result = run(Path(hr_dir), Path(out), scale, workers, edge=edge, compress_level=png_compress_level,
-                 overwrite=overwrite, progress=progress, on_skip=skip_printer(err_console))
-    label = Path(hr_dir).resolve()
-    _prepare_finish({label.parent.name if label.name == "HR" else label.name: result}, skip_bad)
+    provenance = None
+    if download is not None:
+        from .prepare.benchmarks import benchmark_set, fetch_benchmark_set
+        from .prepare.paths import data_dir
+
+        if hr_dir is not None:
+            raise UserError(f"give either an HR folder ({hr_dir}) or --download {download}, not both")
+        entry = benchmark_set(download)
+        out_path = Path(out) if out else data_dir() / entry.name
+        with download_progress(err_console) as on_download:
+            folder, provenance = fetch_benchmark_set(
+                entry.name, out_path, source=Path(source) if source else None, sha256=sha256, mirror=mirror,
+                on_progress=(lambda done, total: on_download(entry.filename, done, total)) if progress else None,
+            )
+        label = entry.name
+    else:
+        if hr_dir is None:
+            raise UserError("give a folder of HR images, or --download NAME (Set5, Set14, B100, Urban100)")
+        if out is None:
+            raise UserError("--out: required with an HR folder")
+        if source or sha256 or mirror:
+            raise UserError("--source/--sha256/--mirror go with --download NAME")
+        folder, out_path = Path(hr_dir), Path(out)
+        resolved = folder.resolve()
+        label = resolved.parent.name if resolved.name == "HR" else resolved.name
+    result = run(folder, out_path, scale, workers, edge=edge, compress_level=png_compress_level,
+                 overwrite=overwrite, progress=progress, on_skip=skip_printer(err_console), provenance=provenance)
+    _prepare_finish({label: result}, skip_bad)
 
 
 @prepare_app.command("div2k")

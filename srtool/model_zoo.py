@@ -159,7 +159,7 @@ def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = 
         size = f" ({entry.size / 1e6:.1f} MB)" if entry.size else ""
         notice(f"downloading {entry.name}{size} from {url} to {dest}")
     try:
-        download(url, dest, sha256=entry.sha256, retries=2, backoff=0.5, on_progress=on_progress)
+        download(url, dest, sha256=entry.sha256, on_progress=on_progress)
     except DownloadError as exc:
         if "sha256 mismatch" in str(exc) or "moved the file aside" in str(exc):
             raise

@@ -1,4 +1,4 @@
-"""Reading members of a downloaded or user-given zip archive defensively.
+"""Reading members of a downloaded or user-given zip (or tar) archive defensively.
 
 An archive is data from outside: its member list and headers may lie. Every failure a hostile or
 damaged archive can cause -- an encrypted member, a compression method Python cannot inflate
@@ -10,8 +10,10 @@ bound however the headers lie, so nothing larger than ``limit`` is ever held.
 
 from __future__ import annotations
 
+import tarfile
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import UserError
@@ -59,3 +61,59 @@ def read_member(zf: zipfile.ZipFile, name: str, archive: Path | str, limit: int)
     except (NotImplementedError, RuntimeError) as exc:  # unsupported method / encryption the headers hid
         raise UserError(f"{where} cannot be read ({exc})") from None
     return b"".join(chunks)
+
+
+def _tar_member(tf: tarfile.TarFile, info: tarfile.TarInfo, archive: Path | str, limit: int) -> bytes:
+    where = f"{archive}: member {info.name}"
+    if not info.isreg():
+        raise UserError(f"{where} is a {'link' if info.issym() or info.islnk() else 'special file'}, not an image file")
+    if info.size > limit:
+        raise UserError(f"{where} is {info.size:,} bytes, more than the {limit:,} any expected member can take")
+    fh = tf.extractfile(info)
+    data = fh.read(limit + 1) if fh is not None else b""
+    if len(data) != info.size:
+        raise UserError(f"{where} is truncated ({len(data):,} of {info.size:,} bytes)")
+    return data
+
+
+def read_images(archive: Path, folder: str, limit: int = MAX_IMAGE_MEMBER_BYTES) -> dict[str, bytes]:
+    """``{file name: bytes}`` of the image files directly in ``folder/`` of a zip or (gzipped) tar archive.
+
+    Members are matched by their full path (``Set5_HR/baby.png``; a leading ``./`` is ignored): other
+    members are not read. Duplicates, links, encrypted or oversized members and corrupt streams are
+    one :class:`UserError` naming the archive and the member. Nothing is written anywhere.
+    """
+    from ..imageio import IMAGE_SUFFIXES
+
+    def wanted(name: str) -> str | None:
+        name = name[2:] if name.startswith("./") else name
+        head, _, base = name.rpartition("/")
+        return base if head == folder and base and Path(base).suffix.lower() in IMAGE_SUFFIXES else None
+
+    found: dict[str, bytes] = {}
+
+    def add(base: str, member: str, read: Callable[[], bytes]) -> None:
+        if base in found:
+            raise UserError(f"{archive}: member {member} appears twice in the archive (damaged or tampered)")
+        found[base] = read()
+
+    try:
+        if zipfile.is_zipfile(archive):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    base = wanted(info.filename)
+                    if base is not None and not info.is_dir():
+                        add(base, info.filename, lambda i=info: read_member(zf, i.filename, archive, limit))
+        elif tarfile.is_tarfile(archive):
+            with tarfile.open(archive, "r:*") as tf:
+                for info in tf:
+                    base = wanted(info.name)
+                    if base is not None and not info.isdir():
+                        add(base, info.name, lambda i=info: _tar_member(tf, i, archive, limit))
+        else:
+            raise UserError(f"{archive}: neither a zip nor a tar archive")
+    except zipfile.BadZipFile as exc:
+        raise UserError(f"{archive}: corrupt zip archive ({exc})") from None
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+        raise UserError(f"{archive}: corrupt or unreadable archive ({exc})") from None
+    return found

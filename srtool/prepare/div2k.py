@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import urllib.parse
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +24,7 @@ from ..atomic import sha256_file, write_text_atomic
 from ..errors import UserError
 from ..imageio import list_images
 from .archive import MAX_IMAGE_MEMBER_BYTES, check_member, read_member
-from .download import download, move_aside
+from .download import check_mirror, download, move_aside
 from .paths import data_dir
 from .pipeline import DEFAULT_COMPRESS_LEVEL, ImageSource, PrepareResult, Recipe, run_prepare
 from .store import DEFAULT_STEP, DEFAULT_TILE
@@ -84,14 +83,6 @@ def verify_zip(path: Path, check_crc: bool = True) -> tuple[str, dict[str, str]]
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
     return split, members
-
-
-def check_mirror(base_url: str) -> str:
-    """``--mirror`` must be an http(s) URL (a local copy is given with ``--source``)."""
-    parsed = urllib.parse.urlparse(base_url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UserError(f"--mirror {base_url!r}: not an http(s) URL; for files you already have, use --source")
-    return base_url
 
 
 def _verified_cache(out_root: Path) -> Path:

@@ -17,6 +17,7 @@ import re
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from http.client import HTTPException
@@ -31,6 +32,14 @@ CHUNK = 1 << 20
 
 class DownloadError(UserError):
     """A download that failed (network, size or checksum); the message names the URL or file."""
+
+
+def check_mirror(base_url: str) -> str:
+    """``--mirror`` must be an http(s) URL (a local copy is given with ``--source``)."""
+    parsed = urllib.parse.urlparse(base_url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UserError(f"--mirror {base_url!r}: not an http(s) URL; for files you already have, use --source")
+    return base_url
 
 
 def move_aside(path: Path) -> Path:
@@ -116,6 +125,10 @@ def download(
         except (urllib.error.URLError, ConnectionError, HTTPException, socket.timeout, TimeoutError, OSError) as exc:
             if isinstance(exc, DownloadError):
                 raise
+            reason = getattr(exc, "reason", exc)
+            if failures == 0 and total is None and isinstance(reason, (ConnectionRefusedError, socket.gaierror)):
+                # never connected at all (no network, no such host, nothing listening): say so now, not after retries
+                raise DownloadError(f"{url}: cannot connect ({reason})") from None
             failures += 1
             if failures > retries:
                 reason = getattr(exc, "reason", exc)

@@ -15,11 +15,11 @@ from ..errors import UserError
 
 # name (lower case) -> (folder under the data dir, how to make it)
 _KNOWN = {
-    "set5": ("Set5", "srtool prepare benchmark SET5_HR_DIR --out {dir}"),
-    "set14": ("Set14", "srtool prepare benchmark SET14_HR_DIR --out {dir}"),
-    "b100": ("B100", "srtool prepare benchmark B100_HR_DIR --out {dir}"),
-    "bsd100": ("B100", "srtool prepare benchmark B100_HR_DIR --out {dir}"),
-    "urban100": ("Urban100", "srtool prepare benchmark URBAN100_HR_DIR --out {dir}"),
+    "set5": ("Set5", "srtool prepare benchmark --download Set5 (or SET5_HR_DIR --out {dir})"),
+    "set14": ("Set14", "srtool prepare benchmark --download Set14 (or SET14_HR_DIR --out {dir})"),
+    "b100": ("B100", "srtool prepare benchmark --download B100 (or B100_HR_DIR --out {dir})"),
+    "bsd100": ("B100", "srtool prepare benchmark --download B100 (or B100_HR_DIR --out {dir})"),
+    "urban100": ("Urban100", "srtool prepare benchmark --download Urban100 (or URBAN100_HR_DIR --out {dir})"),
     "div2k-valid": ("DIV2K/valid", "srtool prepare div2k"),
     "div2k_valid": ("DIV2K/valid", "srtool prepare div2k"),
     "div2k-train": ("DIV2K/train", "srtool prepare div2k"),

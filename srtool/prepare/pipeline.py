@@ -629,11 +629,15 @@ def run_benchmark(
     overwrite: bool = False,
     progress: bool = True,
     on_skip: Callable[[str], None] | None = None,
+    provenance: dict[str, Any] | None = None,
 ) -> PrepareResult:
-    """:func:`prepare_benchmark` returning the full :class:`PrepareResult` (bad inputs listed, not raised)."""
+    """:func:`prepare_benchmark` returning the full :class:`PrepareResult` (bad inputs listed, not raised).
+
+    ``provenance`` (where a downloaded set came from: url, archive sha256, licence) goes into the manifest.
+    """
     inputs = collect_folder_inputs([Path(hr_dir)])
     recipe = Recipe(scale=scale, edge=edge, compress_level=compress_level, store=False)
-    srcs = [{"path": str(Path(hr_dir).expanduser().resolve())}]
+    srcs = [{"path": str(Path(hr_dir).expanduser().resolve()), **(provenance or {})}]
     return run_prepare(inputs, Path(out), recipe, kind="benchmark", sources=srcs, workers=workers,
                        overwrite=overwrite, progress=progress, description="prepare benchmark", on_skip=on_skip)
 
