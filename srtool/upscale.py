@@ -306,8 +306,6 @@ def _plan_output(job: Job, options: UpscaleOptions, suffix: str, out_dir: Path |
         output = job.source.parent / name
     else:
         output = Path(name)
-    if output.parent.resolve() != (out_dir / job.relative.parent if out_dir is not None else output.parent).resolve():
-        raise UserError(f"{job.label}: its output {output} would leave its folder")
     return output
 
 
