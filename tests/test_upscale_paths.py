@@ -150,3 +150,28 @@ def test_symlink_loop_upscales_each_real_file_once(photos, tmp_path, capsys):
     code, err = run_cli(["upscale", str(photos), "-r", "-o", str(tmp_path / "r"), "--model", "bicubic"], capsys)
     assert code == 0, err
     assert sorted(tree(tmp_path / "r")) == ["baby_x4.png", "bird_x4.png"]
+
+
+@pytest.mark.parametrize("fmt, ext", [("jpg", ".jpg"), ("tiff", ".tif")])
+def test_marker_recognises_jpeg_and_tiff_outputs(fmt, ext, photos, capsys):
+    code, err = run_cli(["upscale", str(photos / "bird.png"), "--format", fmt, "--model", "bicubic"], capsys)
+    assert code == 0, err
+    out = photos / f"bird_x4{ext}"
+    assert imageio.read_software(out).startswith(SOFTWARE_MARKER)
+    (photos / "bird.png").unlink()  # only the output is left: the marker alone must keep it from being an input
+    before = tree(photos)
+    code, err = run_cli(["upscale", str(photos), "--format", fmt, "--model", "bicubic"], capsys)
+    assert code == 0 and "earlier srtool output" in err, err
+    assert not (photos / f"bird_x4_x4{ext}").exists()
+    assert {k: v for k, v in tree(photos).items() if k in before} == before
+
+
+def test_eval_refuses_a_device_that_cannot_compute(benchmarks_dir, tmp_path, capsys):
+    import torch
+
+    from srtool.models import RRDBNet, RRDBNetConfig
+
+    weights = tmp_path / "tiny_rrdb.pth"
+    torch.save({"params_ema": RRDBNet(RRDBNetConfig(n_feats=8, n_blocks=1, growth=4)).state_dict()}, weights)
+    code, err = run_cli(["eval", "--model", str(weights), "--data", str(benchmarks_dir / "Set5"), "--device", "meta"], capsys)
+    assert code == 2 and "meta" in err and "internal" not in err, err
