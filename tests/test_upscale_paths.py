@@ -175,3 +175,14 @@ def test_eval_refuses_a_device_that_cannot_compute(benchmarks_dir, tmp_path, cap
     torch.save({"params_ema": RRDBNet(RRDBNetConfig(n_feats=8, n_blocks=1, growth=4)).state_dict()}, weights)
     code, err = run_cli(["eval", "--model", str(weights), "--data", str(benchmarks_dir / "Set5"), "--device", "meta"], capsys)
     assert code == 2 and "meta" in err and "internal" not in err, err
+
+
+def test_prepare_skips_a_source_whose_outputs_cannot_be_named(tmp_path, benchmarks_dir, capsys):
+    """A 255-byte source name fits, its record name (NAME.json) does not: that image is skipped, the others done."""
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    shutil.copy(benchmarks_dir / "Set5" / "HR" / "bird.png", hr / ("b" * 251 + ".png"))
+    shutil.copy(benchmarks_dir / "Set5" / "HR" / "baby.png", hr / "baby.png")
+    code, err = run_cli(["prepare", "benchmark", str(hr), "--out", str(tmp_path / "prep"), "--no-progress"], capsys)
+    assert code == 1 and "too long" in err, err  # skipped and named; exit 1 like any bad input
+    assert (tmp_path / "prep" / "HR" / "baby.png").is_file()

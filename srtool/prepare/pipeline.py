@@ -21,6 +21,7 @@ Nothing here records times or absolute output paths, for that reason.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -368,6 +369,9 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         timings["write (atomic, fsync)"] = time.perf_counter() - t
         timings["cpu"] = time.process_time() - cpu0
     except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:  # this image's name only: skip it, the others go on
+            return {"input": src.label, "error": f"{src.label}: its output names ({src.name}.png, {src.name}.json) "
+                                                 "are too long for this file system; rename the file"}
         raise UserError(f"{out}: cannot write output for {src.label} ({exc.strerror or exc})") from None
     return {**record, "_status": "done", "_timings": timings}
 
