@@ -114,7 +114,7 @@ def _prepare_finish(results: dict, skip_bad: bool) -> None:
 
 @prepare_app.command("benchmark")
 def prepare_benchmark(
-    hr_dir: Annotated[Optional[str], typer.Argument(metavar="[HR_DIR]", help="Folder of HR test images (png/jpg/bmp/tif; gray or RGB); or use --download.")] = None,
+    hr_dir: Annotated[Optional[str], typer.Argument(metavar="HR_DIR", help="Folder of HR test images (png/jpg/bmp/tif; gray or RGB); or use --download.")] = None,
     out: Annotated[Optional[str], typer.Option("--out", metavar="DIR", help="Output folder (gets HR/, LR_bicubic/X{s}/, manifest.json); with --download default: the srtool data dir/NAME.")] = None,
     download: Annotated[Optional[str], typer.Option("--download", metavar="NAME", help="Fetch a public HR test set first: Set5, Set14, B100 or Urban100 (Manga109 is not redistributable).")] = None,
     source: Annotated[Optional[str], typer.Option("--source", metavar="FILE", help="With --download: the set's archive (tar.gz or zip) you already have, instead of downloading it.")] = None,
