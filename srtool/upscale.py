@@ -1,8 +1,9 @@
 """Batch upscaling: the library behind ``srtool upscale``.
 
 :func:`plan_jobs` turns inputs (files, folders, globs, ``-`` for stdin) into jobs with their output
-paths, deciding up front what is skipped (output exists, no ``--overwrite``) or refused (an output
-that would overwrite an input, two inputs mapping to the same output). :func:`run_batch` then runs
+paths, deciding up front what is skipped (output exists, no ``--overwrite``; srtool's own earlier
+outputs found among the inputs) or refused (an output that would overwrite an input, two inputs
+mapping to the same output, an output path outside ``-o`` or its input's folder). :func:`run_batch` then runs
 them: worker threads decode the next images and encode/write finished ones while the main thread
 runs the model, one image at a time. Each job carries its own output path from start to finish, so
 outputs cannot be mixed up however the threads interleave. A file that fails (corrupt, unsupported,
