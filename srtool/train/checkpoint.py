@@ -68,9 +68,15 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+def _write(obj: Any, tmp: Path) -> None:
+    """The one place checkpoint bytes reach the disk (through a Python file, so a full disk is an OSError)."""
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
-        torch.save(to_plain({"format": CHECKPOINT_FORMAT, **state}), tmp)
+        _write(to_plain({"format": CHECKPOINT_FORMAT, **state}), tmp)
     return path
 
 
