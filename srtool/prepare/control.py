@@ -2,7 +2,8 @@
 
 * Lock: ``--out/.srtool-prepare/lock`` is held with ``flock`` for the whole run and holds the owner's pid,
   so a second run on the same ``--out`` says which process is writing there instead of racing it (the
-  kernel drops the lock when the owner dies, so a killed run never leaves a stale lock).
+  kernel drops the lock when the owner dies, so a killed run never leaves a stale lock). The file is
+  emptied when the run ends.
 * Stop: worker processes ignore SIGINT (the parent handles it); on Ctrl-C the parent sends them SIGTERM,
   which a worker turns into an exception so the atomic write in progress deletes its temporary file.
   What is left are complete files only; the next run redoes the images that had no record yet.
@@ -44,7 +45,13 @@ def out_lock(state_dir: Path, out: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            # left empty (not deleted: unlinking a flock'd file races a run that opened it), so a finished
+            # run's folder is byte-identical whichever process made it
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
 
