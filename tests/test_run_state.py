@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from cli_runner import run_cli
+from test_train import vgg_file  # noqa: F401  (the random-weight VGG19 file fixture)
 
 TINY = ["train.num_workers=0", "validation.datasets=[]", "log.every=1", "checkpoint.every=2", "checkpoint.keep_last=3",
         "train.epochs=1", "train.iters_per_epoch=6", "model.generator.n_blocks=1", "model.generator.n_feats=8",
@@ -267,18 +268,27 @@ def test_store_file_damaged_after_start_is_one_line_from_a_loader_worker(store, 
 def test_disk_full_while_checkpointing_is_one_line_and_resume_finishes(run, store, tmp_path, monkeypatch, capsys):
     from srtool.train import checkpoint
 
-    real_write, calls = checkpoint._write, []
+    # the fault: the disk fills up during the second checkpoint (iteration 4), after 1000 of its bytes
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh, self.written = fh, 0
 
-    def full_disk(obj, tmp):
-        calls.append(tmp)
-        if len(calls) == 2:  # the second checkpoint (iteration 4): half the bytes, then the disk is full
-            real_write(obj, tmp)
-            data = Path(tmp).read_bytes()
-            Path(tmp).write_bytes(data[: len(data) // 2])
-            raise OSError(errno.ENOSPC, "No space left on device", str(tmp))
-        real_write(obj, tmp)
+        def write(self, data):
+            if self.written + len(data) > 1000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written += len(data)
+            return self.fh.write(data)
 
-    monkeypatch.setattr(checkpoint, "_write", full_disk)
+        def flush(self):
+            self.fh.flush()
+
+    real_init, saves = checkpoint._Writer.__init__, []
+
+    def writer_init(self, fh):
+        saves.append(fh.name)
+        real_init(self, FullDisk(fh) if len(saves) == 2 else fh)
+
+    monkeypatch.setattr(checkpoint._Writer, "__init__", writer_init)
     out = tmp_path / "r"
     assert run_cli("train", "--preset", "srresnet", "--data", str(store), "--out", str(out), "--no-progress",
                    *sets(TINY)) == 2
@@ -288,23 +298,13 @@ def test_disk_full_while_checkpointing_is_one_line_and_resume_finishes(run, stor
     assert lines[0].endswith(f"MB and --resume {out}")
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_00000002.pt"]  # no temp left behind
     good = hashes(out / "checkpoints")
-    monkeypatch.setattr(checkpoint, "_write", real_write)
+    monkeypatch.setattr(checkpoint._Writer, "__init__", real_init)
     assert resume(out) == 0
     assert hashes(out / "checkpoints")["iter_00000002.pt"] == good["iter_00000002.pt"]
     assert same_tensors(run / "exports" / "last.safetensors", out / "exports" / "last.safetensors")
 
 
 # ------------------------------------------------------ issue 14 items 4 and 22: recorded paths, VGG19
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory) -> Path:
-    from srtool.models.vgg import vgg19_features
-
-    torch.manual_seed(5)
-    path = tmp_path_factory.mktemp("vgg") / "vgg19-random.pth"
-    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, path)
-    return path
 
 
 TINY_GAN = [*TINY, "train.iters_per_epoch=2", "checkpoint.every=1",

@@ -228,6 +228,13 @@ def validate_checkpoint(state: Mapping[str, Any], networks: Mapping[str, nn.Modu
     for sched, net_name in (("scheduler_g", "generator"), ("scheduler_d", "discriminator")):
         if networks.get(net_name) is not None and not (isinstance(state.get(sched), Mapping) and "last_epoch" in state[sched]):
             raise DamagedCheckpoint(f"'{sched}' is not a scheduler state")
+    skipped = state.get("skipped_steps", 0)
+    if not isinstance(skipped, int) or skipped < 0:
+        raise DamagedCheckpoint(f"'skipped_steps' is {skipped!r}, expected a non-negative integer")
+    best = state.get("best")
+    if best is not None and not (isinstance(best, Mapping) and isinstance(best.get("score"), (int, float))
+                                 and isinstance(best.get("iteration"), int) and isinstance(best.get("scores"), Mapping)):
+        raise DamagedCheckpoint("'best' is not a validation record (iteration, metric, score, scores)")
     data = state.get("data")
     if not isinstance(data, Mapping) or not {"global_batch", "fingerprint"} <= set(data):
         raise DamagedCheckpoint("'data' lacks the batch size and data fingerprint")
