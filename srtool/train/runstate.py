@@ -232,9 +232,8 @@ def validate_checkpoint(state: Mapping[str, Any], networks: Mapping[str, nn.Modu
     if not isinstance(skipped, int) or skipped < 0:
         raise DamagedCheckpoint(f"'skipped_steps' is {skipped!r}, expected a non-negative integer")
     best = state.get("best")
-    if best is not None and not (isinstance(best, Mapping) and isinstance(best.get("score"), (int, float))
-                                 and isinstance(best.get("iteration"), int) and isinstance(best.get("scores"), Mapping)):
-        raise DamagedCheckpoint("'best' is not a validation record (iteration, metric, score, scores)")
+    if best is not None and not (isinstance(best, Mapping) and isinstance(best.get("score"), (int, float))):
+        raise DamagedCheckpoint("'best' is not a validation record (with a numeric score)")
     data = state.get("data")
     if not isinstance(data, Mapping) or not {"global_batch", "fingerprint"} <= set(data):
         raise DamagedCheckpoint("'data' lacks the batch size and data fingerprint")
