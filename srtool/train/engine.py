@@ -293,7 +293,8 @@ class Trainer:
                 runstate.restart_aside(self.run_dir, self.warn)
             barrier(self.dist)
             if found is None:
-                self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
+                if not options.restart:
+                    self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
                 if init_from:
                     self.generator.load_state_dict(load_init_weights(init_from, p, self.warn))
                     self.ema = EMA(self.generator, t.ema_decay)
