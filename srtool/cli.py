@@ -228,6 +228,8 @@ def train(
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory exactly.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live display.")] = True,
+    restart: Annotated[bool, typer.Option("--restart", help="With --resume: train again from iteration 0; the old checkpoints, exports and log are kept under a dated name.")] = False,
+    allow_random_vgg: Annotated[bool, typer.Option("--allow-random-vgg", help="Accept --vgg-weights random (a smoke test: the perceptual loss is then meaningless).")] = False,
 ) -> None:
     """Train a generator (PSNR stage) or a GAN from a preset; `torchrun -m srtool train ...` for DDP."""
     from pathlib import Path
@@ -238,6 +240,7 @@ def train(
     result = run_training(TrainOptions(
         preset=preset, data=[Path(d) for d in data or []], out=Path(out) if out else None, overrides=list(set_ or []), init_from=init_from,
         vgg_weights=vgg_weights, device=device, resume=Path(resume) if resume else None, overwrite=overwrite, progress=progress,
+        restart=restart, allow_random_vgg=allow_random_vgg,
     ))
     best = f"; best {result.best['metric']} {result.best['score']:.4f} at iteration {result.best['iteration']}" if result.best else ""
     if result.rank == 0:

@@ -90,18 +90,24 @@ def _band_plan(in_length: int, out_length: int, scale: float, edge: EdgeMode) ->
     """The banded weight matrix cut into dense blocks ``(r0, r1, c0, c1, matrix[r0:r1, c0:c1])``, cached.
 
     Small row blocks when shrinking (8 output rows read ~44 input rows at x1/4, so the dense product wastes
-    little); larger ones when enlarging, where a block's input span is short anyway.
+    little); larger ones when enlarging, where a block's input span is short anyway. Each block is built
+    straight from the taps, never from the whole (out_length, in_length) matrix, so memory stays
+    proportional to the image whatever its aspect ratio (a 1 x 20000 image would need a 12.8 GB dense
+    matrix). The blocks equal :func:`weight_matrix`'s bit for bit: the same taps are accumulated in the
+    same order, and each block spans exactly the columns holding a non-zero weight of its rows.
     """
-    matrix = weight_matrix(in_length, out_length, scale, edge)
-    nonzero = matrix != 0
-    first = nonzero.argmax(axis=1)
-    last = matrix.shape[1] - 1 - nonzero[:, ::-1].argmax(axis=1)
+    weights, indices = contributions(in_length, out_length, scale, edge)
     rows = _BLOCK_ROWS_SHRINK if scale < 1 else _BLOCK_ROWS_ENLARGE
     plan = []
     for r0 in range(0, out_length, rows):
         r1 = min(r0 + rows, out_length)
-        c0, c1 = int(first[r0:r1].min()), int(last[r0:r1].max()) + 1
-        block = np.ascontiguousarray(matrix[r0:r1, c0:c1])
+        w, idx = weights[r0:r1], indices[r0:r1]
+        lo = int(idx.min())
+        block = np.zeros((r1 - r0, int(idx.max()) + 1 - lo), dtype=np.float64)
+        np.add.at(block, (np.repeat(np.arange(r1 - r0), w.shape[1]), (idx - lo).ravel()), w.ravel())
+        used = np.flatnonzero((block != 0).any(axis=0))
+        c0, c1 = lo + int(used[0]), lo + int(used[-1]) + 1
+        block = np.ascontiguousarray(block[:, c0 - lo : c1 - lo])
         block.flags.writeable = False  # shared by every call through the cache
         plan.append((r0, r1, c0, c1, block))
     return tuple(plan)

@@ -44,6 +44,7 @@ from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, 
 from ..resize import EDGE_MODES, downscale, modcrop
 from ..atomic import sha256_file
 from .archive import MAX_IMAGE_MEMBER_BYTES, read_member
+from .control import out_lock, stoppable, stop_workers, worker_signals
 from .store import DEFAULT_STEP, DEFAULT_TILE, as_rgb, store_paths, tile_grid, write_index
 
 STATE_DIR = ".srtool-prepare"
@@ -393,13 +394,6 @@ def _given_lr(src: ImageSource, lr_data: bytes, hr: np.ndarray, scale: int) -> n
     return lr
 
 
-def _worker_init() -> None:
-    """Workers ignore Ctrl-C: the parent handles it and cancels the queue (no traceback per worker)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ----------------------------------------------------------------------------------------- a run
 
 
@@ -496,6 +490,15 @@ def run_prepare(
     if clash is not None:
         raise UserError(f"--out {out}: would write into the source folder {clash.path.parent}; choose another --out")
     _check_out(out)
+    with out_lock(out / STATE_DIR, out):
+        return _run_locked(inputs, out, recipe, kind=kind, sources=sources, workers=workers, overwrite=overwrite,
+                           progress=progress, description=description, on_skip=on_skip)
+
+
+def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: str, sources: list[dict[str, Any]],
+                workers: int | None, overwrite: bool, progress: bool, description: str,
+                on_skip: Callable[[str], None] | None) -> PrepareResult:
+    """The body of :func:`run_prepare`, run while this process holds ``--out``'s lock."""
     _claim_out(out, inputs, recipe, kind, overwrite)
     lr_dir = _lr_dir(out, recipe.scale)
     _clean_stale_temps([out, out / "HR", lr_dir, out / "store", out / "store" / "hr",
@@ -536,14 +539,14 @@ def run_prepare(
                 bar.advance(task)
         else:
             # spawn, not fork: a caller may have started threads (torch, BLAS) that a fork would copy mid-state
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_worker_init)
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=worker_signals)
             try:
-                futures = {pool.submit(process_image, src, out, recipe): src for src in inputs}
+                futures = {pool.submit(stoppable, process_image, src, out, recipe): src for src in inputs}
                 for fut in as_completed(futures):
                     collect(futures[fut], fut.result())
                     bar.advance(task)
-            except BaseException:  # Ctrl-C or an error: do not wait for the queued images
-                pool.shutdown(wait=False, cancel_futures=True)
+            except BaseException:  # Ctrl-C or an error: stop the workers now, not after the queued images
+                stop_workers(pool)
                 raise
             pool.shutdown()
 

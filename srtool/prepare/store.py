@@ -87,6 +87,57 @@ def write_index(store_dir: Path, scale: int, tile: int, step: int, images: list[
     return path
 
 
+def _check_index(index: dict[str, Any], path: Path) -> None:
+    """Every field ``open`` relies on, with its type: a damaged index is one line naming the field."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: {what}; rebuild the store with `srtool prepare`")
+
+    for key in ("scale", "tile", "step"):
+        if not isinstance(index.get(key), int) or isinstance(index.get(key), bool) or index[key] < 1:
+            raise bad(f"'{key}' is missing or not a positive integer")
+    if not isinstance(index.get("images"), list):
+        raise bad("'images' is missing or not a list")
+    for k, entry in enumerate(index["images"]):
+        name = entry.get("name") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            raise bad(f"images[{k}] lacks a plain file name")
+        shape = entry.get("shape")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(v, int) and v > 0 for v in shape)):
+            raise bad(f"images[{k}] ({name}): 'shape' must be [H, W]")
+        tiles = entry.get("tiles")
+        if not isinstance(tiles, list) or not all(
+                isinstance(t, list) and len(t) == 4 and all(isinstance(v, int) and v >= 0 for v in t) for t in tiles):
+            raise bad(f"images[{k}] ({name}): 'tiles' must be a list of [y, x, h, w] integer windows")
+
+
+def rebuild_hint(dataset_dir: Path) -> str:
+    return f"rebuild it by running the same `srtool prepare ... --out {dataset_dir}` again (it re-makes damaged files)"
+
+
+def check_array_file(path: Path, shape: tuple[int, ...], dataset_dir: Path) -> None:
+    """A store ``.npy`` must hold uint8 ``shape`` completely: header read, size checked, nothing mapped.
+
+    Run on every file when a store is opened, so a truncated file is one clear line before training,
+    never a crash in a loader worker (or a SIGBUS from a memory map past the end of the file)."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            got_shape, _fortran, dtype = read_header(fh)
+            offset = fh.tell()
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise UserError(f"{path}: store file missing; {rebuild_hint(dataset_dir)}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: damaged store file ({exc}); {rebuild_hint(dataset_dir)}") from None
+    if tuple(got_shape) != tuple(shape) or dtype != np.uint8:
+        raise UserError(f"{path}: store file holds {dtype} {tuple(got_shape)}, the index says uint8 {tuple(shape)}; "
+                        f"{rebuild_hint(dataset_dir)}")
+    need = offset + int(np.prod(shape))
+    if size < need:
+        raise UserError(f"{path}: truncated store file ({size} of {need} bytes); {rebuild_hint(dataset_dir)}")
+
+
 @dataclass
 class _Image:
     name: str
@@ -112,8 +163,9 @@ class TrainingStore:
         self._maps: dict[tuple[int, str], np.ndarray] = {}
 
     @classmethod
-    def open(cls, dir: Path, scale: int) -> "TrainingStore":  # noqa: A002 - contract name
-        """Open the store of a prepared dataset folder (``DIR`` or ``DIR/store``) built at ``scale``."""
+    def open(cls, dir: Path, scale: int, verify: bool = True) -> "TrainingStore":  # noqa: A002 - contract name
+        """Open the store of a prepared dataset folder (``DIR`` or ``DIR/store``) built at ``scale``;
+        ``verify`` checks every array file's header and size against the index first."""
         dir = Path(dir)
         store_dir = dir / "store" if (dir / "store" / "index.json").exists() or not (dir / "index.json").exists() else dir
         index_path = store_dir / "index.json"
@@ -125,15 +177,23 @@ class TrainingStore:
             index = json.loads(index_path.read_text())
         except (OSError, ValueError) as exc:
             raise UserError(f"{index_path}: unreadable store index ({exc})") from None
+        if not isinstance(index, dict):
+            raise UserError(f"{index_path}: expected a JSON object, found a {type(index).__name__}; rebuild the store with `srtool prepare`")
         if index.get("format") != STORE_FORMAT or index.get("version") != STORE_VERSION:
             raise UserError(f"{index_path}: not an srtool training store (format {index.get('format')!r} v{index.get('version')})")
+        _check_index(index, index_path)
         if int(index["scale"]) != int(scale):
             raise UserError(f"{dir}: the store was built for x{index['scale']}, not x{scale}; prepare it again with --scale {scale}")
         images, rows = [], []
+        dataset_dir = store_dir.parent if store_dir.name == "store" else store_dir
         for k, entry in enumerate(index["images"]):
             hr_path, lr_path = store_paths(store_dir, entry["name"], scale)
             images.append(_Image(entry["name"], hr_path, lr_path))
             rows.extend((k, *t) for t in entry["tiles"])
+            if verify:
+                h, w = entry["shape"]
+                check_array_file(hr_path, (h, w, 3), dataset_dir)
+                check_array_file(lr_path, (h // scale, w // scale, 3), dataset_dir)
         tiles = np.asarray(rows, dtype=np.int64).reshape(-1, 5)
         return cls(store_dir, int(scale), images, tiles, int(index["tile"]), int(index["step"]))
 
@@ -162,7 +222,8 @@ class TrainingStore:
             try:
                 arr = np.load(path, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
-                raise UserError(f"{path}: cannot open store array ({exc}); prepare the dataset again") from None
+                dataset_dir = self.store_dir.parent if self.store_dir.name == "store" else self.store_dir
+                raise UserError(f"{path}: cannot open store array ({exc}); {rebuild_hint(dataset_dir)}") from None
             self._maps[key] = arr
         return arr
 

@@ -68,9 +68,40 @@ def to_plain(obj: Any) -> Any:
     return obj
 
 
+class _Writer:
+    """The file ``torch.save`` writes through. torch turns an error raised by ``write`` into a generic
+    RuntimeError; the writer keeps the OSError (ENOSPC, EDQUOT, EIO) so the caller sees the real cause."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def _write(obj: Any, tmp: Path) -> None:
+    """The one place checkpoint bytes reach the disk; a failed write raises its OSError."""
+    with open(tmp, "wb") as fh:
+        writer = _Writer(fh)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     with atomic_path(path) as tmp:
-        torch.save(to_plain({"format": CHECKPOINT_FORMAT, **state}), tmp)
+        _write(to_plain({"format": CHECKPOINT_FORMAT, **state}), tmp)
     return path
 
 

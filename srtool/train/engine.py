@@ -46,6 +46,7 @@ from .checkpoint import CheckpointDir, capture_rng_state, load_checkpoint, resto
 from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, make_loader, open_stores
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
 from .losses import GeneratorLoss, discriminator_loss
+from . import runstate
 
 RUN_FILES = ("checkpoints", "exports", "tensorboard", "log.jsonl", "curves.png", "preset.toml", "run.json",
              "environment.json")
@@ -70,6 +71,8 @@ class TrainOptions:
     overwrite: bool = False
     progress: bool = True
     cache_dir: Path | None = None
+    restart: bool = False  # with resume: train again from iteration 0, old exports/log/checkpoints kept aside
+    allow_random_vgg: bool = False  # --vgg-weights random (a smoke test) is refused without it
 
 
 @dataclass
@@ -176,11 +179,12 @@ class Trainer:
         if resuming:
             self.run_dir = Path(options.resume)
             self._check_resume_options()
-            run_info = self._read_run_json()
+            run_info = runstate.read_run_json(self.run_dir)
             self.preset = load_preset(str(self.run_dir / "preset.toml"))
             data = [Path(p) for p in run_info["data"]]
             init_from = run_info.get("init_from")
             vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
+            allow_random_vgg = options.allow_random_vgg or bool(run_info.get("allow_random_vgg"))
         else:
             if not options.preset:
                 raise UserError("give --preset NAME|FILE (or --resume RUN_DIR)")
@@ -190,11 +194,17 @@ class Trainer:
             self.run_dir = Path(options.out)
             data = [Path(p).expanduser().resolve() for p in options.data]
             init_from, vgg_weights = options.init_from, options.vgg_weights
+            allow_random_vgg = options.allow_random_vgg
+            # every path absolute (and hashed where it is a file): --resume works from any directory
+            init_path, init_sha = runstate.record_path(init_from)
             run_info = {
-                "preset_source": options.preset, "overrides": list(options.overrides),
-                "data": [str(p) for p in data], "init_from": init_from, "vgg_weights": vgg_weights,
+                "preset_source": runstate.record_path(options.preset)[0], "overrides": list(options.overrides),
+                "data": [str(p) for p in data], "init_from": init_path, "init_from_sha256": init_sha,
+                "vgg_weights": runstate.record_path(vgg_weights, ("imagenet", "random"), hash_file=False)[0],
                 "srtool_version": __version__,
             }
+            if allow_random_vgg:
+                run_info["allow_random_vgg"] = True
         p, t = self.preset, self.preset.train
         self.total = t.total_iters
         self.dist = init_distributed("cuda" if options.device.startswith("cuda") or
@@ -203,6 +213,9 @@ class Trainer:
             self.warn = lambda message: None  # rank 0 speaks for the run
         if not resuming:
             self._check_out_dir()
+        else:
+            runstate.check_recorded_paths(self.run_dir, run_info, check_vgg=options.vgg_weights is None,
+                                          check_init=options.restart)
         check_data_paths(data)
         self._check_validation_datasets()
         self.device = resolve_device(options.device, self.dist)
@@ -212,7 +225,16 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         # ---- VGG19 and --init-from weights: any error here comes before training starts
+        if p.loss.perceptual is not None and str(vgg_weights) == "random" and not allow_random_vgg:
+            raise UserError("--vgg-weights random: random VGG19 features make the perceptual loss meaningless "
+                            "(about 1e-15); give the ImageNet weights, or pass --allow-random-vgg for a smoke test")
         self.loss = GeneratorLoss(p.loss, vgg_weights=vgg_weights or "imagenet").to(self.device)
+        # what the exports and run.json record: the VGG19 file really used and the --init-from weights
+        self.weights_used = runstate.weights_record((vgg_weights or "imagenet") if self.loss.vgg is not None else None,
+                                                    run_info)
+        if not resuming and "vgg_weights" in self.weights_used:
+            run_info["vgg_weights_file"] = self.weights_used["vgg_weights"]["path"]
+            run_info["vgg_weights_sha256"] = self.weights_used["vgg_weights"]["sha256"]
         init_state = None
         if init_from and not resuming:
             init_state = load_init_weights(init_from, p, self.warn)
@@ -261,14 +283,23 @@ class Trainer:
         self._signal: int | None = None
         resumed_from = None
         if resuming:
-            latest = self.checkpoints.latest()
-            if latest is None:
-                self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
+            found = None
+            if not options.restart:
+                networks = {"generator": self.generator, "ema": self.ema.module, "discriminator": self.discriminator}
+                found = runstate.newest_good_checkpoint(
+                    [path for _, path in self.checkpoints.numbered()], load_checkpoint,
+                    lambda state: runstate.validate_checkpoint(state, networks), self.warn, set_aside=self.dist.is_main)
+            elif self.dist.is_main:
+                runstate.restart_aside(self.run_dir, self.warn)
+            barrier(self.dist)
+            if found is None:
+                if not options.restart:
+                    self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
                 if init_from:
                     self.generator.load_state_dict(load_init_weights(init_from, p, self.warn))
                     self.ema = EMA(self.generator, t.ema_decay)
             else:
-                self._load_state(load_checkpoint(latest))
+                self._load_state(found[1])
             resumed_from = self.iteration
         self.monitor = None
         if self.dist.is_main:
@@ -281,7 +312,7 @@ class Trainer:
             from .monitor import RunMonitor
 
             self.monitor = RunMonitor(self.run_dir, f"{p.name} ({p.stage} stage)", self.iteration, self.total,
-                                      progress=options.progress, resume_from=resumed_from)
+                                      progress=options.progress, resume_from=resumed_from, warn=self.warn)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
 
@@ -295,14 +326,14 @@ class Trainer:
             raise UserError(f"--resume continues {o.resume} with its saved preset and data; drop {', '.join(extra)}")
         if not (self.run_dir / "run.json").is_file() or not (self.run_dir / "preset.toml").is_file():
             raise UserError(f"--resume {self.run_dir}: not a training run directory (no run.json / preset.toml)")
-
-    def _read_run_json(self) -> dict[str, Any]:
-        try:
-            return json.loads((self.run_dir / "run.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise UserError(f"{self.run_dir / 'run.json'}: unreadable ({exc})") from None
+        runstate.check_resumable(self.run_dir, [p for _, p in CheckpointDir(self.run_dir, 1).numbered()],
+                                 self.run_dir / "checkpoints", o.restart)
 
     def _check_out_dir(self) -> None:
+        if self.options.restart:
+            raise UserError("--restart goes with --resume RUN_DIR (to start an existing run again from iteration 0)")
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise UserError(f"--out {self.run_dir}: exists and is not a folder; give a new or existing run directory")
         present = [n for n in RUN_FILES if (self.run_dir / n).exists()]
         if present and not self.options.overwrite:
             raise UserError(
@@ -476,12 +507,15 @@ class Trainer:
             "validation": scores or {}, "validation_protocol": p.validation.protocol,
             "hyperparameters": {"train": p.train.model_dump(mode="json"), "loss": p.loss.model_dump(mode="json")},
             "preset_toml": dump_toml(p, with_descriptions=False), "run_dir": str(self.run_dir.resolve()),
+            **self.weights_used,
         }
 
     def export(self, name: str, scores: dict[str, Any] | None) -> Path:
         from ..models.export import save_export
 
-        return save_export(self.run_dir / "exports" / f"{name}.safetensors", self.ema.module, self.export_info(scores))
+        path = self.run_dir / "exports" / f"{name}.safetensors"
+        with runstate.disk_full_guard(path, runstate.state_nbytes(self.ema.module.state_dict()), self.run_dir):
+            return save_export(path, self.ema.module, self.export_info(scores))
 
     def _after_validation(self, scores: dict[str, dict[str, float]]) -> None:
         v = self.preset.validation
@@ -491,12 +525,17 @@ class Trainer:
             self.best = {"iteration": self.iteration, "metric": v.metric, "score": score, "scores": scores}
             from .checkpoint import save_checkpoint
 
-            save_checkpoint(self.checkpoints.best_path, self.state_dict())
+            state = self.state_dict()
+            with runstate.disk_full_guard(self.checkpoints.best_path, runstate.state_nbytes(state), self.run_dir):
+                save_checkpoint(self.checkpoints.best_path, state)
             self.export("best", scores)
         self.monitor.log_validation(self.iteration, scores, is_best)
 
     def _save(self) -> None:
-        self.checkpoints.save(self.iteration, self.state_dict())
+        state = self.state_dict()
+        path = self.checkpoints.path_for(self.iteration)
+        with runstate.disk_full_guard(path, runstate.state_nbytes(state), self.run_dir):
+            self.checkpoints.save(self.iteration, state)
         self.export("last", self.last_scores)
 
     def _log(self) -> None:
@@ -527,7 +566,7 @@ class Trainer:
         if self.discriminator is not None:
             self.discriminator.train()
         try:
-            for lr_images, hr_images in loader:
+            for lr_images, hr_images in runstate.loader_errors(loader, self.source.stores):
                 try:
                     terms, stop = self.step(lr_images, hr_images)
                 except torch.OutOfMemoryError:

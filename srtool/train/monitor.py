@@ -11,20 +11,30 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from ..atomic import atomic_path, write_text_atomic
 
 
-def read_log(path: Path) -> list[dict[str, Any]]:
+def read_log(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The records of ``log.jsonl``; a line cut by a kill is ignored, any other damaged line (not JSON, or
+    JSON that is not an object) is skipped with a warning naming the file and line."""
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a kill: ignore
-            continue
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines) or not line.strip():  # the last line cut by a kill: nothing to say
+                continue
+            record = None
+        if isinstance(record, dict) and isinstance(record.get("iter", 0), int):
+            records.append(record)
+        elif warn is not None:
+            warn(f"{path}: line {number} is not a log record (a JSON object with an integer iter); skipped")
     return records
 
 
@@ -97,11 +107,11 @@ class RunMonitor:
     """Rank 0's view of the run: display, JSONL, TensorBoard and curves."""
 
     def __init__(self, run_dir: Path, title: str, start: int, total: int, progress: bool = True,
-                 resume_from: int | None = None):
+                 resume_from: int | None = None, warn: Callable[[str], None] | None = None):
         self.run_dir = Path(run_dir)
         self.title = title
         self.log_path = self.run_dir / "log.jsonl"
-        records = read_log(self.log_path)
+        records = read_log(self.log_path, warn)
         if resume_from is not None:
             records = [r for r in records if r.get("iter", 0) <= resume_from]
             write_text_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in records))
