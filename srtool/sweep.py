@@ -92,6 +92,7 @@ class Point:
     values: dict[str, str]  # grid key -> raw value (seed under "train.seed")
     overrides: list[str]  # common overrides, then this point's grid values
     preset: Preset
+    fields: dict[str, str] = field(default_factory=dict)  # short key (as in the name) -> raw value
     status: str = "pending"
     reason: str | None = None
     iteration: int = 0
@@ -201,7 +202,7 @@ def plan_points(options: SweepOptions) -> list[Point]:
             if name in names:
                 raise UserError(f"sweep points {names[name]} and {values} both get the folder name {name}")
             names[name] = values
-            points.append(Point(name, values, overrides, preset))
+            points.append(Point(name, values, overrides, preset, {short[k]: v for k, v in values.items()}))
     return points
 
 
@@ -328,10 +329,20 @@ def train_args(options: SweepOptions, point: Point, sweep_dir: Path) -> list[str
     for item in point.overrides:
         args += ["--set", item]
     if options.init_from:
-        args += ["--init-from", options.init_from]
+        args += ["--init-from", init_from_for(options.init_from, point)]
     if run_dir.exists() and not (run_dir / "run.json").exists() and any(run_dir.iterdir()):
         args.append("--overwrite")  # the sweep's own folder, left by a kill before training was set up
     return [*args, *extra, "--no-progress"]
+
+
+def init_from_for(template: str, point: Point) -> str:
+    """``--init-from`` of a point: ``{n_blocks}``, ``{seed}``... are replaced by the point's grid values, so
+    each point of a GAN sweep can start from the PSNR-sweep point of the same architecture."""
+    try:
+        return template.format(**point.fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(f"--init-from {template!r}: {exc} is not a grid key of this sweep "
+                        f"(available: {', '.join('{' + k + '}' for k in point.fields)})") from None
 
 
 def shell_command(args: list[str]) -> str:
@@ -575,6 +586,9 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
     manifest = read_manifest(sweep_dir) if (sweep_dir / MANIFEST).exists() else None
     if manifest is None and sweep_dir.is_dir() and any(p.name not in (LOCK,) for p in sweep_dir.iterdir()):
         raise UserError(f"--out {sweep_dir}: folder is not empty and holds no sweep; choose a new folder")
+    if options.init_from:
+        for point in points:
+            init_from_for(options.init_from, point)
     reconcile(points, sweep_dir, options.data, manifest, options.retry)
     return points, manifest
 
