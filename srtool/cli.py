@@ -395,7 +395,30 @@ def sweep(
         jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
     )
     say = (lambda message: err_console.print(escape(message), highlight=False, soft_wrap=True))
-    result = run_sweep(options, say=say)
+    if dry_run or not progress:
+        result = run_sweep(options, say=say)
+    else:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        from .sweep import progress_counts
+
+        columns = (TextColumn("[bold]sweep[/bold] {task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total} it"), TimeElapsedColumn(), TimeRemainingColumn())
+        with Progress(*columns, console=err_console) as bar:
+            task = bar.add_task(Path(out).name, total=None)
+            state: dict = {}
+
+            def on_tick(running) -> None:
+                if "points" in state:
+                    done, total = progress_counts(state["points"], Path(out))
+                    bar.update(task, completed=done, total=total,
+                               description=f"{Path(out).name} ({len(running)} running)")
+
+            def on_plan(points) -> None:
+                state["points"] = points
+
+            result = run_sweep(options, say=lambda m: bar.console.print(escape(m), highlight=False, soft_wrap=True),
+                               on_tick=on_tick, on_plan=on_plan)
     if dry_run:
         for point in result.points:
             if point.status not in ("pending", "interrupted"):

@@ -415,6 +415,17 @@ class _Running:
     started: float
     gpu: str | None
     budget_hit: bool = False
+    wall_started: float = field(default_factory=time.time)
+    training_since: float | None = None  # monotonic time the trainer finished setting up
+
+    def training_seconds(self, run_dir: Path) -> float:
+        """Seconds of training so far: counted from when the trainer (re)wrote ``environment.json``, the
+        last step of its set-up, so the budget never cuts a point before it could checkpoint."""
+        if self.training_since is None:
+            with contextlib.suppress(OSError):
+                if (run_dir / "environment.json").stat().st_mtime >= self.wall_started:
+                    self.training_since = time.monotonic()
+        return 0.0 if self.training_since is None else time.monotonic() - self.training_since
 
 
 def _log_iteration(run_dir: Path) -> int:
@@ -502,7 +513,8 @@ class SweepRunner:
             code = run.process.poll()
             if code is None:
                 limit = self.options.max_minutes
-                if limit is not None and not run.budget_hit and time.monotonic() - run.started > limit * 60:
+                if (limit is not None and not run.budget_hit
+                        and run.training_seconds(self.sweep_dir / run.point.name) > limit * 60):
                     run.budget_hit = True
                     run.process.send_signal(signal.SIGTERM)  # the trainer checkpoints, exports and exits
                 continue
@@ -534,6 +546,20 @@ class SweepRunner:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def progress_counts(points: list[Point], sweep_dir: Path) -> tuple[int, int]:
+    """(iterations done, iterations in all) over the points, for a progress bar with an ETA; a running
+    point counts its last logged iteration, a finished one (even failed) its total."""
+    done = 0
+    for p in points:
+        if p.status in FINISHED:
+            done += p.total
+        elif p.status == "running":
+            done += max(p.iteration, _log_iteration(sweep_dir / p.name))
+        else:
+            done += p.iteration
+    return done, sum(p.total for p in points)
 
 
 def _main_thread() -> bool:
@@ -594,7 +620,8 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
 
 
 def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
-              on_tick: Callable[[list[Point]], None] | None = None) -> SweepResult:
+              on_tick: Callable[[list[Point]], None] | None = None,
+              on_plan: Callable[[list[Point]], None] | None = None) -> SweepResult:
     """Plan, validate, then train every point that is not finished (or print the commands: ``dry_run``)."""
     say = say or (lambda message: print(message, file=sys.stderr))
     sweep_dir = Path(options.out)
@@ -609,6 +636,8 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
         write_manifest(sweep_dir, doc)
         todo = sum(p.status in ("pending", "interrupted") for p in points)
         say(f"sweep {sweep_dir}: {len(points)} points, {todo} to run, {len(points) - todo} finished")
+        if on_plan is not None:
+            on_plan(points)
         runner = SweepRunner(options, points, doc, say)
         completed = runner.run(on_tick)
     return SweepResult(sweep_dir, points, [], completed)

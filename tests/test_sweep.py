@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 
 from srtool.errors import UserError
 from srtool.evaluate import run_eval
-from srtool.sweep import SweepOptions, point_name, read_manifest, run_sweep, split_values
+from srtool.sweep import SweepOptions, SweepRunner, point_name, read_manifest, run_sweep, split_values, visible_gpus
 from srtool.sweep_report import evaluate_sweep
 from cli_runner import run_cli
 
@@ -141,6 +141,7 @@ def test_dry_run_prints_each_points_train_command(data, tmp_path, capsys):
 # --------------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_table_equals_srtool_eval_on_each_export_and_rerun_is_a_no_op(data, whole, capsys):
     report = evaluate_sweep(whole, progress=False)
     assert [row.points for row in report.rows] == [[n] for n in NAMES]
@@ -183,7 +184,7 @@ def test_table_equals_srtool_eval_on_each_export_and_rerun_is_a_no_op(data, whol
 def test_failing_point_is_recorded_and_the_others_finish(data, tmp_path, capsys):
     out = tmp_path / "sweep"
     grid = ["loss.pixel.weight=1,1e300", "model.generator.n_blocks=1"]  # 1e300 makes the loss infinite
-    assert run_cli(*cli_args(data, out, grid=grid, extra=["train.hr_crop=32"])) == 1
+    assert run_cli(*cli_args(data, out, grid=grid, extra=["train.hr_crop=32"]), "--jobs", "2") == 1
     err = capsys.readouterr().err
     assert "1 done, 1 failed" in err and "failed: weight=1e300,n_blocks=1,seed=0" in err
     points = {p["name"]: p for p in read_manifest(out)["points"]}
@@ -223,3 +224,30 @@ def test_sigkill_in_the_second_point_then_rerun_matches_an_uninterrupted_sweep(d
         for which in ("best", "last"):
             assert a[which].keys() == b[which].keys()
             assert all(torch.equal(a[which][k], b[which][k]) for k in a[which]), (name, which)
+
+
+def test_max_minutes_ends_a_point_with_a_checkpoint_and_an_export(data, tmp_path):
+    out = tmp_path / "sweep"
+    budget = ["train.iters_per_epoch=1000000", "validation.datasets=[]", "checkpoint.every=1000000", "train.hr_crop=32"]
+    options = sweep_options(data, out, grid=["model.generator.n_blocks=1"], extra=budget, max_minutes=0.03)
+    result = run_sweep(options, say=lambda m: None)
+    point = result.points[0]
+    assert point.status == "stopped" and "time budget of 0.03 min" in point.reason
+    run_dir = out / point.name
+    assert 0 < point.iteration < 1000000
+    assert (run_dir / "checkpoints" / f"iter_{point.iteration:08d}.pt").is_file()
+    assert (run_dir / "exports" / "last.safetensors").is_file()
+    assert read_manifest(out)["points"][0]["status"] == "stopped"
+    messages: list[str] = []  # a stopped point is finished for a re-run (--retry continues it)
+    assert run_sweep(options, say=messages.append).points[0].status == "stopped"
+    assert not any(m.startswith(("starting", "resuming")) for m in messages)
+
+
+def test_jobs_give_each_point_its_own_gpu_or_a_share_of_the_cpu(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    assert visible_gpus("auto") == ["0", "1"] and visible_gpus("cpu") == []
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    assert visible_gpus("auto") == []  # one GPU: every point uses it
+    runner = SweepRunner(sweep_options(data, tmp_path, jobs=2), [], {"points": []})
+    assert runner._environment(None)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert runner._environment("1")["CUDA_VISIBLE_DEVICES"] == "1"
