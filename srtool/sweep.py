@@ -249,7 +249,7 @@ def _latest_iteration(run_dir: Path) -> int:
 
 
 def reconcile(points: list[Point], sweep_dir: Path, data: list[Path], manifest: dict[str, Any] | None,
-              retry: bool) -> None:
+              retry: bool, init_from: str | None = None) -> None:
     """Set each point's status from what is on disk; a point that disagrees with its run is an error."""
     recorded = {p["name"]: p for p in (manifest or {}).get("points", [])}
     problems = []
@@ -280,6 +280,11 @@ def reconcile(points: list[Point], sweep_dir: Path, data: list[Path], manifest: 
         if [str(Path(p)) for p in run_info.get("data", [])] != [str(p) for p in data]:
             problems.append(f"sweep point {point.name}: the run on disk was trained on {run_info.get('data')}, "
                             f"not on {[str(p) for p in data]}")
+            continue
+        wanted_init = init_from_for(init_from, point) if init_from else None
+        if run_info.get("init_from") != wanted_init:
+            problems.append(f"sweep point {point.name}: the run on disk started from --init-from "
+                            f"{run_info.get('init_from')!r}, not {wanted_init!r}")
             continue
         point.iteration = _latest_iteration(run_dir)
         if point.iteration >= point.total:
@@ -615,7 +620,7 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
     if options.init_from:
         for point in points:
             init_from_for(options.init_from, point)
-    reconcile(points, sweep_dir, options.data, manifest, options.retry)
+    reconcile(points, sweep_dir, options.data, manifest, options.retry, options.init_from)
     return points, manifest
 
 
