@@ -214,7 +214,7 @@ def train(
     if result.rank == 0:
         err_console.print(f"[green]{result.run_dir}[/green]: iteration {result.iteration}/{result.total}{best}", highlight=False)
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)  # the shell's 128 + signal number
 
 
 @app.command("eval")

@@ -47,6 +47,9 @@ from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, m
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
 from .losses import GeneratorLoss, discriminator_loss
 
+RESUMABLE_FIELDS = ("train.epochs", "train.iters_per_epoch")
+"""Preset fields ``--resume RUN --set`` may change: the schedule's length, nothing that alters past steps."""
+
 RUN_FILES = ("checkpoints", "exports", "tensorboard", "log.jsonl", "curves.png", "preset.toml", "run.json",
              "environment.json")
 
@@ -83,6 +86,16 @@ class TrainResult:
     last_validation: dict[str, dict[str, float]] | None = None
     exports: dict[str, Path] = field(default_factory=dict)
     rank: int = 0
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def lr_factor(preset: Preset, iteration: int) -> float:
@@ -177,7 +190,7 @@ class Trainer:
             self.run_dir = Path(options.resume)
             self._check_resume_options()
             run_info = self._read_run_json()
-            self.preset = load_preset(str(self.run_dir / "preset.toml"))
+            self.preset = self._resume_preset()
             data = [Path(p) for p in run_info["data"]]
             init_from = run_info.get("init_from")
             vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
@@ -289,12 +302,29 @@ class Trainer:
 
     def _check_resume_options(self) -> None:
         o = self.options
-        extra = [name for name, v in (("--preset", o.preset), ("--data", o.data), ("--set", o.overrides),
+        extra = [name for name, v in (("--preset", o.preset), ("--data", o.data),
                                       ("--init-from", o.init_from), ("--out", o.out)) if v]
         if extra:
             raise UserError(f"--resume continues {o.resume} with its saved preset and data; drop {', '.join(extra)}")
         if not (self.run_dir / "run.json").is_file() or not (self.run_dir / "preset.toml").is_file():
             raise UserError(f"--resume {self.run_dir}: not a training run directory (no run.json / preset.toml)")
+
+    def _resume_preset(self) -> Preset:
+        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run)."""
+        saved_path = str(self.run_dir / "preset.toml")
+        saved = load_preset(saved_path)
+        if not self.options.overrides:
+            return saved
+        changed = load_preset(saved_path, self.options.overrides)
+        before, after = _flatten(saved.model_dump(mode="json")), _flatten(changed.model_dump(mode="json"))
+        refused = sorted(k for k in before.keys() | after.keys()
+                         if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
+        if refused:
+            raise UserError(
+                f"--resume {self.run_dir}: --set may change only {', '.join(RESUMABLE_FIELDS)} of a run "
+                f"(to extend or shorten it); refused: {', '.join(refused)}. Start a new run for other changes"
+            )
+        return changed
 
     def _read_run_json(self) -> dict[str, Any]:
         try:
@@ -498,6 +528,8 @@ class Trainer:
     def _save(self) -> None:
         self.checkpoints.save(self.iteration, self.state_dict())
         self.export("last", self.last_scores)
+        if not self.val_datasets:  # validation.datasets = []: nothing ranks the iterations, so best is the last
+            self.export("best", None)
 
     def _log(self) -> None:
         values = {f"loss/{k}": (v / max(self._acc_n, 1)).item() for k, v in self._acc.items()}
@@ -511,6 +543,14 @@ class Trainer:
         if self._signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now
         self._signal = signum
+        if self.dist.is_main:  # say so now: an iteration (or a validation) can take minutes
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = " (Ctrl-C again to leave without a checkpoint)" if signum == signal.SIGINT else ""
+            message = f"\n{name}: finishing this iteration, then checkpointing{again}\n"
+            try:
+                os.write(sys.stderr.fileno(), message.encode())  # async-signal-safe, bypasses the live display
+            except (OSError, ValueError, AttributeError):
+                pass
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train up to iteration ``until`` (default: the preset's total), checkpointing on the way."""
