@@ -18,8 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .tomlio import parse_toml, toml_value
-from .models.discriminator import DiscriminatorConfig
-from .models.registry import GENERATORS, GeneratorConfig
+from .models.registry import DISCRIMINATORS, GENERATORS, AnyDiscriminatorConfig, GeneratorConfig
 
 
 class Strict(BaseModel):
@@ -28,7 +27,9 @@ class Strict(BaseModel):
 
 class ModelSection(Strict):
     generator: GeneratorConfig = Field(description="Generator architecture and hyperparameters.")
-    discriminator: DiscriminatorConfig | None = Field(None, description="Discriminator (GAN stages only).")
+    discriminator: AnyDiscriminatorConfig | None = Field(
+        None, description="Discriminator (GAN stages only): vgg_discriminator (SRGAN, the study) or vgg_style_128 (ESRGAN)."
+    )
 
 
 class PixelLoss(Strict):
@@ -158,11 +159,14 @@ class Preset(Strict):
         if self.stage == "gan":
             if self.model.discriminator is None or self.loss.adversarial is None:
                 raise ValueError("stage 'gan' needs [model.discriminator] and [loss.adversarial]")
-            if self.train.hr_crop < self.model.discriminator.min_input_size():
+            d = self.model.discriminator
+            if self.train.hr_crop < d.min_input_size():
                 raise ValueError(
-                    f"train.hr_crop ({self.train.hr_crop}) is below the discriminator's minimum input "
-                    f"{self.model.discriminator.min_input_size()}"
+                    f"train.hr_crop ({self.train.hr_crop}) is below the discriminator's minimum input {d.min_input_size()}"
                 )
+            if d.max_input_size() is not None and self.train.hr_crop > d.max_input_size():
+                raise ValueError(f"train.hr_crop ({self.train.hr_crop}) must be {d.max_input_size()} for the "
+                                 f"{d.arch} discriminator (its dense layer takes exactly that size)")
         else:
             if self.model.discriminator is not None or self.loss.adversarial is not None:
                 raise ValueError("stage 'psnr' takes no discriminator and no adversarial loss")
@@ -224,15 +228,23 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+ARCHITECTURES = {**GENERATORS, **DISCRIMINATORS}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
+    """Apply ``--set`` items in order, ``*.arch`` ones first: changing a section's architecture drops the
+    file's other keys of that section (they describe the old network); later ``--set`` keys apply to the new one."""
+    parsed = [(item, *parse_override(item)) for item in overrides]
+    parsed.sort(key=lambda entry: entry[1][-1] != "arch")  # stable: arch changes first, the rest in order
+    for item, path, value in parsed:
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise UserError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
             node = child
+        if path[-1] == "arch" and node.get("arch") != value:
+            node.clear()
         node[path[-1]] = value
     return data
 
@@ -243,8 +255,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
 
     model: Any = Preset
     for part in loc:
-        if model is None and part in GENERATORS:  # the discriminated-union tag, e.g. model.generator.rrdbnet
-            model = GENERATORS[part][0]
+        if model is None and part in ARCHITECTURES:  # the discriminated-union tag, e.g. model.generator.rrdbnet
+            model = ARCHITECTURES[part][0]
             continue
         field = getattr(model, "model_fields", {}).get(part) if model is not None else None
         if field is None:
@@ -265,14 +277,15 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        shown = [str(p) for i, p in enumerate(loc) if not (p in GENERATORS and i > 0 and loc[i - 1] == "generator")]
+        shown = [str(p) for i, p in enumerate(loc)
+                 if not (p in ARCHITECTURES and i > 0 and loc[i - 1] in ("generator", "discriminator"))]
         path = ".".join(shown) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(loc[:-1])
             msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown architecture; allowed: {', '.join(GENERATORS)}"
+            msg = f"unknown architecture; allowed: {', '.join(DISCRIMINATORS if 'discriminator' in loc else GENERATORS)}"
         elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
         lines.append(f"{source}: {path}: {msg}{_HINTS.get(path, '') if err['type'] not in ('extra_forbidden', 'value_error') else ''}")
