@@ -83,7 +83,7 @@ SetOption = Annotated[
 
 
 @presets_app.command("list")
-def presets_list() -> None:
+def presets_list(quiet: QuietOption = False) -> None:
     """List the shipped presets."""
     from .config import load_preset, preset_names
 
@@ -101,6 +101,7 @@ def presets_list() -> None:
 def presets_show(
     name: Annotated[str, typer.Argument(help="Shipped preset name or path to a .toml file.")],
     set_: SetOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Print the fully resolved preset (defaults filled in, overrides applied) as TOML."""
     from .config import dump_toml, load_preset
