@@ -244,6 +244,7 @@ def train(
     result = run_training(TrainOptions(
         preset=preset, data=[Path(d) for d in data or []], out=Path(out) if out else None, overrides=list(set_ or []), init_from=init_from,
         vgg_weights=vgg_weights, device=device, resume=Path(resume) if resume else None, overwrite=overwrite, progress=progress,
+        quiet=quiet,
     ))
     best = f"; best {result.best['metric']} {result.best['score']:.4f} at iteration {result.best['iteration']}" if result.best else ""
     if result.rank == 0:

@@ -123,3 +123,19 @@ def test_signal_is_acknowledged_at_once_and_checkpoints(t91_subset, tmp_path, si
     assert time.monotonic() - sent < 60
     saved = sorted(p.name for p in (run / "checkpoints").glob("iter_*.pt"))
     assert len(saved) == 1 and (run / "exports" / "last.safetensors").is_file()
+
+
+def test_quiet_run_validating_on_a_flat_hr_folder(t91_subset, shared_data, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted((shared_data / "benchmarks" / "Set5" / "HR").iterdir())[:2]:
+        (flat / image.name).symlink_to(image)
+    sets = [*TINY, "train.epochs=1", f"validation.datasets=['{flat}']", "validation.every=2"]
+    code = run_cli("train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(tmp_path / "run"), "-q",
+                   *[a for s in sets for a in ("--set", s)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == "" and captured.out == ""  # -q: not even the validation lines or the summary
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"flat/psnr"' in log  # the plain folder was the validation set (LR made on the fly)
+    assert (tmp_path / "run" / "exports" / "best.safetensors").is_file()

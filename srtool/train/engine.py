@@ -73,6 +73,7 @@ class TrainOptions:
     overwrite: bool = False
     progress: bool = True
     cache_dir: Path | None = None
+    quiet: bool = False  # no validation lines on stderr (the log, curves and exports are written anyway)
 
 
 @dataclass
@@ -294,7 +295,7 @@ class Trainer:
             from .monitor import RunMonitor
 
             self.monitor = RunMonitor(self.run_dir, f"{p.name} ({p.stage} stage)", self.iteration, self.total,
-                                      progress=options.progress, resume_from=resumed_from)
+                                      progress=options.progress, resume_from=resumed_from, quiet=options.quiet)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
 

@@ -111,7 +111,7 @@ class RunMonitor:
     """Rank 0's view of the run: display, JSONL, TensorBoard and curves."""
 
     def __init__(self, run_dir: Path, title: str, start: int, total: int, progress: bool = True,
-                 resume_from: int | None = None):
+                 resume_from: int | None = None, quiet: bool = False):
         self.run_dir = Path(run_dir)
         self.title = title
         self.log_path = self.run_dir / "log.jsonl"
@@ -137,6 +137,7 @@ class RunMonitor:
         self._rate_mark = (time.perf_counter(), start)
         self._live = None
         self.total = total
+        self.quiet = quiet
         self._plain = None  # stderr is not a terminal (a log file, CI, nohup): plain lines at the log cadence
         if progress:
             from rich.console import Console, Group
@@ -208,7 +209,8 @@ class RunMonitor:
         self._write(record)
         self.val_status = "val " + " ".join(f"{ds} {s['psnr']:.2f} dB / {s['ssim']:.4f}" for ds, s in scores.items())
         self._set_status()
-        self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
+        if not self.quiet:
+            self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
         self.refresh_curves()
 
     def _set_status(self) -> None:
