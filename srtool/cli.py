@@ -407,13 +407,22 @@ def report_user_error(exc: UserError) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
-def _foreign_option_hint(args: list[str]) -> str | None:
-    """A one-line hint for another tool's spelling of an option (checked before anything is imported)."""
+def _option_names(command) -> set[str]:
+    names = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    for sub in getattr(command, "commands", {}).values():
+        names |= _option_names(sub)
+    return names
+
+
+def _foreign_option_hint(args: list[str], command) -> str | None:
+    """A one-line hint for another tool's spelling of an option that no srtool command defines (checked
+    before anything is imported)."""
+    defined = _option_names(command)
     for arg in args:
         if arg == "--":
             break
         name = arg.split("=", 1)[0]
-        if name in FOREIGN_OPTIONS:
+        if name in FOREIGN_OPTIONS and name not in defined:
             ours = FOREIGN_OPTIONS[name]
             if ours is None:
                 return f"{name}: srtool has no such option (a Real-ESRGAN feature srtool does not offer); see srtool -h"
@@ -475,12 +484,13 @@ def main(argv: list[str] | None = None) -> None:
         args = [a for a in args[:end] if a != "--debug"] + args[end:]
     _DEBUG["on"] = debug
     err_console.quiet = False
-    hint = _foreign_option_hint(args)
+    command = _command_with_user_metavars(app)
+    hint = _foreign_option_hint(args, command)
     if hint:
         report_user_error(UserError(hint))
         sys.exit(2)
     try:
-        _command_with_user_metavars(app)(args=args, prog_name="srtool")
+        command(args=args, prog_name="srtool")
     except UserError as exc:
         err_console.quiet = False
         if debug or _DEBUG["on"]:
