@@ -99,3 +99,31 @@ def test_esrgan_preset_keeps_the_study_discriminator_and_offers_the_official_one
         load_preset("esrgan", ["model.discriminator.arch=vgg_style_128", "train.hr_crop=192"])
     with pytest.raises(UserError, match="model.discriminator: unknown architecture; allowed: vgg_discriminator, vgg_style_128"):
         load_preset("esrgan", ["model.discriminator.arch=patchgan"])
+
+
+@pytest.mark.slow
+def test_esrgan_trains_with_the_official_discriminator(shared_data, tmp_path):
+    """One RaGAN iteration on real T91 crops with --set model.discriminator.arch=vgg_style_128."""
+    from srtool.models.vgg import vgg19_features
+    from srtool.prepare import prepare_folder
+    from srtool.train import TrainOptions, train
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:4]:
+        (src / image.name).symlink_to(image)
+    data = prepare_folder([src], tmp_path / "prepared", scale=4, workers=1, progress=False)
+    torch.manual_seed(1)
+    vgg = tmp_path / "vgg19-random.pth"  # random weights of the true VGG19 layout (no ImageNet download here)
+    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
+    overrides = ["model.generator.n_blocks=1", "model.generator.n_feats=8", "model.generator.growth=4",
+                 "model.discriminator.arch=vgg_style_128", "model.discriminator.base_channels=8",
+                 "train.batch_size=1", "train.num_workers=0", "validation.datasets=[]", "train.epochs=1",
+                 "train.iters_per_epoch=1", "checkpoint.every=1"]
+    result = train(TrainOptions(preset="esrgan", data=[data], out=tmp_path / "run", overrides=overrides,
+                                vgg_weights=str(vgg), progress=False))
+    assert result.iteration == 1 and set(result.exports) == {"best", "last"}
+    from srtool.train.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "iter_00000001.pt")
+    assert "conv4_1.weight" in state["discriminator"] and state["discriminator"]["linear1.weight"].shape == (100, 1024)
