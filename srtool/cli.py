@@ -453,6 +453,8 @@ def _command_with_user_metavars(typer_app: typer.Typer):
         for param in command.params:
             if param.param_type_name == "argument":
                 param.display_type_rich = lambda ctx: None  # the metavar (INPUT, DIR) says it; no <list[str]>
+                if param.required and hasattr(param, "_usage_display_name"):  # usage "DIR...", not "{DIR}..."
+                    param._usage_display_name = lambda p=param: p.display_name_raw + ("..." if p.nargs != 1 else "")
             if param.metavar is not None or param.name is None:
                 continue
             kind = (param.bare_type() if hasattr(param, "bare_type") else getattr(getattr(param, "type", None), "name", "")).lower()

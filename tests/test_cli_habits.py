@@ -42,6 +42,8 @@ def test_dash_h_is_help_everywhere_with_user_metavars(command, capsys):
     assert run_cli(*command, "-h") == 0
     out = capsys.readouterr().out
     assert "Usage: srtool" in out
+    usage = next(line for line in out.splitlines() if "Usage: srtool" in line)
+    assert "{" not in usage and "...]..." not in usage, usage  # DIR..., [INPUT]..., not {DIR}... or {INPUT...}...
     for python_type in ("<list[str]>", "<str>", "<int>", "<float>", "<bool>", "{INPUT...}", "INPUT......"):
         assert python_type not in out, (python_type, out)
     if len(command) == 2 or command in (["upscale"], ["eval"], ["train"]):  # every command (not the groups)
