@@ -248,7 +248,8 @@ def train(
     ))
     best = f"; best {result.best['metric']} {result.best['score']:.4f} at iteration {result.best['iteration']}" if result.best else ""
     if result.rank == 0:
-        err_console.print(f"[green]{result.run_dir}[/green]: iteration {result.iteration}/{result.total}{best}", highlight=False)
+        err_console.print(f"[green]{result.run_dir}[/green]: iteration {result.iteration}/{result.total}{best}", highlight=False,
+                          soft_wrap=True)  # one line in logs, however long the path
     if result.interrupted:
         raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)  # the shell's 128 + signal number
 
