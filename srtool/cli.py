@@ -22,19 +22,31 @@ from .errors import UserError
 err_console = Console(stderr=True)
 out_console = Console()
 
+HELP = {"help_option_names": ["-h", "--help"]}  # -h works on every command (subcommands inherit it)
+
 app = typer.Typer(
     name="srtool",
     help="4x single-image super-resolution: prepare data, train SRGAN/ESRGAN, evaluate, upscale.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    context_settings=HELP,
 )
-presets_app = typer.Typer(help="List and show the shipped training presets.", no_args_is_help=True)
-prepare_app = typer.Typer(help="Build datasets: MATLAB-exact bicubic LR images and training stores.", no_args_is_help=True)
+presets_app = typer.Typer(help="List and show the shipped training presets.", no_args_is_help=True, context_settings=HELP)
+prepare_app = typer.Typer(help="Build datasets: MATLAB-exact bicubic LR images and training stores.", no_args_is_help=True,
+                          context_settings=HELP)
 app.add_typer(presets_app, name="presets")
 app.add_typer(prepare_app, name="prepare")
 
 _DEBUG = {"on": False}
+WHOLE_IMAGE_TILE = 1 << 30  # a tile larger than any image: one pass, no tiling
+
+FOREIGN_OPTIONS = {  # Real-ESRGAN / common spellings -> srtool's
+    "-n": "--model/-m", "--model_name": "--model/-m", "--model-name": "--model/-m", "--model_path": "--model/-m",
+    "-t": "--tile", "--tile_pad": "--tile-pad", "--pre_pad": "--tile-pad", "-g": "--device cuda:N",
+    "--gpu-id": "--device cuda:N", "--gpu_id": "--device cuda:N", "--alpha_upsampler": "--alpha",
+    "--max_pixels": "--max-pixels", "--output_dir": "--output/-o",
+    "--face_enhance": None, "--denoise_strength": None, "-dn": None,
+}
 
 
 def _version(value: bool) -> None:
@@ -48,9 +60,17 @@ def _root(
     version: Annotated[
         Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = None,
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (accepted anywhere on the command line).")] = False,
 ) -> None:
-    _DEBUG["on"] = debug
+    _DEBUG["on"] = _DEBUG["on"] or debug
+
+
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and results: no progress, notices or summaries.")]
+
+
+def _quiet(on: bool) -> None:
+    """-q: informational stderr output off (errors are printed by :func:`main` with quiet switched back off)."""
+    err_console.quiet = on
 
 
 SetOption = Annotated[
@@ -63,7 +83,7 @@ SetOption = Annotated[
 
 
 @presets_app.command("list")
-def presets_list() -> None:
+def presets_list(quiet: QuietOption = False) -> None:
     """List the shipped presets."""
     from .config import load_preset, preset_names
 
@@ -81,6 +101,7 @@ def presets_list() -> None:
 def presets_show(
     name: Annotated[str, typer.Argument(help="Shipped preset name or path to a .toml file.")],
     set_: SetOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Print the fully resolved preset (defaults filled in, overrides applied) as TOML."""
     from .config import dump_toml, load_preset
@@ -104,9 +125,11 @@ _PrepProgress = Annotated[bool, typer.Option("--progress/--no-progress", help="S
 
 
 def _prepare_finish(results: dict, skip_bad: bool) -> None:
+    """The summary table (to stderr's console unless -q) and the exit status."""
     from .prepare.report import exit_code, summary_table
 
-    out_console.print(summary_table(results))
+    if not err_console.quiet:
+        out_console.print(summary_table(results))
     code = exit_code(results, skip_bad, err_console)
     if code:
         raise typer.Exit(code)
@@ -122,8 +145,11 @@ def prepare_benchmark(
     mirror: Annotated[Optional[str], typer.Option("--mirror", metavar="URL", help="With --download: base URL to fetch the archive from instead.")] = None,
     scale: _PrepScale = 4, edge: _PrepEdge = "replicate", workers: _PrepWorkers = None, skip_bad: _PrepSkipBad = False,
     overwrite: _PrepOverwrite = False, png_compress_level: _PrepLevel = 1, progress: _PrepProgress = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Mod-crop HR images and write MATLAB-bicubic LR copies (HR/ and LR_bicubic/X{s}/); --download fetches a set first."""
+    _quiet(quiet)
+    progress = progress and not quiet
     from pathlib import Path
 
     from .prepare import run_benchmark as run
@@ -168,9 +194,11 @@ def prepare_div2k(
     split: Annotated[Optional[list[str]], typer.Option("--split", help="Only this split: train or valid (repeatable).")] = None,
     scale: _PrepScale = 4, edge: _PrepEdge = "replicate", workers: _PrepWorkers = None, skip_bad: _PrepSkipBad = False,
     overwrite: _PrepOverwrite = False, png_compress_level: _PrepLevel = 1, tile: _PrepTile = 480, step: _PrepStep = 240,
-    progress: _PrepProgress = True,
+    progress: _PrepProgress = True, quiet: QuietOption = False,
 ) -> None:
     """Download (resumable, verified) or read DIV2K, then build its splits and training store."""
+    _quiet(quiet)
+    progress = progress and not quiet
     from pathlib import Path
 
     from .prepare.div2k import DEFAULT_BASE_URL, parse_sha256_pins
@@ -195,9 +223,11 @@ def prepare_folder(
     lr: Annotated[Optional[str], typer.Option("--lr", metavar="DIR", help="Folder of your own LR images (NAME.png or NAMEx{s}.png, exactly 1/scale of each HR) used instead of MATLAB bicubic.")] = None,
     scale: _PrepScale = 4, edge: _PrepEdge = "replicate", workers: _PrepWorkers = None, skip_bad: _PrepSkipBad = False,
     overwrite: _PrepOverwrite = False, png_compress_level: _PrepLevel = 1, tile: _PrepTile = 480, step: _PrepStep = 240,
-    progress: _PrepProgress = True,
+    progress: _PrepProgress = True, quiet: QuietOption = False,
 ) -> None:
     """Build a training set (HR, LR and training store) from folders of HR images (or HR/LR pairs with --lr)."""
+    _quiet(quiet)
+    progress = progress and not quiet
     from pathlib import Path
 
     from .prepare import run_folder as run
@@ -227,11 +257,16 @@ def train(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     resume: Annotated[Optional[str], typer.Option("--resume", help="Continue the run in this directory exactly.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace the run already in --out.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live display.")] = True,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live display (plain lines when stderr is not a terminal).")] = True,
     restart: Annotated[bool, typer.Option("--restart", help="With --resume: train again from iteration 0; the old checkpoints, exports and log are kept under a dated name.")] = False,
     allow_random_vgg: Annotated[bool, typer.Option("--allow-random-vgg", help="Accept --vgg-weights random (a smoke test: the perceptual loss is then meaningless).")] = False,
+    quiet: QuietOption = False,
 ) -> None:
-    """Train a generator (PSNR stage) or a GAN from a preset; `torchrun -m srtool train ...` for DDP."""
+    """Train a generator (PSNR stage) or a GAN from a preset; `torchrun -m srtool train ...` for DDP.
+
+    --resume RUN continues a run exactly; --resume RUN --set train.epochs=N extends (or shortens) it."""
+    _quiet(quiet)
+    progress = progress and not quiet
     from pathlib import Path
 
     from .train import TrainOptions
@@ -241,12 +276,14 @@ def train(
         preset=preset, data=[Path(d) for d in data or []], out=Path(out) if out else None, overrides=list(set_ or []), init_from=init_from,
         vgg_weights=vgg_weights, device=device, resume=Path(resume) if resume else None, overwrite=overwrite, progress=progress,
         restart=restart, allow_random_vgg=allow_random_vgg,
+        quiet=quiet,
     ))
     best = f"; best {result.best['metric']} {result.best['score']:.4f} at iteration {result.best['iteration']}" if result.best else ""
     if result.rank == 0:
-        err_console.print(f"[green]{result.run_dir}[/green]: iteration {result.iteration}/{result.total}{best}", highlight=False)
+        err_console.print(f"[green]{result.run_dir}[/green]: iteration {result.iteration}/{result.total}{best}", highlight=False,
+                          soft_wrap=True)  # one line in logs, however long the path
     if result.interrupted:
-        raise typer.Exit(130)
+        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)  # the shell's 128 + signal number
 
 
 @app.command("eval")
@@ -265,8 +302,15 @@ def eval_(
     tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images.")] = None,
     scale: Annotated[Optional[int], typer.Option("--scale", min=2, metavar="S", help="Scale factor, checked against the models; sets bicubic's (default: the models' scale, 4 for bicubic alone).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    label: Annotated[Optional[list[str]], typer.Option("--label", "-l", metavar="NAME", help="Row name of the matching --model (repeatable, in the same order).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    quiet: QuietOption = False,
 ) -> None:
-    """Print PSNR/SSIM benchmark tables computed the way the literature computes them."""
+    """Print PSNR/SSIM benchmark tables computed the way the literature computes them.
+
+    --data takes a prepared dataset (HR/ [+ LR_bicubic/X{s}/]), a name, or a plain folder of HR images
+    (LR made on the fly with MATLAB bicubic). --json - writes the JSON to stdout (the table then goes to stderr)."""
+    _quiet(quiet)
     from .evaluate import EvalOutputs, parse_region, run_eval
     from .report import print_report
 
@@ -275,17 +319,28 @@ def eval_(
     def as_path(value: Optional[str]) -> Optional[Path]:
         return Path(value) if value is not None else None
 
+    json_stdout = json_out == "-"
     outputs = EvalOutputs(
-        json=as_path(json_out), csv=as_path(csv_out), markdown=as_path(markdown_out),
+        json=None if json_stdout else as_path(json_out), csv=as_path(csv_out), markdown=as_path(markdown_out),
         save_images=as_path(save_images), figure=as_path(figure),
         figure_image=figure_image, figure_region=parse_region(figure_region) if figure_region else None,
         overwrite=overwrite,
     )
-    report = run_eval(model or ["default"], data, protocol, device, tile, scale, outputs)
-    print_report(report, out_console)
-    for label, path in (("JSON", json_out), ("CSV", csv_out), ("Markdown", markdown_out)):
+    report = run_eval(model or ["default"], data, protocol, device, tile, scale, outputs,
+                      progress=progress and not quiet, labels=label)
+    if json_stdout:  # stdout carries the JSON document only; the table goes to stderr
+        import json
+
+        from .report import to_json_document
+
+        if not quiet:
+            print_report(report, err_console)
+        sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+    else:
+        print_report(report, out_console)
+    for kind, path in (("JSON", None if json_stdout else json_out), ("CSV", csv_out), ("Markdown", markdown_out)):
         if path is not None:
-            err_console.print(f"{label}: {escape(str(path))}", highlight=False)
+            err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
         err_console.print(f"SR images: {escape(str(save_images))}", highlight=False)
     if report.figure is not None:
@@ -295,25 +350,44 @@ def eval_(
 
 @app.command("upscale")
 def upscale(
-    inputs: Annotated[list[str], typer.Argument(help="Image files, folders, globs, or - for stdin.", metavar="INPUT...")],
+    inputs: Annotated[Optional[list[str]], typer.Argument(help="Image files, folders, globs, or - for stdin.", metavar="INPUT", show_default=False)] = None,
+    input_opt: Annotated[Optional[list[str]], typer.Option("--input", "-i", metavar="INPUT", help="An input, as Real-ESRGAN's -i (repeatable; adds to the INPUT arguments).")] = None,
     output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (mirrors input folders), or - for stdout. Default: beside each input.")] = None,
     model: Annotated[str, typer.Option("--model", "-m", help="default, bicubic, an srtool export, a run directory, or a third-party checkpoint.")] = "default",
     scale: Annotated[Optional[int], typer.Option(help="Expected model scale (an error if the model disagrees); the bicubic factor.")] = None,
-    outscale: Annotated[Optional[float], typer.Option(help="Final scale, reached by MATLAB bicubic after the model.")] = None,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size in input pixels (default: from free memory).")] = None,
-    tile_pad: Annotated[int, typer.Option(help="Context pixels around each tile; tiles cross-fade over this width.")] = 10,
+    outscale: Annotated[Optional[float], typer.Option("--outscale", "-s", metavar="X", help="Final scale, reached by MATLAB bicubic after the model.")] = None,
+    tile: Annotated[Optional[int], typer.Option(min=0, help="Tile size in input pixels; 0 = no tiling (whole image at once). Default: from free memory.")] = None,
+    tile_pad: Annotated[int, typer.Option(min=0, help="Context pixels around each tile; tiles cross-fade over this width.")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    fp32: Annotated[bool, typer.Option("--fp32", help="Same as --precision fp32 (Real-ESRGAN's flag).")] = False,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Same as --precision fp16.")] = False,
     alpha: Annotated[str, typer.Option(help="Upscale alpha with the model or with MATLAB bicubic.")] = "model",
-    suffix: Annotated[Optional[str], typer.Option(help="Appended to output names (default _x<scale>).")] = None,
-    format_: Annotated[str, typer.Option("--format", help="png, jpg, webp, tiff, bmp, or keep (the input's format).")] = "png",
-    quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
+    suffix: Annotated[Optional[str], typer.Option(help="Appended to output names: 'out' gives photo_out.png (an _ is added unless it starts with _, -, . or a space). Default _x<scale>.")] = None,
+    format_: Annotated[str, typer.Option("--format", "--ext", help="png, jpg, webp, tiff, bmp, or keep (the input's format).")] = "png",
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (inputs are never replaced).")] = False,
-    max_pixels: Annotated[int, typer.Option(help="Refuse inputs with more pixels (decompression-bomb guard).")] = 100_000_000,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", help="Threads that decode/encode images (default: up to 4).")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse inputs with more pixels (decompression-bomb guard).")] = 100_000_000,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Threads that decode/encode images (default: up to 4).")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
+    quiet: QuietOption = False,
 ) -> None:
     """Batch-upscale images with a model (tiled; never runs out of memory; keeps depth, alpha, ICC, EXIF)."""
+    _quiet(quiet)
+    inputs = [*(inputs or []), *(input_opt or [])]
+    if not inputs:
+        raise UserError("no inputs given: name image files, folders or globs (or -i INPUT, or - for stdin)")
+    if fp32 and fp16:
+        raise UserError("--fp32 and --fp16: give one")
+    if fp32 or fp16:
+        if precision not in ("auto", "fp32" if fp32 else "fp16"):
+            raise UserError(f"--{'fp32' if fp32 else 'fp16'} contradicts --precision {precision}")
+        precision = "fp32" if fp32 else "fp16"
+    if tile == 0:  # Real-ESRGAN's --tile 0: no tiling, the whole image in one pass
+        tile = WHOLE_IMAGE_TILE
+    if suffix and not suffix.startswith(("_", "-", ".", " ")):
+        suffix = "_" + suffix  # --suffix out -> photo_out.png, as Real-ESRGAN names them
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .loading import load_model
@@ -333,7 +407,7 @@ def upscale(
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} MP/s"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet) as bar:
         task = bar.add_task(f"{sr_model.name} x{sr_model.scale}", total=todo, rate="-")
 
         def on_image(job, megapixels, seconds):
@@ -500,22 +574,106 @@ def report_user_error(exc: UserError) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
+def _option_names(command) -> set[str]:
+    names = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)}
+    for sub in getattr(command, "commands", {}).values():
+        names |= _option_names(sub)
+    return names
+
+
+def _foreign_option_hint(args: list[str], command) -> str | None:
+    """A one-line hint for another tool's spelling of an option that no srtool command defines (checked
+    before anything is imported)."""
+    defined = _option_names(command)
+    for arg in args:
+        if arg == "--":
+            break
+        name = arg.split("=", 1)[0]
+        if name in FOREIGN_OPTIONS and name not in defined:
+            ours = FOREIGN_OPTIONS[name]
+            if ours is None:
+                return f"{name}: srtool has no such option (a Real-ESRGAN feature srtool does not offer); see srtool -h"
+            return f"{name}: srtool spells it {ours} (see srtool {args[0] if args else ''} -h)".replace("  ", " ")
+    return None
+
+
+def _command_with_user_metavars(typer_app: typer.Typer):
+    """The app's command, its help showing FILE, DIR, N, X, TEXT instead of Python types (<list[str]>, <int>,
+    <bool>) for every option that names no metavar itself, in every command (also ones added later)."""
+    from typer.main import get_command
+
+    dirs = {"out", "output", "save_images", "hr_dir", "resume", "cache_dir", "sources", "source", "data"}
+    files = {"preset", "json_out", "csv_out", "markdown_out", "figure", "vgg_weights", "init_from"}
+    root = get_command(typer_app)
+
+    def visit(command) -> None:
+        for sub in getattr(command, "commands", {}).values():
+            visit(sub)
+
+        def help_option(ctx, _original=command.get_help_option):
+            option = _original(ctx)
+            if option is not None and option.metavar is None:
+                option.metavar = ""  # -h/--help is a flag, not a <bool>
+            return option
+
+        command.get_help_option = help_option
+        for param in command.params:
+            if param.param_type_name == "argument":
+                param.display_type_rich = lambda ctx: None  # the metavar (INPUT, DIR) says it; no <list[str]>
+                if param.required and hasattr(param, "_usage_display_name"):  # usage "DIR...", not "{DIR}..."
+                    param._usage_display_name = lambda p=param: p.display_name_raw + ("..." if p.nargs != 1 else "")
+            if param.metavar is not None or param.name is None:
+                continue
+            kind = (param.bare_type() if hasattr(param, "bare_type") else getattr(getattr(param, "type", None), "name", "")).lower()
+            if getattr(param, "is_flag", False):
+                param.metavar = ""  # a flag takes no value
+            elif param.name in files:
+                param.metavar = "FILE"
+            elif param.name in dirs:
+                param.metavar = "PATH" if param.name == "output" else "DIR"
+            elif kind.endswith(("int", "integer", "int]", "integer]")):
+                param.metavar = "N"
+            elif "float" in kind:
+                param.metavar = "X"
+            else:
+                param.metavar = param.name.strip("_").split("_")[-1].upper()
+
+    visit(root)
+    return root
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry: run the app, turning user errors into one red line and exit status 2."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    """Console-script entry: run the app, turning user errors into one red line and exit status 2.
+
+    ``--debug`` is accepted anywhere on the command line (before a ``--``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if debug:
+        args = [a for a in args[:end] if a != "--debug"] + args[end:]
+    _DEBUG["on"] = debug
+    err_console.quiet = False
+    command = _command_with_user_metavars(app)
+    hint = _foreign_option_hint(args, command)
+    if hint:
+        report_user_error(UserError(hint))
+        sys.exit(2)
     try:
-        app(args=argv, prog_name="srtool")
+        command(args=args, prog_name="srtool")
     except UserError as exc:
+        err_console.quiet = False
         if debug or _DEBUG["on"]:
             traceback.print_exc()
         report_user_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
+        err_console.quiet = False
         err_console.print("[bold red]interrupted[/bold red]")
         sys.exit(130)
     except Exception as exc:  # a bug: say so in one line, full traceback with --debug
         if debug or _DEBUG["on"]:
             raise
+        err_console.quiet = False
         err_console.print(
             f"[bold red]internal error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))} "
             "(run again with --debug for the traceback, and please report it)",

@@ -9,16 +9,16 @@ they are checked exactly like the file. Errors name the file, the dotted field p
 
 from __future__ import annotations
 
-import tomllib
+import math
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .models.discriminator import DiscriminatorConfig
-from .models.registry import GENERATORS, GeneratorConfig
+from .tomlio import parse_toml, toml_value
+from .models.registry import DISCRIMINATORS, GENERATORS, AnyDiscriminatorConfig, GeneratorConfig
 
 
 class Strict(BaseModel):
@@ -27,7 +27,9 @@ class Strict(BaseModel):
 
 class ModelSection(Strict):
     generator: GeneratorConfig = Field(description="Generator architecture and hyperparameters.")
-    discriminator: DiscriminatorConfig | None = Field(None, description="Discriminator (GAN stages only).")
+    discriminator: AnyDiscriminatorConfig | None = Field(
+        None, description="Discriminator (GAN stages only): vgg_discriminator (SRGAN, the study) or vgg_style_128 (ESRGAN)."
+    )
 
 
 class PixelLoss(Strict):
@@ -70,7 +72,7 @@ class SchedulerSection(Strict):
 class TrainSection(Strict):
     lr: float = Field(1e-4, gt=0, le=1, description="Adam learning rate of the generator.")
     discriminator_lr: float | None = Field(None, gt=0, le=1, description="Adam lr of the discriminator (default: lr).")
-    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas, each in [0, 1).")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay.")
     batch_size: int = Field(16, ge=1, le=4096, description="HR/LR crop pairs per iteration (per process under DDP).")
     hr_crop: int = Field(128, ge=8, le=2048, description="Side of the HR training crop; LR crop = hr_crop / scale.")
@@ -84,7 +86,7 @@ class TrainSection(Strict):
     )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     compile: bool = Field(False, description="Wrap the networks in torch.compile.")
-    seed: int = Field(0, ge=0, description="Seed of every random number generator.")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every random number generator (0 to 2**32-1).")
     num_workers: int = Field(4, ge=0, le=128, description="Data-loader worker processes.")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips that step (skip)."
@@ -94,6 +96,14 @@ class TrainSection(Strict):
         description="Under DDP on CUDA, convert BatchNorm to SyncBatchNorm (statistics over the global batch); "
         "on the CPU (gloo) BatchNorm stays per rank.",
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        for i, beta in enumerate(betas):
+            if not (math.isfinite(beta) and 0 <= beta < 1):  # Adam's own check misses nan and fails mid-run
+                raise ValueError(f"beta{i + 1} must be a finite number in [0, 1)")
+        return betas
 
     @property
     def total_iters(self) -> int:
@@ -108,7 +118,8 @@ class DataSection(Strict):
 class ValidationSection(Strict):
     every: int = Field(5000, ge=1, description="Validate every this many iterations.")
     datasets: list[str] = Field(
-        default_factory=lambda: ["Set5", "Set14"], description="Benchmark folders or prepared dataset names."
+        default_factory=lambda: ["Set5", "Set14"],
+        description="Benchmark folders or prepared dataset names; [] = no validation (the best export is the last).",
     )
     protocol: Literal["y", "rgb", "y-float"] = Field("y", description="Metric protocol (see srtool eval).")
     metric: Literal["psnr", "ssim"] = Field("psnr", description="Metric that picks the best checkpoint.")
@@ -148,11 +159,14 @@ class Preset(Strict):
         if self.stage == "gan":
             if self.model.discriminator is None or self.loss.adversarial is None:
                 raise ValueError("stage 'gan' needs [model.discriminator] and [loss.adversarial]")
-            if self.train.hr_crop < self.model.discriminator.min_input_size():
+            d = self.model.discriminator
+            if self.train.hr_crop < d.min_input_size():
                 raise ValueError(
-                    f"train.hr_crop ({self.train.hr_crop}) is below the discriminator's minimum input "
-                    f"{self.model.discriminator.min_input_size()}"
+                    f"train.hr_crop ({self.train.hr_crop}) is below the discriminator's minimum input {d.min_input_size()}"
                 )
+            if d.max_input_size() is not None and self.train.hr_crop > d.max_input_size():
+                raise ValueError(f"train.hr_crop ({self.train.hr_crop}) must be {d.max_input_size()} for the "
+                                 f"{d.arch} discriminator (its dense layer takes exactly that size)")
         else:
             if self.model.discriminator is not None or self.loss.adversarial is not None:
                 raise ValueError("stage 'psnr' takes no discriminator and no adversarial loss")
@@ -185,16 +199,17 @@ def _read_preset_source(name_or_path: str) -> tuple[dict[str, Any], str]:
     if name_or_path.endswith(".toml") or path.is_file() or "/" in name_or_path:
         if not path.is_file():
             raise UserError(f"preset file not found: {path}")
-        text, label = path.read_text(encoding="utf-8"), str(path)
+        label = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UserError(f"{label}: cannot read ({exc.strerror or exc})") from None
     else:
         resource = _presets_root() / f"{name_or_path}.toml"
         if not resource.is_file():
             raise UserError(f"unknown preset {name_or_path!r}; shipped presets: {', '.join(preset_names())} (or give a .toml path)")
-        text, label = resource.read_text(encoding="utf-8"), f"presets/{name_or_path}.toml"
-    try:
-        return tomllib.loads(text), label
-    except tomllib.TOMLDecodeError as exc:
-        raise UserError(f"{label}: invalid TOML ({exc})") from None
+        data, label = resource.read_bytes(), f"presets/{name_or_path}.toml"
+    return parse_toml(data, label), label
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -205,21 +220,31 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.lr=2e-4")
     raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
+        value = parse_toml(f"v = {raw}", f"--set {key}")["v"]
+    except UserError:
+        if raw.lstrip().startswith(("[", "{")):  # meant as a list or table: say why it is not one
+            raise
         value = raw
     return key.split("."), value
 
 
+ARCHITECTURES = {**GENERATORS, **DISCRIMINATORS}
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    for item in overrides:
-        path, value = parse_override(item)
+    """Apply ``--set`` items in order, ``*.arch`` ones first: changing a section's architecture drops the
+    file's other keys of that section (they describe the old network); later ``--set`` keys apply to the new one."""
+    parsed = [(item, *parse_override(item)) for item in overrides]
+    parsed.sort(key=lambda entry: entry[1][-1] != "arch")  # stable: arch changes first, the rest in order
+    for item, path, value in parsed:
         node = data
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise UserError(f"--set {item!r}: {'.'.join(path[: i + 1])} is a value, not a section")
             node = child
+        if path[-1] == "arch" and node.get("arch") != value:
+            node.clear()
         node[path[-1]] = value
     return data
 
@@ -230,8 +255,8 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
 
     model: Any = Preset
     for part in loc:
-        if model is None and part in GENERATORS:  # the discriminated-union tag, e.g. model.generator.rrdbnet
-            model = GENERATORS[part][0]
+        if model is None and part in ARCHITECTURES:  # the discriminated-union tag, e.g. model.generator.rrdbnet
+            model = ARCHITECTURES[part][0]
             continue
         field = getattr(model, "model_fields", {}).get(part) if model is not None else None
         if field is None:
@@ -252,18 +277,26 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
-        shown = [str(p) for i, p in enumerate(loc) if not (p in GENERATORS and i > 0 and loc[i - 1] == "generator")]
+        shown = [str(p) for i, p in enumerate(loc)
+                 if not (p in ARCHITECTURES and i > 0 and loc[i - 1] in ("generator", "discriminator"))]
         path = ".".join(shown) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(loc[:-1])
             msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
         elif err["type"] == "union_tag_invalid":
-            msg = f"unknown architecture; allowed: {', '.join(GENERATORS)}"
+            msg = f"unknown architecture; allowed: {', '.join(DISCRIMINATORS if 'discriminator' in loc else GENERATORS)}"
         elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
             msg += f" (got {err['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
+        lines.append(f"{source}: {path}: {msg}{_HINTS.get(path, '') if err['type'] not in ('extra_forbidden', 'value_error') else ''}")
     return "\n".join(lines)
+
+
+_HINTS = {
+    "train.betas": "; expected two numbers, each in [0, 1), e.g. train.betas=[0.9, 0.999]",
+    "validation.datasets": "; expected a list of dataset names or folders, e.g. ['Set5', 'Set14'], "
+                           "or [] for no validation",
+}
 
 
 def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset:
@@ -277,16 +310,10 @@ def load_preset(name_or_path: str, overrides: list[str] | None = None) -> Preset
 
 
 def dump_toml(model: BaseModel, with_descriptions: bool = True) -> str:
-    """Render a resolved preset as TOML, each value commented with its field description."""
+    """Render a resolved preset as TOML, each value commented with its field description.
 
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, str):
-            return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(value, (list, tuple)):
-            return "[" + ", ".join(scalar(v) for v in value) + "]"
-        return repr(value)
+    The one serializer of presets (``presets show``, a run's ``preset.toml``, export metadata): its output
+    loads back to an equal preset and renders to the same text (strings are escaped by :func:`toml_value`)."""
 
     out: list[str] = []
 
@@ -298,7 +325,7 @@ def dump_toml(model: BaseModel, with_descriptions: bool = True) -> str:
                 tables.append((name, value, field.description))
             elif value is not None:
                 comment = f"  # {field.description}" if with_descriptions and field.description else ""
-                out.append(f"{name} = {scalar(value)}{comment}")
+                out.append(f"{name} = {toml_value(value)}{comment}")
         for name, value, description in tables:
             out.append("")
             out.append(f"[{prefix}{name}]" + (f"  # {description}" if with_descriptions and description else ""))

@@ -201,15 +201,22 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     from .imageio import list_images
     from .prepare import resolve_dataset
 
+    from .prepare.paths import is_flat_hr_folder
+
     folder = Path(resolve_dataset(dataset, scale))
     hr_dir = folder / "HR"
-    if not hr_dir.is_dir():
+    if is_flat_hr_folder(folder):  # a plain folder of HR images: LR made on the fly, like an HR/ without LR/
+        hr_dir = folder
+    elif not hr_dir.is_dir():
         raise UserError(f"dataset {dataset}: {folder} has no HR/ folder (expected HR/ and optionally {LR_FOLDER}/X{scale}/)")
     hr_images = list_images(hr_dir)
     if not hr_images:
         raise UserError(f"dataset {dataset}: no images in {hr_dir}")
     scales = _lr_scales(folder)
     lr_dir = folder / LR_FOLDER / f"X{scale}"
+    flat = hr_dir == folder
+    if flat:
+        scales = []
     if scales and scale not in scales:
         have = ", ".join(f"x{s}" for s in scales)
         raise UserError(
@@ -217,7 +224,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
             f"(model scale and dataset scale must match)"
         )
     name = _dataset_label(dataset, folder)
-    if not lr_dir.is_dir():
+    if flat or not lr_dir.is_dir():
         pairs = [ImagePair(p.stem, p, None) for p in hr_images]
         dataset = Dataset(name, folder, scale, pairs, "generated")
         check_pairs(dataset)
@@ -647,8 +654,11 @@ def run_eval(
     scale: int | None = None,
     outputs: EvalOutputs | None = None,
     progress: bool | ProgressFactory = True,
+    labels: Sequence[str] | None = None,
 ) -> EvalReport:
-    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files."""
+    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
+
+    ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names."""
     from .imageio import write_png
     from .report import write_csv, write_json, write_markdown
 
@@ -659,7 +669,14 @@ def run_eval(
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
+    if labels and len(labels) != len(model_specs or ["default"]):
+        raise UserError(f"--label given {len(labels)} time(s) for {len(model_specs or ['default'])} model(s): "
+                        "give one --label per --model, in the same order")
+    if labels and len(set(labels)) != len(labels):
+        raise UserError(f"--label: each row needs its own name (got {', '.join(labels)})")
     models = load_models(model_specs, device, tile, scale)
+    for model, label in zip(models, labels or []):
+        model.name = label
     model_scale = models[0].scale
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)

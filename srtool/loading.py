@@ -101,7 +101,8 @@ def load_model(
         network, info = load_checkpoint(path, scale_hint=scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
-        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
+        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale} "
+                        f"(for a x{scale} result from it use --outscale {scale}, or -s {scale})")
     prec = resolve_precision(precision, dev)
     if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")

@@ -1,4 +1,5 @@
-"""VGG-style discriminator of SRGAN (Ledig et al., 2017), also used by srtool's ESRGAN preset.
+"""VGG-style discriminator of SRGAN (Ledig et al., 2017), also used by srtool's ESRGAN preset (as in the study;
+ESRGAN's official discriminator is :mod:`.vgg_style`).
 
 ``n_blocks`` 3x3 conv blocks, strides alternating 1, 2, 1, 2, ...; BatchNorm on every block but the
 first; LeakyReLU 0.2; channels start at ``base_channels`` and double every second block up to
@@ -36,6 +37,9 @@ class DiscriminatorConfig(BaseModel):
     def min_input_size(self) -> int:
         """Smallest input side that still leaves ``pool_size`` pixels after the stride-2 blocks."""
         return self.pool_size * 2 ** (self.n_blocks // 2)
+
+    def max_input_size(self) -> int | None:
+        return None  # the adaptive pool takes any larger input
 
 
 class VGGDiscriminator(nn.Module):

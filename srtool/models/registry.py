@@ -17,6 +17,7 @@ from .discriminator import DiscriminatorConfig, VGGDiscriminator
 from .msrresnet import MSRResNet, MSRResNetConfig
 from .rrdbnet import RRDBNet, RRDBNetConfig
 from .srresnet import SRResNet, SRResNetConfig
+from .vgg_style import VGGStyle128Config, VGGStyleDiscriminator128
 
 GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "srresnet": (SRResNetConfig, SRResNet),
@@ -25,9 +26,11 @@ GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
 }
 DISCRIMINATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "vgg_discriminator": (DiscriminatorConfig, VGGDiscriminator),
+    "vgg_style_128": (VGGStyle128Config, VGGStyleDiscriminator128),
 }
 
 GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig, MSRResNetConfig], Field(discriminator="arch")]
+AnyDiscriminatorConfig = Annotated[Union[DiscriminatorConfig, VGGStyle128Config], Field(discriminator="arch")]
 
 
 def build_network(config: BaseModel) -> nn.Module:

@@ -40,6 +40,11 @@ class RRDBNetConfig(BaseModel):
     res_scale: float = Field(0.2, gt=0, le=1, description="Residual scaling beta of dense blocks and RRDBs.")
 
 
+DENSE_INIT_SCALE = 0.1
+"""ESRGAN initialises the dense blocks' convs with Kaiming-normal (fan-in, gain sqrt(2)) scaled by 0.1 and zero
+biases; the other convs keep PyTorch's default, as in the official code."""
+
+
 class ResidualDenseBlock(nn.Module):
     """Five densely connected 3x3 convs; output = input + res_scale * conv5(...)."""
 
@@ -51,6 +56,11 @@ class ResidualDenseBlock(nn.Module):
         self.conv3 = nn.Conv2d(n_feats + 2 * growth, growth, 3, padding=1)
         self.conv4 = nn.Conv2d(n_feats + 3 * growth, growth, 3, padding=1)
         self.conv5 = nn.Conv2d(n_feats + 4 * growth, n_feats, 3, padding=1)
+        with torch.no_grad():  # ESRGAN's "smaller initialization" (BasicSR default_init_weights(..., 0.1))
+            for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
+                nn.init.kaiming_normal_(conv.weight)
+                conv.weight.mul_(DENSE_INIT_SCALE)
+                conv.bias.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         act = lambda t: F.leaky_relu(t, 0.2)  # noqa: E731

@@ -44,6 +44,13 @@ def dataset_dir(name: str) -> Path | None:
     return data_dir() / known[0] if known else None
 
 
+def is_flat_hr_folder(path: Path) -> bool:
+    """A plain folder of HR images (no ``HR/``): eval and validation make the LR images on the fly."""
+    from ..imageio import list_images
+
+    return path.is_dir() and not (path / "HR").is_dir() and bool(list_images(path))
+
+
 def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
     """Folder of a dataset given as a path (a folder with ``HR/``) or a known name (Set5, Set14, B100,
     Urban100, DIV2K-valid, DIV2K-train, case-insensitive) prepared under :func:`data_dir`.
@@ -58,8 +65,9 @@ def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
         if not path.exists():
             names = ", ".join(DATASET_NAMES)
             raise UserError(f"dataset {text!r}: no such folder, and not a known dataset name ({names})")
-        if not (path / "HR").is_dir():
-            raise UserError(f"dataset {text!r}: folder has no HR/ subfolder (expected HR/ and LR_bicubic/X{scale}/)")
+        if not (path / "HR").is_dir() and not is_flat_hr_folder(path):
+            raise UserError(f"dataset {text!r}: folder has neither an HR/ subfolder (with LR_bicubic/X{scale}/) "
+                            "nor HR images directly in it")
         return path
     folder = data_dir() / known[0]
     if not (folder / "HR").is_dir():

@@ -53,16 +53,23 @@ def download_progress(console: Console) -> Iterator[Callable[[str, int, int | No
             bar.stop()
 
 
-def summary_table(results: dict[str, PrepareResult]) -> Table:
-    table = Table(title="srtool prepare")
-    for col in ("dataset", "images", "new", "reused", "skipped", "sub-images", "seconds", "images/s", "output"):
-        table.add_column(col, justify="right" if col not in ("dataset", "output") else "left")
+def summary_table(results: dict[str, PrepareResult]):
+    """The summary: a table narrow enough for 80 columns, then one ``output:`` line per dataset (paths are
+    long; in a table cell they would wrap the whole row)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    table = Table(title="srtool prepare", pad_edge=False)
+    for col in ("dataset", "images", "new", "reused", "skipped", "sub-images", "seconds", "img/s"):
+        table.add_column(col, justify="left" if col == "dataset" else "right", no_wrap=col != "dataset")
     for label, r in results.items():
         subs = sum(len(rec.get("tiles", [])) for rec in r.records)
         rate = r.processed / r.seconds if r.seconds > 0 and r.processed else 0.0
-        table.add_row(label, str(len(r.records)), str(r.processed), str(r.reused), str(len(r.skipped)),
-                      str(subs) if subs else "-", f"{r.seconds:.1f}", f"{rate:.2f}", escape(str(r.out)))
-    return table
+        table.add_row(escape(label), str(len(r.records)), str(r.processed), str(r.reused), str(len(r.skipped)),
+                      str(subs) if subs else "-", f"{r.seconds:.1f}", f"{rate:.2f}")
+    outputs = [Text(f"output: {r.out}" if len(results) == 1 else f"{label} output: {r.out}", overflow="fold")
+               for label, r in results.items()]
+    return Group(table, *outputs)
 
 
 def exit_code(results: dict[str, PrepareResult], skip_bad: bool, console: Console) -> int:

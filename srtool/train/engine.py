@@ -48,6 +48,9 @@ from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
 from .losses import GeneratorLoss, discriminator_loss
 from . import runstate
 
+RESUMABLE_FIELDS = ("train.epochs", "train.iters_per_epoch")
+"""Preset fields ``--resume RUN --set`` may change: the schedule's length, nothing that alters past steps."""
+
 RUN_FILES = ("checkpoints", "exports", "tensorboard", "log.jsonl", "curves.png", "preset.toml", "run.json",
              "environment.json")
 
@@ -73,6 +76,7 @@ class TrainOptions:
     cache_dir: Path | None = None
     restart: bool = False  # with resume: train again from iteration 0, old exports/log/checkpoints kept aside
     allow_random_vgg: bool = False  # --vgg-weights random (a smoke test) is refused without it
+    quiet: bool = False  # no validation lines on stderr (the log, curves and exports are written anyway)
 
 
 @dataclass
@@ -86,6 +90,16 @@ class TrainResult:
     last_validation: dict[str, dict[str, float]] | None = None
     exports: dict[str, Path] = field(default_factory=dict)
     rank: int = 0
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def lr_factor(preset: Preset, iteration: int) -> float:
@@ -180,7 +194,7 @@ class Trainer:
             self.run_dir = Path(options.resume)
             self._check_resume_options()
             run_info = runstate.read_run_json(self.run_dir)
-            self.preset = load_preset(str(self.run_dir / "preset.toml"))
+            self.preset = self._resume_preset()
             data = [Path(p) for p in run_info["data"]]
             init_from = run_info.get("init_from")
             vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
@@ -312,7 +326,8 @@ class Trainer:
             from .monitor import RunMonitor
 
             self.monitor = RunMonitor(self.run_dir, f"{p.name} ({p.stage} stage)", self.iteration, self.total,
-                                      progress=options.progress, resume_from=resumed_from, warn=self.warn)
+                                      progress=options.progress, resume_from=resumed_from, warn=self.warn,
+                                      quiet=options.quiet)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
 
@@ -320,7 +335,7 @@ class Trainer:
 
     def _check_resume_options(self) -> None:
         o = self.options
-        extra = [name for name, v in (("--preset", o.preset), ("--data", o.data), ("--set", o.overrides),
+        extra = [name for name, v in (("--preset", o.preset), ("--data", o.data),
                                       ("--init-from", o.init_from), ("--out", o.out)) if v]
         if extra:
             raise UserError(f"--resume continues {o.resume} with its saved preset and data; drop {', '.join(extra)}")
@@ -328,6 +343,23 @@ class Trainer:
             raise UserError(f"--resume {self.run_dir}: not a training run directory (no run.json / preset.toml)")
         runstate.check_resumable(self.run_dir, [p for _, p in CheckpointDir(self.run_dir, 1).numbered()],
                                  self.run_dir / "checkpoints", o.restart)
+
+    def _resume_preset(self) -> Preset:
+        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run)."""
+        saved_path = str(self.run_dir / "preset.toml")
+        saved = load_preset(saved_path)
+        if not self.options.overrides:
+            return saved
+        changed = load_preset(saved_path, self.options.overrides)
+        before, after = _flatten(saved.model_dump(mode="json")), _flatten(changed.model_dump(mode="json"))
+        refused = sorted(k for k in before.keys() | after.keys()
+                         if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
+        if refused:
+            raise UserError(
+                f"--resume {self.run_dir}: --set may change only {', '.join(RESUMABLE_FIELDS)} of a run "
+                f"(to extend or shorten it); refused: {', '.join(refused)}. Start a new run for other changes"
+            )
+        return changed
 
     def _check_out_dir(self) -> None:
         if self.options.restart:
@@ -537,6 +569,8 @@ class Trainer:
         with runstate.disk_full_guard(path, runstate.state_nbytes(state), self.run_dir):
             self.checkpoints.save(self.iteration, state)
         self.export("last", self.last_scores)
+        if not self.val_datasets:  # validation.datasets = []: nothing ranks the iterations, so best is the last
+            self.export("best", None)
 
     def _log(self) -> None:
         values = {f"loss/{k}": (v / max(self._acc_n, 1)).item() for k, v in self._acc.items()}
@@ -550,6 +584,14 @@ class Trainer:
         if self._signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: leave now
         self._signal = signum
+        if self.dist.is_main:  # say so now: an iteration (or a validation) can take minutes
+            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            again = " (Ctrl-C again to leave without a checkpoint)" if signum == signal.SIGINT else ""
+            message = f"\n{name}: finishing this iteration, then checkpointing{again}\n"
+            try:
+                os.write(sys.stderr.fileno(), message.encode())  # async-signal-safe, bypasses the live display
+            except (OSError, ValueError, AttributeError):
+                pass
 
     def run(self, until: int | None = None) -> TrainResult:
         """Train up to iteration ``until`` (default: the preset's total), checkpointing on the way."""

@@ -103,11 +103,26 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     return path
 
 
+def progress_line(iteration: int, total: int, values: dict[str, float], rate: float) -> str:
+    """One self-contained line for logs: iteration, losses, speed and time left."""
+    losses = "  ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in values.items() if k.startswith("loss/"))
+    eta = "-"
+    if rate > 0:
+        seconds = int(round((total - iteration) / rate))
+        eta = f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    parts = [f"iter {iteration}/{total} ({100 * iteration / max(total, 1):.1f}%)", losses]
+    if "lr" in values:
+        parts.append(f"lr {values['lr']:.3g}")
+    parts += [f"{rate:.3g} it/s", f"ETA {eta}"]
+    return "  ".join(p for p in parts if p)
+
+
 class RunMonitor:
     """Rank 0's view of the run: display, JSONL, TensorBoard and curves."""
 
     def __init__(self, run_dir: Path, title: str, start: int, total: int, progress: bool = True,
-                 resume_from: int | None = None, warn: Callable[[str], None] | None = None):
+                 resume_from: int | None = None, warn: Callable[[str], None] | None = None,
+                 quiet: bool = False):
         self.run_dir = Path(run_dir)
         self.title = title
         self.log_path = self.run_dir / "log.jsonl"
@@ -132,6 +147,9 @@ class RunMonitor:
         self._task = None
         self._rate_mark = (time.perf_counter(), start)
         self._live = None
+        self.total = total
+        self.quiet = quiet
+        self._plain = None  # stderr is not a terminal (a log file, CI, nohup): plain lines at the log cadence
         if progress:
             from rich.console import Console, Group
             from rich.live import Live
@@ -140,6 +158,10 @@ class RunMonitor:
             from rich.text import Text
 
             console = Console(stderr=True)
+            if not console.is_terminal:
+                self._plain = console
+                progress = False
+        if progress:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
@@ -180,6 +202,8 @@ class RunMonitor:
             self.tb.add_scalar("it_per_s", rate, iteration)
         losses = " ".join(f"{k.removeprefix('loss/')} {v:.4g}" for k, v in values.items() if k.startswith("loss/"))
         self.status = losses
+        if self._plain is not None:
+            self._plain.print(progress_line(iteration, self.total, values, rate), highlight=False, soft_wrap=True)
         if self._progress is not None:
             self._progress.update(self._task, completed=iteration, rate=f"{rate:.2f} it/s")
             self._set_status()
@@ -196,7 +220,8 @@ class RunMonitor:
         self._write(record)
         self.val_status = "val " + " ".join(f"{ds} {s['psnr']:.2f} dB / {s['ssim']:.4f}" for ds, s in scores.items())
         self._set_status()
-        self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
+        if not self.quiet:
+            self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
         self.refresh_curves()
 
     def _set_status(self) -> None:

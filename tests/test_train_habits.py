@@ -1,0 +1,141 @@
+"""`srtool train` as a shell user runs it: plain progress lines when stderr is a log file, Ctrl-C/SIGTERM
+acknowledged at once (SIGTERM exits 143), `--resume RUN --set train.epochs=N` extends a finished run, runs
+without validation export best = last, and a preset with odd strings survives the run directory."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_runner import run_cli
+from srtool.config import load_preset
+from srtool.models.export import read_state_dict
+from srtool.train import TrainOptions, train
+
+TINY = ["model.generator.n_blocks=1", "model.generator.n_feats=16", "train.batch_size=2", "train.hr_crop=32",
+        "train.num_workers=0", "validation.datasets=[]", "log.every=1", "checkpoint.every=2",
+        "train.iters_per_epoch=2"]
+
+
+@pytest.fixture(scope="module")
+def t91_subset(shared_data, tmp_path_factory) -> Path:
+    """Eight T91 images prepared by srtool prepare (a real, small training store)."""
+    from srtool.prepare import prepare_folder
+
+    src = tmp_path_factory.mktemp("t91-subset")
+    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:8]:
+        (src / image.name).symlink_to(image)
+    return prepare_folder([src], tmp_path_factory.mktemp("prepared") / "t91", scale=4, workers=1, progress=False)
+
+
+def cli(*args: str, **kw) -> subprocess.CompletedProcess:
+    """The real command with stderr a pipe (as under nohup, CI or `2> log`)."""
+    return subprocess.run([sys.executable, "-m", "srtool", *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def tensors(path: Path) -> dict[str, torch.Tensor]:
+    return read_state_dict(path)
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_finished_run_extends_with_resume_set_epochs_and_keeps_odd_preset_strings(t91_subset, tmp_path):
+    odd = ['description="two\\nlines \\"quoted\\" \\u0007bell"', 'name="tab\\tname"']
+    run = tmp_path / "run"
+    first = train(TrainOptions(preset="srresnet", data=[t91_subset], out=run, overrides=[*TINY, *odd, "train.epochs=1"],
+                               progress=False))
+    assert first.iteration == 2
+    # no validation: the best export is the last one (same weights), not missing
+    assert {p.name for p in (run / "exports").glob("*.safetensors")} == {"best.safetensors", "last.safetensors"}
+    best, last = tensors(run / "exports" / "best.safetensors"), tensors(run / "exports" / "last.safetensors")
+    assert best.keys() == last.keys() and all(torch.equal(best[k], last[k]) for k in best)
+    saved = load_preset(str(run / "preset.toml"))  # the run's preset.toml loads back exactly
+    assert saved.description == 'two\nlines "quoted" \x07bell' and saved.name == "tab\tname"
+    assert run_cli("presets", "show", str(run / "preset.toml")) == 0
+
+    res = cli("train", "--resume", str(run), "--set", "train.epochs=2")
+    assert res.returncode == 0, res.stderr
+    lines = res.stderr.splitlines()
+    # not a terminal: one plain progress line per log interval (iteration, losses, it/s, ETA), no live display
+    plain = [line for line in lines if line.startswith("iter ")]
+    assert [line.split()[1] for line in plain] == ["3/4", "4/4"], res.stderr
+    assert all("pixel " in line and "it/s" in line and "ETA" in line for line in plain)
+    assert "\x1b[" not in res.stderr and "\r" not in res.stderr
+    assert lines[-1].startswith(f"{run}: iteration 4/4"), res.stderr  # the summary on its own line
+    assert load_preset(str(run / "preset.toml")).train.epochs == 2
+
+    straight = train(TrainOptions(preset="srresnet", data=[t91_subset], out=tmp_path / "straight",
+                                  overrides=[*TINY, *odd, "train.epochs=2"], progress=False))
+    assert straight.iteration == 4
+    extended, reference = tensors(run / "exports" / "last.safetensors"), tensors(straight.exports["last"])
+    assert all(torch.equal(extended[k], reference[k]) for k in reference)  # as if it had been that long
+
+
+def test_resume_set_refuses_fields_other_than_the_schedule_length(t91_subset, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainOptions(preset="srresnet", data=[t91_subset], out=run, overrides=[*TINY, "train.epochs=1"],
+                       progress=False))
+    before = digest(run)
+    code = run_cli("train", "--resume", str(run), "--set", "train.lr=1e-3", "--set", "train.epochs=3",
+                   "--set", "model.generator.n_feats=8")
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "refused: model.generator.n_feats, train.lr" in err and "train.epochs" in err
+    assert digest(run) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_is_acknowledged_at_once_and_checkpoints(t91_subset, tmp_path, sig, code):
+    run = tmp_path / "run"
+    # iterations of a few tenths of a second: long enough to signal in the middle of one
+    slow = [*TINY, "train.batch_size=8", "train.hr_crop=64", "model.generator.n_feats=48", "model.generator.n_blocks=2",
+            "train.iters_per_epoch=10000", "checkpoint.every=10000", "log.every=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "srtool", "train", "--preset", "srresnet", "--data", str(t91_subset),
+                             "--out", str(run), *[a for s in slow for a in ("--set", s)]],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    lines = []
+    for line in proc.stderr:  # wait until training runs
+        lines.append(line)
+        if line.startswith("iter 1/"):
+            break
+    sent = time.monotonic()
+    proc.send_signal(sig)
+    rest = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode == code, "".join(lines) + rest
+    assert "finishing this iteration, then checkpointing" in rest
+    ack = rest.index("finishing this iteration")
+    assert ack < rest.index("interrupted")
+    assert "iter " not in rest[:ack]  # said while the interrupted iteration was still running
+    assert time.monotonic() - sent < 60
+    saved = sorted(p.name for p in (run / "checkpoints").glob("iter_*.pt"))
+    assert len(saved) == 1 and (run / "exports" / "last.safetensors").is_file()
+
+
+def test_quiet_run_validating_on_a_flat_hr_folder(t91_subset, shared_data, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for image in sorted((shared_data / "benchmarks" / "Set5" / "HR").iterdir())[:2]:
+        (flat / image.name).symlink_to(image)
+    sets = [*TINY, "train.epochs=1", f"validation.datasets=['{flat}']", "validation.every=2"]
+    code = run_cli("train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(tmp_path / "run"), "-q",
+                   *[a for s in sets for a in ("--set", s)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.err == "" and captured.out == ""  # -q: not even the validation lines or the summary
+    log = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"flat/psnr"' in log  # the plain folder was the validation set (LR made on the fly)
+    assert (tmp_path / "run" / "exports" / "best.safetensors").is_file()
