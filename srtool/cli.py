@@ -233,8 +233,11 @@ def eval_(
     tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images.")] = None,
     scale: Annotated[Optional[int], typer.Option("--scale", min=2, metavar="S", help="Scale factor, checked against the models; sets bicubic's (default: the models' scale, 4 for bicubic alone).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", metavar="LIST", help="Metrics, comma-separated or repeated: psnr, ssim, lpips, niqe (default psnr,ssim). LPIPS and NIQE: lower is better. --metric niqe alone also scores a folder of images without HR/ (no --model).")] = None,
+    lpips_net: Annotated[str, typer.Option("--lpips-net", metavar="alex|vgg", help="LPIPS backbone.")] = "alex",
+    lpips_weights: Annotated[Optional[str], typer.Option("--lpips-weights", metavar="FILE", help="torchvision ImageNet weights of the LPIPS backbone for offline machines (default: $SRTOOL_LPIPS_WEIGHTS, then the torch hub cache or a download).")] = None,
 ) -> None:
-    """Print PSNR/SSIM benchmark tables computed the way the literature computes them."""
+    """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them."""
     from .evaluate import EvalOutputs, parse_region, run_eval
     from .report import print_report
 
@@ -249,7 +252,10 @@ def eval_(
         figure_image=figure_image, figure_region=parse_region(figure_region) if figure_region else None,
         overwrite=overwrite,
     )
-    report = run_eval(model or ["default"], data, protocol, device, tile, scale, outputs)
+    from .scoring import DEFAULT_METRICS
+
+    report = run_eval(model or [], data, protocol, device, tile, scale, outputs, metrics=metric or list(DEFAULT_METRICS),
+                      lpips_net=lpips_net, lpips_weights=lpips_weights)
     print_report(report, out_console)
     for label, path in (("JSON", json_out), ("CSV", csv_out), ("Markdown", markdown_out)):
         if path is not None:

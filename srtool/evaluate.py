@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import UserError
-from .metrics import PROTOCOLS, compute_metrics
+from .metrics import PROTOCOLS
+from .scoring import DEFAULT_METRICS, METRICS, Scorer
 
 if TYPE_CHECKING:
     from .engine import SRModel
@@ -42,13 +43,18 @@ _LR_SCALE_DIR = re.compile(r"^X(\d+)$")
 
 @dataclass
 class ImageResult:
-    """Scores of one model on one image; ``error`` is set (and scores are None) when the model failed."""
+    """Scores of one model on one image; ``error`` is set (and scores are None) when the model failed.
+
+    A metric that was not asked for (``--metric``) is None too.
+    """
 
     name: str
     psnr: float | None
     ssim: float | None
     seconds: float = 0.0
     error: str | None = None
+    lpips: float | None = None
+    niqe: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -81,15 +87,26 @@ class DatasetResult:
         """True when every image was scored (only then is the mean comparable with published tables)."""
         return bool(self.images) and not self.failed
 
+    def mean(self, metric: str) -> float:
+        """Mean of ``metric`` over the images that succeeded (NaN when none did or it was not computed)."""
+        values = [getattr(r, metric) for r in self.succeeded]
+        return float(np.mean(values)) if values and None not in values else math.nan
+
     @property
     def psnr(self) -> float:
-        ok = self.succeeded
-        return float(np.mean([r.psnr for r in ok])) if ok else math.nan
+        return self.mean("psnr")
 
     @property
     def ssim(self) -> float:
-        ok = self.succeeded
-        return float(np.mean([r.ssim for r in ok])) if ok else math.nan
+        return self.mean("ssim")
+
+    @property
+    def lpips(self) -> float:
+        return self.mean("lpips")
+
+    @property
+    def niqe(self) -> float:
+        return self.mean("niqe")
 
     @property
     def seconds(self) -> float:
@@ -336,6 +353,7 @@ def evaluate_models(
     on_image: ImageCallback | None = None,
     labels: Sequence[str] | None = None,
     strict: bool = False,
+    scorer: Scorer | None = None,
 ) -> list[DatasetResult]:
     """Evaluate several models on one dataset, reading each image once; one result per model.
 
@@ -343,9 +361,10 @@ def evaluate_models(
     that succeeded on it (keyed by model index), e.g. to save the images. ``labels`` name the models in
     the results (default: :func:`model_labels`). A model failing on an image is recorded in that
     image's result; with ``strict`` the exception propagates instead (e.g. for training validation,
-    where a partial mean would be misleading).
+    where a partial mean would be misleading). ``scorer`` chooses the metrics (default: PSNR and SSIM).
     """
     scale = _common_scale(models, protocol)
+    scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
         raise UserError(f"dataset {data.name} is x{data.scale} but the model is x{scale}")
@@ -380,8 +399,8 @@ def evaluate_models(
                         ImageResult(pair.name, None, None, time.perf_counter() - started, _describe_failure(exc))
                     )
                     continue
-                psnr_value, ssim_value = compute_metrics(sr, hr, scale, protocol)
-                result.images.append(ImageResult(pair.name, psnr_value, ssim_value, time.perf_counter() - started))
+                scores = {"psnr": None, "ssim": None, **scorer.score(sr, hr)}
+                result.images.append(ImageResult(pair.name, seconds=time.perf_counter() - started, **scores))
                 outputs[index] = sr
             if on_image is not None:
                 on_image(pair.name, hr, lr, outputs)
@@ -440,6 +459,8 @@ class EvalReport:
     srtool_version: str
     created: str
     figure: tuple[str, str, tuple[int, int, int, int]] | None = None  # (dataset, image, region) drawn
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the columns, in the order asked
+    metric_sources: dict[str, str] = field(default_factory=dict)  # e.g. LPIPS net and backbone weights
 
     @property
     def dataset_names(self) -> list[str]:
@@ -472,13 +493,13 @@ def evaluate(
     progress: bool | ProgressFactory = True,
     on_image: Callable[[Dataset, str, np.ndarray, np.ndarray, dict[int, np.ndarray]], None] | None = None,
     opened: Sequence[Dataset] | None = None,
+    scorer: Scorer | None = None,
 ) -> EvalReport:
     """Evaluate every model on every dataset (datasets are all opened and checked before any work)."""
-    import datetime
-
     from . import __version__
 
     scale = _common_scale(models, protocol)
+    scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]
     _unique_dataset_names(data)
     labels = model_labels(models)
@@ -487,10 +508,16 @@ def evaluate(
         callback = None
         if on_image is not None:
             callback = lambda name, hr, lr, outs, _d=dataset: on_image(_d, name, hr, lr, outs)  # noqa: E731
-        results.extend(evaluate_models(models, dataset, protocol, progress, callback, labels))
+        results.extend(evaluate_models(models, dataset, protocol, progress, callback, labels, scorer=scorer))
     entries = [ModelEntry(label, m.name, m.identity, m.source, m.scale) for label, m in zip(labels, models)]
-    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return EvalReport(protocol, scale, entries, results, __version__, created)
+    return EvalReport(protocol, scale, entries, results, __version__, _now(), metrics=scorer.metrics,
+                      metric_sources=scorer.describe())
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 # ---------------------------------------------------------------------------- the `srtool eval` run
@@ -615,7 +642,8 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
-def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Sequence[Dataset], outputs: EvalOutputs) -> tuple[str, str, tuple[int, int, int, int]]:
+def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Sequence[Dataset], outputs: EvalOutputs,
+                  scorer: Scorer | None = None) -> tuple[str, str, tuple[int, int, int, int]]:
     from .figure import comparison_figure, save_figure
 
     dataset_name, image_name = choose_figure_image(report, outputs.figure_image)
@@ -628,7 +656,9 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     labels = [m.label for m in report.models]
     title = f"{dataset_name}/{image_name}, x{report.scale}, protocol {report.protocol}"
     try:
-        figure, layout = comparison_figure(hr, lr, list(models), labels, report.scale, report.protocol, region, title)
+        chosen = scorer if scorer is not None and scorer.metrics != DEFAULT_METRICS else None
+        figure, layout = comparison_figure(hr, lr, list(models), labels, report.scale, report.protocol, region, title,
+                                           scorer=chosen)
     except UserError:
         raise
     except Exception as exc:
@@ -636,6 +666,97 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
                         "choose another --figure-image") from None
     save_figure(figure, outputs.figure)
     return dataset_name, image_name, layout.region
+
+
+AS_IS = "as-is"  # identity/LR source of images scored as they are (no model, no HR)
+
+
+def is_plain_image_folder(dataset: str | Path) -> bool:
+    """An existing folder without HR/: a set of images (e.g. ``srtool upscale`` outputs) to score as they are."""
+    path = Path(str(dataset)).expanduser()
+    return path.is_dir() and not (path / "HR").is_dir()
+
+
+def open_image_folder(folder: str | Path) -> Dataset:
+    """The images of ``folder`` as a dataset scored as they are (no-reference metrics only)."""
+    from .imageio import list_images
+
+    path = Path(str(folder)).expanduser()
+    images = list_images(path)
+    if not images:
+        raise UserError(f"--data {folder}: no images in {path}")
+    return Dataset(_dataset_label(folder, path), path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
+
+
+def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
+    """Fail before any work when an image is too small for NIQE (two whole 96x96 blocks)."""
+    from .perceptual import NIQE_BLOCK, niqe_min_size
+
+    for dataset in datasets:
+        for pair in dataset.pairs:
+            width, height = header_size(pair.hr_path)
+            if dataset.lr_source != AS_IS and pair.lr_path is None:
+                width, height = width - width % dataset.scale, height - height % dataset.scale
+            if (width // NIQE_BLOCK) * (height // NIQE_BLOCK) < 2:
+                raise UserError(f"{pair.hr_path}: {width}x{height} is too small for NIQE (needs at least {niqe_min_size()})")
+
+
+def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y",
+                 progress: bool | ProgressFactory = True) -> EvalReport:
+    """No-reference scores of every image of plain folders, as they are: one row, ``images``."""
+    from . import __version__
+    from .imageio import read_dataset_image
+
+    if scorer.needs_reference:
+        raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
+    entry = ModelEntry("images", "images", AS_IS, "the images as they are (no model)", 1)
+    factory = _rich_progress if progress is True else (progress if callable(progress) else None)
+    results = []
+    for data in datasets:
+        result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
+        bar = factory(data.name, len(data)) if factory else None
+        completed = False
+        try:
+            for pair in data.pairs:
+                started = time.perf_counter()
+                scores = {"psnr": None, "ssim": None, **scorer.score(read_dataset_image(pair.hr_path), None)}
+                result.images.append(ImageResult(pair.name, seconds=time.perf_counter() - started, **scores))
+                if bar:
+                    bar.advance()
+            completed = True
+        finally:
+            if bar:
+                bar.close(completed)
+        results.append(result)
+    return EvalReport(protocol, 1, [entry], results, __version__, _now(), metrics=scorer.metrics,
+                      metric_sources=scorer.describe())
+
+
+def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
+    from .report import write_csv, write_json, write_markdown
+
+    if outputs.json is not None:
+        write_json(report, outputs.json)
+    if outputs.csv is not None:
+        write_csv(report, outputs.csv)
+    if outputs.markdown is not None:
+        write_markdown(report, outputs.markdown)
+
+
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer) -> EvalReport:
+    """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves."""
+    if not all(is_plain_image_folder(d) for d in datasets):
+        raise UserError("--data: give either benchmark datasets (with HR/) or plain folders of images, not both")
+    for option, value in (("--figure", outputs.figure), ("--save-images", outputs.save_images)):
+        if value is not None:
+            raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
+    opened = [open_image_folder(d) for d in datasets]
+    _unique_dataset_names(opened)
+    _check_outputs(outputs, [], [])
+    check_niqe_sizes(opened)
+    report = score_images(opened, scorer, protocol, progress)
+    _write_reports(report, outputs)
+    return report
 
 
 def run_eval(
@@ -647,10 +768,18 @@ def run_eval(
     scale: int | None = None,
     outputs: EvalOutputs | None = None,
     progress: bool | ProgressFactory = True,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    lpips_net: str = "alex",
+    lpips_weights: str | Path | None = None,
 ) -> EvalReport:
-    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files."""
+    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
+
+    ``metrics``: names from :data:`srtool.scoring.METRICS` (``"psnr,ssim,lpips,niqe"``). LPIPS weights
+    are loaded before anything else, so missing weights stop the run before any image is read. Folders
+    without HR/ (with no-reference metrics only and no model) are scored as they are.
+    """
     from .imageio import write_png
-    from .report import write_csv, write_json, write_markdown
+    from .scoring import parse_metrics
 
     outputs = outputs or EvalOutputs()
     if protocol not in PROTOCOLS:
@@ -659,12 +788,20 @@ def run_eval(
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
+    chosen = parse_metrics(metrics)
+    lpips_device = "cuda" if str(device).startswith("cuda") else "cpu"
+    scorer = Scorer(chosen, scale or 4, protocol, lpips_net, lpips_weights, lpips_device)
+    if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
+        return _run_as_is(datasets, protocol, outputs, progress, scorer)
     models = load_models(model_specs, device, tile, scale)
     model_scale = models[0].scale
+    scorer.scale = model_scale
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)
     labels = model_labels(models)
     _check_outputs(outputs, opened, labels)
+    if "niqe" in chosen:
+        check_niqe_sizes(opened)
     if outputs.figure is not None and outputs.figure_image:  # fail before the work, not after it
         figure_dataset, figure_pair = find_image(opened, outputs.figure_image)
         if outputs.figure_region is not None:
@@ -678,13 +815,8 @@ def run_eval(
             for index, sr in srs.items():
                 write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
 
-    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened)
-    if outputs.json is not None:
-        write_json(report, outputs.json)
-    if outputs.csv is not None:
-        write_csv(report, outputs.csv)
-    if outputs.markdown is not None:
-        write_markdown(report, outputs.markdown)
+    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer)
+    _write_reports(report, outputs)
     if outputs.figure is not None:
-        report.figure = _write_figure(report, models, opened, outputs)
+        report.figure = _write_figure(report, models, opened, outputs, scorer)
     return report

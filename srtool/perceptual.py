@@ -235,29 +235,39 @@ def _backbone_state(net: str, weights: str | Path | None) -> dict:
     spec = BACKBONES[net]
     source = weights if weights is not None else os.environ.get(LPIPS_WEIGHTS_ENV) or None
     if source is None:
-        cache = Path(torch.hub.get_dir()) / "checkpoints" / spec.file
-        try:
-            state = torch.hub.load_state_dict_from_url(
-                backbone_url(net), progress=False, map_location="cpu", weights_only=True, check_hash=True
-            )
-        except Exception as exc:  # offline, proxy, hash mismatch, truncated download...
-            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
-            raise UserError(
-                f"LPIPS-{net} needs torchvision's ImageNet {spec.builder} weights: none cached at {cache} and the "
-                f"download failed ({type(exc).__name__}{': ' + reason if reason else ''}); connect once so they are "
-                f"cached, or pass --lpips-weights FILE (or set {LPIPS_WEIGHTS_ENV}) with {spec.file}"
-            ) from None
-        label = str(cache)
+        path = Path(torch.hub.get_dir()) / "checkpoints" / spec.file
+        if not path.is_file():
+            _download_backbone(net, path)
     else:
-        from .models.export import read_state_dict
-
         path = Path(source).expanduser()
         if not path.is_file():
             origin = "--lpips-weights" if weights is not None else LPIPS_WEIGHTS_ENV
             raise UserError(f"{origin}: file not found: {path}")
-        state, label = read_state_dict(path), str(path)
+    from .models.export import read_state_dict
+
+    state, label = read_state_dict(path), str(path)
     return {"state": {k.removeprefix("features."): v for k, v in state.items() if not k.startswith("classifier.")},
             "label": label}
+
+
+def _download_backbone(net: str, path: Path) -> None:
+    """torchvision's checkpoint into the hub cache: temp file + rename, sha256 prefix of its name checked."""
+    import sys
+
+    import torch
+
+    spec = BACKBONES[net]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        hash_prefix = spec.file.rsplit("-", 1)[1].split(".")[0]
+        torch.hub.download_url_to_file(backbone_url(net), str(path), hash_prefix=hash_prefix, progress=sys.stderr.isatty())
+    except Exception as exc:  # offline, proxy, hash mismatch, truncated download, read-only cache...
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+        raise UserError(
+            f"LPIPS-{net} needs torchvision's ImageNet {spec.builder} weights: none cached at {path} and the "
+            f"download failed ({type(exc).__name__}{': ' + reason if reason else ''}); connect once so they are "
+            f"cached, or pass --lpips-weights FILE (or set {LPIPS_WEIGHTS_ENV}) with {spec.file}"
+        ) from None
 
 
 def _calibration_state(net: str) -> dict:
