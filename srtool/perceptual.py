@@ -294,7 +294,9 @@ def _build_lpips_module():
             import torchvision
 
             spec = BACKBONES[net]
-            features = getattr(torchvision.models, spec.builder)(weights=None).features
+            with torch.device("meta"):  # no time spent initialising weights that are replaced at once
+                network = getattr(torchvision.models, spec.builder)(weights=None)
+            features = network.features.to_empty(device="cpu")
             self.features = nn.Sequential(*list(features.children())[: spec.taps[-1] + 1])
             self.taps = spec.taps
             self.lins = nn.ModuleList(nn.Conv2d(c, 1, 1, bias=False) for c in spec.channels)
