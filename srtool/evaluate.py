@@ -414,14 +414,15 @@ def evaluate_models(
 
 
 def evaluate_dataset(
-    model: SRModel, dataset: str | Path, protocol: str = "y", progress: bool = True, strict: bool = False
+    model: SRModel, dataset: str | Path, protocol: str = "y", progress: bool = True, strict: bool = False,
+    scorer: Scorer | None = None,
 ) -> DatasetResult:
-    """PSNR/SSIM of ``model`` on ``dataset`` (folder with HR/ or a prepared name) under ``protocol``.
+    """PSNR/SSIM (or ``scorer``'s metrics) of ``model`` on ``dataset`` (folder with HR/ or a prepared name).
 
     Check ``result.complete``: a model that failed on some images is recorded, not raised, unless
     ``strict`` is set.
     """
-    return evaluate_models([model], dataset, protocol=protocol, progress=progress, strict=strict)[0]
+    return evaluate_models([model], dataset, protocol=protocol, progress=progress, strict=strict, scorer=scorer)[0]
 
 
 def model_labels(models: Sequence[SRModel]) -> list[str]:

@@ -44,25 +44,9 @@ class Panel:
             return [self.label, "reference"]
         if not isinstance(self.scores, dict):
             return [self.label, f"{self.scores[0]:.2f} dB / {self.scores[1]:.4f}"]
+        from .scoring import score_lines
+
         return [self.label, *score_lines(self.scores)]
-
-
-def score_lines(scores: dict[str, float]) -> list[str]:
-    """Label lines for chosen metrics: '28.42 dB / 0.8101' (PSNR/SSIM as always), then 'LPIPS↓ 0.1234  NIQE↓ 5.123'."""
-    from .scoring import METRICS
-
-    lines = []
-    fidelity = [f"{scores['psnr']:.2f} dB" if "psnr" in scores else "", f"{scores['ssim']:.4f}" if "ssim" in scores else ""]
-    if "psnr" in scores and "ssim" in scores:
-        lines.append(" / ".join(fidelity))
-    elif "psnr" in scores or "ssim" in scores:
-        name = "psnr" if "psnr" in scores else "ssim"
-        lines.append(f"{METRICS[name].label} {fidelity[0] or fidelity[1]}")
-    perceptual = [f"{METRICS[m].label}{METRICS[m].arrow} {v:.{METRICS[m].digits}f}" for m, v in scores.items()
-                  if m not in ("psnr", "ssim")]
-    if perceptual:
-        lines.append("  ".join(perceptual))
-    return lines
 
 
 @dataclass

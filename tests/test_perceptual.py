@@ -266,3 +266,66 @@ def test_figure_labels_show_the_chosen_metrics(benchmarks_dir):
     label = layout.labels[1]
     assert label[0] == "bicubic" and label[1].endswith("dB / " + label[1].split(" / ")[1])
     assert label[2].startswith("NIQE↓ ") and float(label[2].split()[1]) == pytest.approx(scorer.score(bicubic_model(4)(lr), hr)["niqe"], abs=1e-3)
+
+
+# --------------------------------------------------------------------------------------- training
+
+
+def _offline_lpips(monkeypatch, tmp_path):
+    from srtool import perceptual
+
+    monkeypatch.setattr(perceptual, "_TORCHVISION_URL", "http://127.0.0.1:9/")  # nothing listens: offline
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv("SRTOOL_LPIPS_WEIGHTS", raising=False)
+
+
+def test_validation_plan_picks_lpips_for_gan_presets_and_says_when_it_cannot(monkeypatch, tmp_path, weights_dir):
+    from srtool.config import load_preset
+    from srtool.train.validation import plan_validation
+
+    _offline_lpips(monkeypatch, tmp_path)
+    notes: list[str] = []
+    plan, _ = plan_validation(load_preset("srresnet"), notes.append)
+    assert (plan.metrics, plan.select, notes) == (("psnr", "ssim"), "psnr", [])
+    plan, scorer = plan_validation(load_preset("esrgan"), notes.append)
+    assert plan.select == "psnr" and "lpips" not in plan.metrics and "niqe" in plan.metrics
+    assert len(notes) == 1 and "best checkpoint picked by PSNR instead" in notes[0] and plan.notes == notes
+    weights = _random_backbone("alex", weights_dir)
+    plan, scorer = plan_validation(load_preset("srgan", [f"validation.lpips_weights='{weights}'"]), notes.append)
+    assert plan.select == "lpips" and not plan.higher_is_better and plan.sources["lpips_backbone"] == str(weights)
+    with pytest.raises(UserError, match="validation.select = 'lpips'.*--lpips-weights"):
+        plan_validation(load_preset("srresnet", ["validation.metrics=['psnr','lpips']", "validation.select='lpips'"]),
+                        notes.append)
+    with pytest.raises(UserError, match="must be one of validation.metrics"):
+        load_preset("srresnet", ["validation.select='niqe'"])
+    assert load_preset("srresnet", ["validation.metric='ssim'"]).validation.select == "ssim"  # old run dirs
+
+
+def test_training_validates_every_metric_and_keeps_the_lowest_lpips(shared_data, benchmarks_dir, weights_dir, tmp_path):
+    import shutil
+
+    from srtool.train import Trainer, TrainOptions
+
+    images = tmp_path / "hr"
+    images.mkdir()
+    for path in sorted((shared_data / "train" / "T91").glob("*.png"))[:6]:
+        shutil.copy(path, images / path.name)
+    weights = _random_backbone("alex", weights_dir)
+    overrides = ["train.num_workers=0", "log.every=1", "checkpoint.every=2", "train.epochs=1", "train.iters_per_epoch=4",
+                 "validation.every=2", f"validation.datasets=['{benchmarks_dir / 'Set5'}']",
+                 "validation.metrics=['psnr','lpips','niqe']", "validation.select='lpips'",
+                 f"validation.lpips_weights='{weights}'", "model.generator.n_blocks=1", "model.generator.n_feats=16",
+                 "train.batch_size=2", "train.hr_crop=32"]
+    trainer = Trainer(TrainOptions(preset="srresnet", data=[images], out=tmp_path / "run", overrides=overrides,
+                                   progress=False, cache_dir=tmp_path / "cache"), warn=lambda message: None)
+    result = trainer.run()
+    trainer.close()
+    run = result.run_dir
+    plan = json.loads((run / "validation.json").read_text())
+    assert plan["select"] == "lpips" and plan["metrics"] == ["psnr", "lpips", "niqe"]
+    vals = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if '"val"' in line]
+    assert len(vals) == 2 and all({"Set5/psnr", "Set5/lpips", "Set5/niqe"} <= set(v) for v in vals)
+    best = min(vals, key=lambda v: v["Set5/lpips"])
+    assert result.best["metric"] == "lpips" and result.best["iteration"] == best["iter"]
+    assert result.best["score"] == pytest.approx(best["Set5/lpips"])
+    assert (run / "curves.png").is_file() and (run / "exports" / "best.safetensors").is_file()
