@@ -70,9 +70,10 @@ def test_niqe_ranks_hr_above_heavy_blur_and_accepts_float_and_grey(benchmarks_di
     assert niqe(hr.astype(np.float32) / 255.0) == niqe(hr)  # [0, 1] floats are rounded to the same levels
 
 
-def test_niqe_refuses_an_image_with_fewer_than_two_blocks():
+def test_niqe_refuses_an_image_with_fewer_than_two_blocks_and_is_nan_for_a_flat_one():
     with pytest.raises(ValueError, match="too small for NIQE"):
         niqe(np.zeros((100, 150, 3), np.uint8))
+    assert np.isnan(niqe(np.full((200, 200, 3), 128, np.uint8)))  # no structure to fit: undefined, not a crash
 
 
 # ------------------------------------------------------------------------------------------ LPIPS
