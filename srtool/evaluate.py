@@ -686,7 +686,10 @@ def open_image_folder(folder: str | Path) -> Dataset:
     images = list_images(path)
     if not images:
         raise UserError(f"--data {folder}: no images in {path}")
-    return Dataset(_dataset_label(folder, path), path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
+    label = _dataset_label(folder, path)
+    if label == "HR" and path.resolve().parent.name:  # a benchmark's HR/ folder: say whose
+        label = f"{path.resolve().parent.name}/HR"
+    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
 
 
 def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
