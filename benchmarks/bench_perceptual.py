@@ -26,23 +26,13 @@ import math
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("SRTOOL_SHARED_DATA", REPO.parent / "shared" / "data"))
-LOCK = "/tmp/srtool-cpu.lock"
-
-
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_eval import LOCK, SHARED, timed  # noqa: E402  (same lock, data folder and timer as the other benchmarks)
 
 
 def basicsr_niqe(img: np.ndarray, mu_pris, cov_pris, window) -> float:

@@ -16,6 +16,7 @@ a dataset mean over fewer images than the dataset has is marked incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -99,14 +100,6 @@ class DatasetResult:
     @property
     def ssim(self) -> float:
         return self.mean("ssim")
-
-    @property
-    def lpips(self) -> float:
-        return self.mean("lpips")
-
-    @property
-    def niqe(self) -> float:
-        return self.mean("niqe")
 
     @property
     def seconds(self) -> float:
@@ -314,6 +307,25 @@ def _rich_progress(description: str, total: int) -> ProgressHandle:
     return _Handle()
 
 
+@contextlib.contextmanager
+def _progress_bar(progress: bool | ProgressFactory, description: str, total: int):
+    """Yields ``advance()``; the bar (if any) is closed as completed only when the block finished."""
+    factory = _rich_progress if progress is True else (progress if callable(progress) else None)
+    bar = factory(description, total) if factory else None
+    completed = False
+    try:
+        yield bar.advance if bar else (lambda: None)
+        completed = True
+    finally:
+        if bar:
+            bar.close(completed)
+
+
+def _scored(name: str, started: float, scores: dict[str, float]) -> ImageResult:
+    """The image's result; metrics that were not chosen stay None."""
+    return ImageResult(name, seconds=time.perf_counter() - started, **{"psnr": None, "ssim": None, **scores})
+
+
 def _run_model(model: SRModel, lr: np.ndarray, hr_shape: tuple[int, ...]) -> np.ndarray:
     sr = model(lr)
     if not isinstance(sr, np.ndarray):
@@ -373,16 +385,7 @@ def evaluate_models(
         DatasetResult(data.name, str(data.path), scale, protocol, label, m.identity, data.lr_source)
         for m, label in zip(models, names)
     ]
-    factory: ProgressFactory | None
-    if progress is True:
-        factory = _rich_progress
-    elif callable(progress):
-        factory = progress
-    else:
-        factory = None
-    bar = factory(f"{data.name} x{scale}", len(data)) if factory else None
-    completed = False
-    try:
+    with _progress_bar(progress, f"{data.name} x{scale}", len(data)) as advance:
         for pair in data.pairs:
             hr, lr = data.load(pair)
             outputs: dict[int, np.ndarray] = {}
@@ -399,17 +402,11 @@ def evaluate_models(
                         ImageResult(pair.name, None, None, time.perf_counter() - started, _describe_failure(exc))
                     )
                     continue
-                scores = {"psnr": None, "ssim": None, **scorer.score(sr, hr)}
-                result.images.append(ImageResult(pair.name, seconds=time.perf_counter() - started, **scores))
+                result.images.append(_scored(pair.name, started, scorer.score(sr, hr)))
                 outputs[index] = sr
             if on_image is not None:
                 on_image(pair.name, hr, lr, outputs)
-            if bar:
-                bar.advance()
-        completed = True
-    finally:
-        if bar:
-            bar.close(completed)
+            advance()
     return results
 
 
@@ -714,23 +711,14 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     if scorer.needs_reference:
         raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
     entry = ModelEntry("images", "images", AS_IS, "the images as they are (no model)", 1)
-    factory = _rich_progress if progress is True else (progress if callable(progress) else None)
     results = []
     for data in datasets:
         result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
-        bar = factory(data.name, len(data)) if factory else None
-        completed = False
-        try:
+        with _progress_bar(progress, data.name, len(data)) as advance:
             for pair in data.pairs:
                 started = time.perf_counter()
-                scores = {"psnr": None, "ssim": None, **scorer.score(read_dataset_image(pair.hr_path), None)}
-                result.images.append(ImageResult(pair.name, seconds=time.perf_counter() - started, **scores))
-                if bar:
-                    bar.advance()
-            completed = True
-        finally:
-            if bar:
-                bar.close(completed)
+                result.images.append(_scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None)))
+                advance()
         results.append(result)
     return EvalReport(protocol, 1, [entry], results, __version__, _now(), metrics=scorer.metrics,
                       metric_sources=scorer.describe())
