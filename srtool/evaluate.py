@@ -788,6 +788,8 @@ def run_eval(
     models = load_models(model_specs, device, tile, scale)
     model_scale = models[0].scale
     scorer.scale = model_scale
+    if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
+        scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)
     labels = model_labels(models)

@@ -364,6 +364,13 @@ class LPIPSMetric:
         x = torch.from_numpy(np.ascontiguousarray(levels.transpose(2, 0, 1), dtype=np.float32))
         return (x / 127.5 - 1.0).unsqueeze(0).to(self.device)
 
+    def to(self, device) -> "LPIPSMetric":
+        """Run the network on ``device`` (e.g. the GPU the models use)."""
+        self.device = str(device)
+        self.module.to(self.device)
+        self._reference = None
+        return self
+
     def score(self, sr: np.ndarray, hr: np.ndarray) -> float:
         """LPIPS distance of ``sr`` to ``hr`` (0 = identical; lower = more similar)."""
         import torch
