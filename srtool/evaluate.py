@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import UserError
 from .metrics import PROTOCOLS
-from .scoring import DEFAULT_METRICS, METRICS, Scorer
+from .scoring import DEFAULT_METRICS, Scorer
 
 if TYPE_CHECKING:
     from .engine import SRModel
