@@ -653,6 +653,10 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     hr, lr = dataset.load(pair)
     labels = [m.label for m in report.models]
     title = f"{dataset_name}/{image_name}, x{report.scale}, protocol {report.protocol}"
+    if report.metrics != DEFAULT_METRICS:
+        from .scoring import direction_note
+
+        title += f"; {direction_note(report.metrics)}"
     try:
         chosen = scorer if scorer is not None and scorer.metrics != DEFAULT_METRICS else None
         figure, layout = comparison_figure(hr, lr, list(models), labels, report.scale, report.protocol, region, title,

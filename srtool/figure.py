@@ -46,7 +46,7 @@ class Panel:
             return [self.label, f"{self.scores[0]:.2f} dB / {self.scores[1]:.4f}"]
         from .scoring import score_lines
 
-        return [self.label, *score_lines(self.scores)]
+        return [self.label, *score_lines(self.scores, arrows=False)]
 
 
 @dataclass

@@ -80,8 +80,11 @@ def direction_note(metrics: Iterable[str]) -> str:
     return "; ".join(parts)
 
 
-def score_lines(scores: dict[str, float]) -> list[str]:
-    """Label lines for chosen metrics: '28.42 dB / 0.8101' (PSNR/SSIM as always), then 'LPIPS↓ 0.1234  NIQE↓ 5.123'."""
+def score_lines(scores: dict[str, float], arrows: bool = True) -> list[str]:
+    """Label lines for chosen metrics: '28.42 dB / 0.8101' (PSNR/SSIM as always), then 'LPIPS↓ 0.1234  NIQE↓ 5.123'.
+
+    ``arrows=False`` for figures: their font has no arrow glyph (the title states the direction instead).
+    """
     lines = []
     fidelity = [f"{scores['psnr']:.2f} dB" if "psnr" in scores else "", f"{scores['ssim']:.4f}" if "ssim" in scores else ""]
     if "psnr" in scores and "ssim" in scores:
@@ -89,7 +92,7 @@ def score_lines(scores: dict[str, float]) -> list[str]:
     elif "psnr" in scores or "ssim" in scores:
         name = "psnr" if "psnr" in scores else "ssim"
         lines.append(f"{METRICS[name].label} {fidelity[0] or fidelity[1]}")
-    perceptual = [f"{METRICS[m].label}{METRICS[m].arrow} {v:.{METRICS[m].digits}f}" for m, v in scores.items()
+    perceptual = [f"{METRICS[m].label}{METRICS[m].arrow if arrows else ''} {v:.{METRICS[m].digits}f}" for m, v in scores.items()
                   if m not in ("psnr", "ssim")]
     if perceptual:
         lines.append("  ".join(perceptual))

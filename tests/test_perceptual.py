@@ -267,7 +267,7 @@ def test_figure_labels_show_the_chosen_metrics(benchmarks_dir):
     _, layout = comparison_figure(hr, lr, [bicubic_model(4)], ["bicubic"], 4, region=(40, 40, 64, 64), scorer=scorer)
     label = layout.labels[1]
     assert label[0] == "bicubic" and label[1].endswith("dB / " + label[1].split(" / ")[1])
-    assert label[2].startswith("NIQE↓ ") and float(label[2].split()[1]) == pytest.approx(scorer.score(bicubic_model(4)(lr), hr)["niqe"], abs=1e-3)
+    assert label[2].startswith("NIQE ") and float(label[2].split()[1]) == pytest.approx(scorer.score(bicubic_model(4)(lr), hr)["niqe"], abs=1e-3)
 
 
 # --------------------------------------------------------------------------------------- training
