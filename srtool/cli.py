@@ -305,8 +305,11 @@ def eval_(
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", metavar="NAME", help="Row name of the matching --model (repeatable, in the same order).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
     quiet: QuietOption = False,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", metavar="LIST", help="Metrics, comma-separated or repeated: psnr, ssim, lpips, niqe (default psnr,ssim). LPIPS and NIQE: lower is better. --metric niqe alone also scores a folder of images without HR/ (no --model).")] = None,
+    lpips_net: Annotated[str, typer.Option("--lpips-net", metavar="alex|vgg", help="LPIPS backbone.")] = "alex",
+    lpips_weights: Annotated[Optional[str], typer.Option("--lpips-weights", metavar="FILE", help="torchvision ImageNet weights of the LPIPS backbone for offline machines (default: $SRTOOL_LPIPS_WEIGHTS, then the torch hub cache or a download).")] = None,
 ) -> None:
-    """Print PSNR/SSIM benchmark tables computed the way the literature computes them.
+    """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 
     --data takes a prepared dataset (HR/ [+ LR_bicubic/X{s}/]), a name, or a plain folder of HR images
     (LR made on the fly with MATLAB bicubic). --json - writes the JSON to stdout (the table then goes to stderr)."""
@@ -326,8 +329,11 @@ def eval_(
         figure_image=figure_image, figure_region=parse_region(figure_region) if figure_region else None,
         overwrite=overwrite,
     )
-    report = run_eval(model or ["default"], data, protocol, device, tile, scale, outputs,
-                      progress=progress and not quiet, labels=label)
+    from .scoring import DEFAULT_METRICS
+
+    report = run_eval(model or [], data, protocol, device, tile, scale, outputs,
+                      progress=progress and not quiet, labels=label, metrics=metric or list(DEFAULT_METRICS),
+                      lpips_net=lpips_net, lpips_weights=lpips_weights)
     if json_stdout:  # stdout carries the JSON document only; the table goes to stderr
         import json
 

@@ -122,7 +122,37 @@ class ValidationSection(Strict):
         description="Benchmark folders or prepared dataset names; [] = no validation (the best export is the last).",
     )
     protocol: Literal["y", "rgb", "y-float"] = Field("y", description="Metric protocol (see srtool eval).")
-    metric: Literal["psnr", "ssim"] = Field("psnr", description="Metric that picks the best checkpoint.")
+    metrics: list[Literal["psnr", "ssim", "lpips", "niqe"]] = Field(
+        default_factory=lambda: ["psnr", "ssim"],
+        description="Metrics computed at each validation (LPIPS needs its weights; dropped with a notice if absent).",
+    )
+    select: Literal["auto", "psnr", "ssim", "lpips", "niqe"] = Field(
+        "auto", description="Metric that picks the best checkpoint; auto: psnr (PSNR stage), lpips if available (GAN).",
+    )
+    lpips_net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone.")
+    lpips_weights: str | None = Field(
+        None, description="torchvision ImageNet weights of the LPIPS backbone (default: $SRTOOL_LPIPS_WEIGHTS, hub cache).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_metric(cls, data: Any) -> Any:
+        """Run directories written before ``select`` existed store ``metric = "psnr"``: read it as ``select``."""
+        if isinstance(data, dict) and "metric" in data:
+            data = dict(data)
+            legacy = data.pop("metric")
+            if "select" in data and data["select"] != legacy:
+                raise ValueError("give validation.select only (validation.metric is its old name)")
+            data["select"] = legacy
+        return data
+
+    @model_validator(mode="after")
+    def _select_is_validated(self) -> "ValidationSection":
+        if len(set(self.metrics)) != len(self.metrics) or not self.metrics:
+            raise ValueError("validation.metrics must name each metric once (at least one)")
+        if self.select != "auto" and self.select not in self.metrics:
+            raise ValueError(f"validation.select = {self.select!r} must be one of validation.metrics {self.metrics}")
+        return self
 
 
 class CheckpointSection(Strict):

@@ -16,6 +16,7 @@ a dataset mean over fewer images than the dataset has is marked incomplete.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import UserError
-from .metrics import PROTOCOLS, compute_metrics
+from .metrics import PROTOCOLS
+from .scoring import DEFAULT_METRICS, Scorer
 
 if TYPE_CHECKING:
     from .engine import SRModel
@@ -42,13 +44,18 @@ _LR_SCALE_DIR = re.compile(r"^X(\d+)$")
 
 @dataclass
 class ImageResult:
-    """Scores of one model on one image; ``error`` is set (and scores are None) when the model failed."""
+    """Scores of one model on one image; ``error`` is set (and scores are None) when the model failed.
+
+    A metric that was not asked for (``--metric``) is None too.
+    """
 
     name: str
     psnr: float | None
     ssim: float | None
     seconds: float = 0.0
     error: str | None = None
+    lpips: float | None = None
+    niqe: float | None = None
 
     @property
     def failed(self) -> bool:
@@ -81,15 +88,18 @@ class DatasetResult:
         """True when every image was scored (only then is the mean comparable with published tables)."""
         return bool(self.images) and not self.failed
 
+    def mean(self, metric: str) -> float:
+        """Mean of ``metric`` over the images that succeeded (NaN when none did or it was not computed)."""
+        values = [getattr(r, metric) for r in self.succeeded]
+        return float(np.mean(values)) if values and None not in values else math.nan
+
     @property
     def psnr(self) -> float:
-        ok = self.succeeded
-        return float(np.mean([r.psnr for r in ok])) if ok else math.nan
+        return self.mean("psnr")
 
     @property
     def ssim(self) -> float:
-        ok = self.succeeded
-        return float(np.mean([r.ssim for r in ok])) if ok else math.nan
+        return self.mean("ssim")
 
     @property
     def seconds(self) -> float:
@@ -304,6 +314,25 @@ def _rich_progress(description: str, total: int) -> ProgressHandle:
     return _Handle()
 
 
+@contextlib.contextmanager
+def _progress_bar(progress: bool | ProgressFactory, description: str, total: int):
+    """Yields ``advance()``; the bar (if any) is closed as completed only when the block finished."""
+    factory = _rich_progress if progress is True else (progress if callable(progress) else None)
+    bar = factory(description, total) if factory else None
+    completed = False
+    try:
+        yield bar.advance if bar else (lambda: None)
+        completed = True
+    finally:
+        if bar:
+            bar.close(completed)
+
+
+def _scored(name: str, started: float, scores: dict[str, float]) -> ImageResult:
+    """The image's result; metrics that were not chosen stay None."""
+    return ImageResult(name, seconds=time.perf_counter() - started, **{"psnr": None, "ssim": None, **scores})
+
+
 def _run_model(model: SRModel, lr: np.ndarray, hr_shape: tuple[int, ...]) -> np.ndarray:
     sr = model(lr)
     if not isinstance(sr, np.ndarray):
@@ -343,6 +372,7 @@ def evaluate_models(
     on_image: ImageCallback | None = None,
     labels: Sequence[str] | None = None,
     strict: bool = False,
+    scorer: Scorer | None = None,
 ) -> list[DatasetResult]:
     """Evaluate several models on one dataset, reading each image once; one result per model.
 
@@ -350,9 +380,10 @@ def evaluate_models(
     that succeeded on it (keyed by model index), e.g. to save the images. ``labels`` name the models in
     the results (default: :func:`model_labels`). A model failing on an image is recorded in that
     image's result; with ``strict`` the exception propagates instead (e.g. for training validation,
-    where a partial mean would be misleading).
+    where a partial mean would be misleading). ``scorer`` chooses the metrics (default: PSNR and SSIM).
     """
     scale = _common_scale(models, protocol)
+    scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
         raise UserError(f"dataset {data.name} is x{data.scale} but the model is x{scale}")
@@ -361,16 +392,7 @@ def evaluate_models(
         DatasetResult(data.name, str(data.path), scale, protocol, label, m.identity, data.lr_source)
         for m, label in zip(models, names)
     ]
-    factory: ProgressFactory | None
-    if progress is True:
-        factory = _rich_progress
-    elif callable(progress):
-        factory = progress
-    else:
-        factory = None
-    bar = factory(f"{data.name} x{scale}", len(data)) if factory else None
-    completed = False
-    try:
+    with _progress_bar(progress, f"{data.name} x{scale}", len(data)) as advance:
         for pair in data.pairs:
             hr, lr = data.load(pair)
             outputs: dict[int, np.ndarray] = {}
@@ -387,29 +409,24 @@ def evaluate_models(
                         ImageResult(pair.name, None, None, time.perf_counter() - started, _describe_failure(exc))
                     )
                     continue
-                psnr_value, ssim_value = compute_metrics(sr, hr, scale, protocol)
-                result.images.append(ImageResult(pair.name, psnr_value, ssim_value, time.perf_counter() - started))
+                result.images.append(_scored(pair.name, started, scorer.score(sr, hr)))
                 outputs[index] = sr
             if on_image is not None:
                 on_image(pair.name, hr, lr, outputs)
-            if bar:
-                bar.advance()
-        completed = True
-    finally:
-        if bar:
-            bar.close(completed)
+            advance()
     return results
 
 
 def evaluate_dataset(
-    model: SRModel, dataset: str | Path, protocol: str = "y", progress: bool = True, strict: bool = False
+    model: SRModel, dataset: str | Path, protocol: str = "y", progress: bool = True, strict: bool = False,
+    scorer: Scorer | None = None,
 ) -> DatasetResult:
-    """PSNR/SSIM of ``model`` on ``dataset`` (folder with HR/ or a prepared name) under ``protocol``.
+    """PSNR/SSIM (or ``scorer``'s metrics) of ``model`` on ``dataset`` (folder with HR/ or a prepared name).
 
     Check ``result.complete``: a model that failed on some images is recorded, not raised, unless
     ``strict`` is set.
     """
-    return evaluate_models([model], dataset, protocol=protocol, progress=progress, strict=strict)[0]
+    return evaluate_models([model], dataset, protocol=protocol, progress=progress, strict=strict, scorer=scorer)[0]
 
 
 def model_labels(models: Sequence[SRModel]) -> list[str]:
@@ -447,6 +464,8 @@ class EvalReport:
     srtool_version: str
     created: str
     figure: tuple[str, str, tuple[int, int, int, int]] | None = None  # (dataset, image, region) drawn
+    metrics: tuple[str, ...] = DEFAULT_METRICS  # the columns, in the order asked
+    metric_sources: dict[str, str] = field(default_factory=dict)  # e.g. LPIPS net and backbone weights
 
     @property
     def dataset_names(self) -> list[str]:
@@ -479,13 +498,13 @@ def evaluate(
     progress: bool | ProgressFactory = True,
     on_image: Callable[[Dataset, str, np.ndarray, np.ndarray, dict[int, np.ndarray]], None] | None = None,
     opened: Sequence[Dataset] | None = None,
+    scorer: Scorer | None = None,
 ) -> EvalReport:
     """Evaluate every model on every dataset (datasets are all opened and checked before any work)."""
-    import datetime
-
     from . import __version__
 
     scale = _common_scale(models, protocol)
+    scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]
     _unique_dataset_names(data)
     labels = model_labels(models)
@@ -494,10 +513,16 @@ def evaluate(
         callback = None
         if on_image is not None:
             callback = lambda name, hr, lr, outs, _d=dataset: on_image(_d, name, hr, lr, outs)  # noqa: E731
-        results.extend(evaluate_models(models, dataset, protocol, progress, callback, labels))
+        results.extend(evaluate_models(models, dataset, protocol, progress, callback, labels, scorer=scorer))
     entries = [ModelEntry(label, m.name, m.identity, m.source, m.scale) for label, m in zip(labels, models)]
-    created = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
-    return EvalReport(protocol, scale, entries, results, __version__, created)
+    return EvalReport(protocol, scale, entries, results, __version__, _now(), metrics=scorer.metrics,
+                      metric_sources=scorer.describe())
+
+
+def _now() -> str:
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
 
 
 # ---------------------------------------------------------------------------- the `srtool eval` run
@@ -622,7 +647,8 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
     return x, y, w, h
 
 
-def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Sequence[Dataset], outputs: EvalOutputs) -> tuple[str, str, tuple[int, int, int, int]]:
+def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Sequence[Dataset], outputs: EvalOutputs,
+                  scorer: Scorer | None = None) -> tuple[str, str, tuple[int, int, int, int]]:
     from .figure import comparison_figure, save_figure
 
     dataset_name, image_name = choose_figure_image(report, outputs.figure_image)
@@ -634,8 +660,14 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     hr, lr = dataset.load(pair)
     labels = [m.label for m in report.models]
     title = f"{dataset_name}/{image_name}, x{report.scale}, protocol {report.protocol}"
+    if report.metrics != DEFAULT_METRICS:
+        from .scoring import direction_note
+
+        title += f"; {direction_note(report.metrics)}"
     try:
-        figure, layout = comparison_figure(hr, lr, list(models), labels, report.scale, report.protocol, region, title)
+        chosen = scorer if scorer is not None and scorer.metrics != DEFAULT_METRICS else None
+        figure, layout = comparison_figure(hr, lr, list(models), labels, report.scale, report.protocol, region, title,
+                                           scorer=chosen)
     except UserError:
         raise
     except Exception as exc:
@@ -643,6 +675,91 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
                         "choose another --figure-image") from None
     save_figure(figure, outputs.figure)
     return dataset_name, image_name, layout.region
+
+
+AS_IS = "as-is"  # identity/LR source of images scored as they are (no model, no HR)
+
+
+def is_plain_image_folder(dataset: str | Path) -> bool:
+    """An existing folder without HR/: a set of images (e.g. ``srtool upscale`` outputs) to score as they are."""
+    path = Path(str(dataset)).expanduser()
+    return path.is_dir() and not (path / "HR").is_dir()
+
+
+def open_image_folder(folder: str | Path) -> Dataset:
+    """The images of ``folder`` as a dataset scored as they are (no-reference metrics only)."""
+    from .imageio import list_images
+
+    path = Path(str(folder)).expanduser()
+    images = list_images(path)
+    if not images:
+        raise UserError(f"--data {folder}: no images in {path}")
+    label = _dataset_label(folder, path)
+    if label == "HR" and path.resolve().parent.name:  # a benchmark's HR/ folder: say whose
+        label = f"{path.resolve().parent.name}/HR"
+    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
+
+
+def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
+    """Fail before any work when an image is too small for NIQE (two whole 96x96 blocks)."""
+    from .perceptual import NIQE_BLOCK, niqe_min_size
+
+    for dataset in datasets:
+        for pair in dataset.pairs:
+            width, height = header_size(pair.hr_path)
+            if dataset.lr_source != AS_IS and pair.lr_path is None:
+                width, height = width - width % dataset.scale, height - height % dataset.scale
+            if (width // NIQE_BLOCK) * (height // NIQE_BLOCK) < 2:
+                raise UserError(f"{pair.hr_path}: {width}x{height} is too small for NIQE (needs at least {niqe_min_size()})")
+
+
+def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y",
+                 progress: bool | ProgressFactory = True) -> EvalReport:
+    """No-reference scores of every image of plain folders, as they are: one row, ``images``."""
+    from . import __version__
+    from .imageio import read_dataset_image
+
+    if scorer.needs_reference:
+        raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
+    entry = ModelEntry("images", "images", AS_IS, "the images as they are (no model)", 1)
+    results = []
+    for data in datasets:
+        result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
+        with _progress_bar(progress, data.name, len(data)) as advance:
+            for pair in data.pairs:
+                started = time.perf_counter()
+                result.images.append(_scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None)))
+                advance()
+        results.append(result)
+    return EvalReport(protocol, 1, [entry], results, __version__, _now(), metrics=scorer.metrics,
+                      metric_sources=scorer.describe())
+
+
+def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
+    from .report import write_csv, write_json, write_markdown
+
+    if outputs.json is not None:
+        write_json(report, outputs.json)
+    if outputs.csv is not None:
+        write_csv(report, outputs.csv)
+    if outputs.markdown is not None:
+        write_markdown(report, outputs.markdown)
+
+
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer) -> EvalReport:
+    """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves."""
+    if not all(is_plain_image_folder(d) for d in datasets):
+        raise UserError("--data: give either benchmark datasets (with HR/) or plain folders of images, not both")
+    for option, value in (("--figure", outputs.figure), ("--save-images", outputs.save_images)):
+        if value is not None:
+            raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
+    opened = [open_image_folder(d) for d in datasets]
+    _unique_dataset_names(opened)
+    _check_outputs(outputs, [], [])
+    check_niqe_sizes(opened)
+    report = score_images(opened, scorer, protocol, progress)
+    _write_reports(report, outputs)
+    return report
 
 
 def run_eval(
@@ -655,12 +772,20 @@ def run_eval(
     outputs: EvalOutputs | None = None,
     progress: bool | ProgressFactory = True,
     labels: Sequence[str] | None = None,
+    metrics: str | Sequence[str] = DEFAULT_METRICS,
+    lpips_net: str = "alex",
+    lpips_weights: str | Path | None = None,
 ) -> EvalReport:
     """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
 
-    ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names."""
+    ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names.
+
+    ``metrics``: names from :data:`srtool.scoring.METRICS` (``"psnr,ssim,lpips,niqe"``). LPIPS weights
+    are loaded before anything else, so missing weights stop the run before any image is read. Folders
+    without HR/ (with no-reference metrics only and no model) are scored as they are.
+    """
     from .imageio import write_png
-    from .report import write_csv, write_json, write_markdown
+    from .scoring import parse_metrics
 
     outputs = outputs or EvalOutputs()
     if protocol not in PROTOCOLS:
@@ -674,14 +799,24 @@ def run_eval(
                         "give one --label per --model, in the same order")
     if labels and len(set(labels)) != len(labels):
         raise UserError(f"--label: each row needs its own name (got {', '.join(labels)})")
+    chosen = parse_metrics(metrics)
+    lpips_device = "cuda" if str(device).startswith("cuda") else "cpu"
+    scorer = Scorer(chosen, scale or 4, protocol, lpips_net, lpips_weights, lpips_device)
+    if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
+        return _run_as_is(datasets, protocol, outputs, progress, scorer)
     models = load_models(model_specs, device, tile, scale)
     for model, label in zip(models, labels or []):
         model.name = label
     model_scale = models[0].scale
+    scorer.scale = model_scale
+    if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
+        scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)
     labels = model_labels(models)
     _check_outputs(outputs, opened, labels)
+    if "niqe" in chosen:
+        check_niqe_sizes(opened)
     if outputs.figure is not None and outputs.figure_image:  # fail before the work, not after it
         figure_dataset, figure_pair = find_image(opened, outputs.figure_image)
         if outputs.figure_region is not None:
@@ -695,13 +830,8 @@ def run_eval(
             for index, sr in srs.items():
                 write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
 
-    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened)
-    if outputs.json is not None:
-        write_json(report, outputs.json)
-    if outputs.csv is not None:
-        write_csv(report, outputs.csv)
-    if outputs.markdown is not None:
-        write_markdown(report, outputs.markdown)
+    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer)
+    _write_reports(report, outputs)
     if outputs.figure is not None:
-        report.figure = _write_figure(report, models, opened, outputs)
+        report.figure = _write_figure(report, models, opened, outputs, scorer)
     return report

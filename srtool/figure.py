@@ -36,13 +36,17 @@ class Panel:
 
     label: str
     image: np.ndarray  # uint8 (H, W) or (H, W, 3), same size as HR
-    scores: tuple[float, float] | None = None  # (PSNR, SSIM) of the whole image, None for HR
+    scores: tuple[float, float] | dict[str, float] | None = None  # (PSNR, SSIM) or {metric: value}; None for HR
 
     @property
     def lines(self) -> list[str]:
         if self.scores is None:
             return [self.label, "reference"]
-        return [self.label, f"{self.scores[0]:.2f} dB / {self.scores[1]:.4f}"]
+        if not isinstance(self.scores, dict):
+            return [self.label, f"{self.scores[0]:.2f} dB / {self.scores[1]:.4f}"]
+        from .scoring import score_lines
+
+        return [self.label, *score_lines(self.scores, arrows=False)]
 
 
 @dataclass
@@ -138,7 +142,7 @@ def render_comparison(
     panel_w, panel_h = w * zoom, h * zoom
     overview_h = panel_h
     overview_w = max(1, round(width * overview_h / height))
-    label_h = text_block(["x", "x"], 10).height
+    label_h = text_block(["x"] * max([2, *(len(p.lines) for p in panels)]), 10).height
     title_h = (TITLE_SIZE + 8) if title else 0
     fig_w = MARGIN + overview_w + len(panels) * (MARGIN + panel_w) + MARGIN
     fig_h = MARGIN + title_h + panel_h + LABEL_GAP + label_h + MARGIN
@@ -185,11 +189,13 @@ def comparison_figure(
     protocol: str = "y",
     region: tuple[int, int, int, int] | None = None,
     title: str = "",
+    scorer=None,
 ):
     """Run bicubic and every model on one image and lay out their crops: returns (image, layout).
 
     Scores under each panel are that image's PSNR/SSIM under ``protocol`` (the same numbers the
-    eval tables hold). A model that fails on this image raises its exception (the caller names it).
+    eval tables hold), or the metrics of ``scorer`` (a :class:`srtool.scoring.Scorer`, as ``eval
+    --metric`` chose them). A model that fails on this image raises its exception (the caller names it).
     """
     from .loading import bicubic_model
     from .metrics import compute_metrics
@@ -201,7 +207,8 @@ def comparison_figure(
     runs.extend(zip(labels, models))
     for label, model in runs:
         sr = model(lr)
-        panels.append(Panel(label, sr, compute_metrics(sr, hr, scale, protocol)))
+        scores = scorer.score(sr, hr) if scorer is not None else compute_metrics(sr, hr, scale, protocol)
+        panels.append(Panel(label, sr, scores))
     if region is None:
         region = pick_region(hr, [p.image for p in panels[1:]], border=scale)
     return render_comparison(hr, panels, region, title)

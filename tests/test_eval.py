@@ -97,7 +97,7 @@ def set5_run(benchmarks_dir, tiny_model, tmp_path_factory):
 def test_json_has_per_image_values_means_protocol_version_identity(set5_run, shared_data, tiny_model):
     report, out = set5_run
     doc = json.loads((out / "r.json").read_text())
-    assert doc["schema"] == "srtool-eval/1" and doc["srtool_version"] == __version__ and doc["protocol"] == "y"
+    assert doc["schema"] == "srtool-eval/2" and doc["srtool_version"] == __version__ and doc["protocol"] == "y"
     assert [m["label"] for m in doc["models"]] == ["bicubic", "tiny"]
     from srtool.atomic import sha256_file
 

@@ -249,6 +249,9 @@ class Trainer:
         if not resuming and "vgg_weights" in self.weights_used:
             run_info["vgg_weights_file"] = self.weights_used["vgg_weights"]["path"]
             run_info["vgg_weights_sha256"] = self.weights_used["vgg_weights"]["sha256"]
+        from .validation import plan_validation
+
+        self.val_plan, self.val_scorer = plan_validation(p, self.warn, str(self.device)) if self.val_datasets else (None, None)
         init_state = None
         if init_from and not resuming:
             init_state = load_init_weights(init_from, p, self.warn)
@@ -321,6 +324,10 @@ class Trainer:
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
             if not resuming:
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+            if self.val_plan is not None:
+                from .validation import VALIDATION_FILE
+
+                write_text_atomic(self.run_dir / VALIDATION_FILE, json.dumps(self.val_plan.record(), indent=2) + "\n")
             write_text_atomic(self.run_dir / "environment.json",
                               json.dumps(environment_info(self.device, self.dist), indent=2) + "\n")
             from .monitor import RunMonitor
@@ -527,8 +534,8 @@ class Trainer:
         for dataset in self.val_datasets:
             # strict: a network failing on a validation image must stop the run, not shrink the mean silently
             result = evaluate_dataset(model, dataset, protocol=self.preset.validation.protocol, progress=False,
-                                      strict=True)
-            scores[result.name] = {"psnr": float(result.psnr), "ssim": float(result.ssim)}
+                                      strict=True, scorer=self.val_scorer)
+            scores[result.name] = {m: float(result.mean(m)) for m in self.val_plan.metrics}
         self.last_scores = scores
         return scores
 
@@ -550,11 +557,14 @@ class Trainer:
             return save_export(path, self.ema.module, self.export_info(scores))
 
     def _after_validation(self, scores: dict[str, dict[str, float]]) -> None:
-        v = self.preset.validation
-        score = sum(s[v.metric] for s in scores.values()) / len(scores)
-        is_best = self.best is None or score > self.best["score"]
+        from ..scoring import METRICS
+
+        select = self.val_plan.select
+        score = sum(s[select] for s in scores.values()) / len(scores)
+        is_best = (self.best is None or self.best.get("metric") != select
+                   or METRICS[select].better(score, self.best["score"]))
         if is_best:
-            self.best = {"iteration": self.iteration, "metric": v.metric, "score": score, "scores": scores}
+            self.best = {"iteration": self.iteration, "metric": select, "score": score, "scores": scores}
             from .checkpoint import save_checkpoint
 
             state = self.state_dict()

@@ -2,7 +2,8 @@
 
 Only rank 0 builds a :class:`RunMonitor`. ``log.jsonl`` holds one JSON object per logged step
 (``{"kind": "train", "iter", "lr", "it_per_s", "loss/<term>": ...}``) and per validation
-(``{"kind": "val", "iter", "<dataset>/psnr", "<dataset>/ssim", ...}``). On ``--resume`` records past the
+(``{"kind": "val", "iter", "<dataset>/<metric>", ...}``, one key per validated metric: psnr, ssim,
+lpips, niqe). On ``--resume`` records past the
 checkpoint's iteration are dropped, so the log and the curves describe exactly the resumed run.
 """
 
@@ -39,7 +40,7 @@ def read_log(path: Path, warn: Callable[[str], None] | None = None) -> list[dict
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
-    """Loss curves (log scale) and validation PSNR/SSIM per dataset, one readable PNG."""
+    """Loss curves (log scale) and every validated metric per dataset (arrow = better direction), one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,8 +51,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
     val = [r for r in records if r.get("kind") == "val"]
     g_terms = sorted({k for r in train for k in r if k.startswith("loss/") and not k.startswith("loss/d_")})
     d_terms = sorted({k for r in train for k in r if k.startswith("loss/d_")})
-    datasets = sorted({k.rsplit("/", 1)[0] for r in val for k in r if k.endswith("/psnr")})
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
+    from ..scoring import METRICS
+
+    found = {k.rsplit("/", 1)[1] for r in val for k in r if "/" in k}
+    metrics = [m for m in METRICS if m in found] or ["psnr", "ssim"]
+    datasets = sorted({k.rsplit("/", 1)[0] for r in val for k in r if "/" in k and k.rsplit("/", 1)[1] in METRICS})
+    rows = 1 + (len(metrics) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(13, 4.25 * rows), constrained_layout=True)
     fig.suptitle(title, fontsize=13)
     panels = [(axes[0][0], g_terms, "generator losses"), (axes[0][1], d_terms, "discriminator losses")]
     if not d_terms:  # PSNR stage: the second panel shows the learning rate instead
@@ -81,18 +87,22 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str) -> Path:
         else:
             ax.text(0.5, 0.5, "no data yet", ha="center",
                     va="center", transform=ax.transAxes, color="gray")
-    for ax, metric, label in ((axes[1][0], "psnr", "validation PSNR (dB)"), (axes[1][1], "ssim", "validation SSIM")):
-        ax.set_title(label)
+    metric_axes = [axes[1 + i // 2][i % 2] for i in range(len(metrics))]
+    if len(metrics) % 2:
+        axes[-1][1].axis("off")
+    for ax, metric in zip(metric_axes, metrics):
+        info = METRICS[metric]
+        ax.set_title(f"validation {info.label}{f' ({info.unit})' if info.unit else ''}, {info.direction} is better {info.arrow}")
         ax.set_xlabel("iteration")
         ax.grid(True, alpha=0.3)
         for ds in datasets:
             pts = [(r["iter"], r[f"{ds}/{metric}"]) for r in val if f"{ds}/{metric}" in r]
             if pts:
                 ax.plot(*zip(*pts), marker="o", markersize=4, label=ds)
-                ax.annotate(f"{pts[-1][1]:.{2 if metric == 'psnr' else 4}f}", pts[-1], textcoords="offset points",
+                ax.annotate(f"{pts[-1][1]:.{info.digits}f}", pts[-1], textcoords="offset points",
                             xytext=(4, 4), fontsize=8)
         if datasets:
-            ax.legend(loc="lower right", fontsize=9)
+            ax.legend(loc="lower right" if info.higher_is_better else "upper right", fontsize=9)
         else:
             ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes, color="gray")
     for ax in axes.flat:
@@ -211,14 +221,15 @@ class RunMonitor:
 
     def log_validation(self, iteration: int, scores: dict[str, dict[str, float]], best: bool) -> None:
         record: dict[str, Any] = {"kind": "val", "iter": iteration, "time": time.time()}
+        from ..scoring import score_lines
+
         for ds, s in scores.items():
-            record[f"{ds}/psnr"] = s["psnr"]
-            record[f"{ds}/ssim"] = s["ssim"]
-            if self.tb is not None:
-                self.tb.add_scalar(f"val/{ds}/psnr", s["psnr"], iteration)
-                self.tb.add_scalar(f"val/{ds}/ssim", s["ssim"], iteration)
+            for metric, value in s.items():
+                record[f"{ds}/{metric}"] = value
+                if self.tb is not None:
+                    self.tb.add_scalar(f"val/{ds}/{metric}", value, iteration)
         self._write(record)
-        self.val_status = "val " + " ".join(f"{ds} {s['psnr']:.2f} dB / {s['ssim']:.4f}" for ds, s in scores.items())
+        self.val_status = "val " + " ".join(f"{ds} {'  '.join(score_lines(s))}" for ds, s in scores.items())
         self._set_status()
         if not self.quiet:
             self.console_print(f"[cyan]validation[/cyan] iter {iteration}: {self.val_status}" + (" [green](best)[/green]" if best else ""))
