@@ -501,10 +501,10 @@ class SweepRunner:
         point.iteration = _latest_iteration(self.sweep_dir / point.name)
         if returncode == 0 and point.iteration >= point.total:
             point.status, point.reason = "done", None
-        elif returncode in (130, -signal.SIGTERM) and run.budget_hit:
+        elif returncode in (130, 143, -signal.SIGTERM) and run.budget_hit:
             point.status = "stopped"
             point.reason = f"time budget of {self.options.max_minutes:g} min reached at iteration {point.iteration}/{point.total}"
-        elif returncode in (130, -signal.SIGINT, -signal.SIGTERM) and interrupted:
+        elif returncode in (130, 143, -signal.SIGINT, -signal.SIGTERM) and interrupted:
             point.status, point.reason = "interrupted", None
         else:
             point.status = "failed"
