@@ -39,6 +39,11 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    if _is_torchscript(path):
+        raise UserError(
+            f"{path}: refused to load: a TorchScript archive (compiled code, which runs when loaded), not a weights file; "
+            "ask for a state-dict .pth or .safetensors"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -53,6 +58,20 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit archive: a zip whose top folder holds ``constants.pkl`` or a ``code/`` tree."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names)
 
 
 def _unpickler_reason(exc: Exception) -> str:
