@@ -148,6 +148,8 @@ def srtool_rrdbnet(state: StateDict, path: str, scale_hint: int | None) -> tuple
     (pixel-unshuffle input, ESRGAN+ 1x1 convs, 1x, different in/out channels)."""
     if any(".conv1x1." in k for k in state):
         return None
+    if "model.0.weight" in state and len([i for i in _indices(state, r"^model\.(\d+)\.weight$") if i >= 2]) < 3:
+        return None  # 1x: no upsampling stage
     state = rrdbnet_state(state, path)
     n_feats, in_ch = _shape(state, "conv_first.weight", path)[:2]
     out_ch = _shape(state, "conv_last.weight", path)[0]
