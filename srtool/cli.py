@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .cli_models import models_app
 from .errors import UserError
 
 err_console = Console(stderr=True)
@@ -33,6 +34,7 @@ presets_app = typer.Typer(help="List and show the shipped training presets.", no
 prepare_app = typer.Typer(help="Build datasets: MATLAB-exact bicubic LR images and training stores.", no_args_is_help=True)
 app.add_typer(presets_app, name="presets")
 app.add_typer(prepare_app, name="prepare")
+app.add_typer(models_app, name="models")
 
 _DEBUG = {"on": False}
 

@@ -37,6 +37,18 @@ def run_directory_export(path: Path) -> Path | None:
     return None
 
 
+def load_network(path: Path, scale: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The plain (unprepared, CPU fp32) network of a weights file: an srtool export, or a checkpoint
+    recognised by :mod:`srtool.checkpoints` (``scale`` disambiguates, see :func:`load_model`)."""
+    from .checkpoints import load_checkpoint
+    from .models.export import load_export, read_export_metadata
+
+    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
+        network, info = load_export(path, scale_hint=scale)
+        return network, {"layout": "srtool export", **info}
+    return load_checkpoint(path, scale_hint=scale)
+
+
 def load_model(
     spec: str | Path = "default",
     device: str | torch.device = "auto",
@@ -57,9 +69,6 @@ def load_model(
     support; ``tile_pad=None`` uses the architecture's tile context.
     ``notice`` receives one-line notices (default: printed to stderr).
     """
-    from .checkpoints import load_checkpoint
-    from .models.export import load_export, read_export_metadata
-
     say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
     if tile is not None and tile < MIN_TILE:
         raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
@@ -92,11 +101,7 @@ def load_model(
         if export is None:
             raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
         path = export
-    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
-        network, info = load_export(path)
-        info = {"layout": "srtool export", **info}
-    else:
-        network, info = load_checkpoint(path, scale_hint=scale)
+    network, info = load_network(path, scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
