@@ -315,3 +315,19 @@ def test_default_model_and_srtool_layouts_do_not_import_spandrel(tmp_path: Path)
         "print('spandrel' in sys.modules)\n"
     )
     assert _fresh_python(code) == "False"
+
+
+def test_init_from_real_esrgan_file_gives_srtool_rrdbnet_weights(tmp_path: Path):
+    from srtool.config import load_preset
+    from srtool.train.engine import load_init_weights
+
+    state = old_to_basicsr(randomise(esrgan(4, nb=2)))
+    path = save(state, tmp_path / "RealESRGAN_x4plus.pth", "params_ema")
+    preset = load_preset("rrdbnet", ["model.generator.n_blocks=2", "model.generator.n_feats=16"])
+    weights = load_init_weights(str(path), preset, notice=lambda msg: None)
+    fresh = RRDBNet(preset.model.generator)
+    fresh.load_state_dict(weights, strict=True)  # srtool's trainable generator takes them as they are
+    assert all(torch.equal(weights[k], v) for k, v in state.items())
+    other = load_preset("rrdbnet", ["model.generator.n_blocks=3", "model.generator.n_feats=16"])
+    with pytest.raises(UserError, match="does not match the preset"):
+        load_init_weights(str(path), other, notice=lambda msg: None)
