@@ -159,3 +159,21 @@ def test_onnx_fp16_and_refusal(tmp_path: Path):
     assert session.get_inputs()[0].type == "tensor(float16)"
     with pytest.raises(UserError, match="does not compute correctly in fp16"):
         export_onnx(_swinir(tmp_path), tmp_path / "s.onnx", fp16=True)
+
+
+def test_upscale_cli_with_community_checkpoint(tmp_path: Path):
+    """The user's path: `srtool upscale IMG --model realesr-general-x4v3.pth` writes the x4 image spandrel computes."""
+    from PIL import Image
+
+    src = _compact(tmp_path)
+    img = (np.random.default_rng(4).random((12, 10, 3)) * 255).astype(np.uint8)
+    Image.fromarray(img).save(tmp_path / "photo.png")
+    out_dir = tmp_path / "out"
+    assert run_cli("upscale", str(tmp_path / "photo.png"), "--model", str(src), "-o", str(out_dir), "--device", "cpu") == 0
+    (written,) = list(out_dir.glob("*.png"))
+    got = np.asarray(Image.open(written))
+    descriptor = spandrel.ModelLoader().load_from_state_dict(torch.load(src)["params"]).eval()
+    with torch.no_grad():
+        ref = descriptor(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
+    assert got.shape == (48, 40, 3)
+    assert np.abs(got.astype(int) - np.floor(ref * 255 + 0.5).astype(int)).max() <= 1
