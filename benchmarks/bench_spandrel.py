@@ -31,10 +31,10 @@ def _models():
     from spandrel.architectures.SwinIR import SwinIR
 
     return {
-        "RRDBNet-23 (ESRGAN x4)": (lambda: ESRGAN(num_filters=64, num_blocks=23, scale=4), 96),
-        "SRVGGNetCompact (general-x4v3)": (lambda: Compact(num_feat=64, num_conv=32, upscale=4, act_type="prelu"), 192),
+        "RRDBNet-23 (ESRGAN x4)": (lambda: ESRGAN(num_filters=64, num_blocks=23, scale=4), 48),
+        "SRVGGNetCompact (general-x4v3)": (lambda: Compact(num_feat=64, num_conv=32, upscale=4, act_type="prelu"), 96),
         "SwinIR-M (classical x4)": (lambda: SwinIR(upscale=4, img_size=48, window_size=8, embed_dim=180, depths=[6] * 6,
-                                                   num_heads=[6] * 6, mlp_ratio=2, upsampler="pixelshuffle"), 64),
+                                                   num_heads=[6] * 6, mlp_ratio=2, upsampler="pixelshuffle"), 48),
     }
 
 
