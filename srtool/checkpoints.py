@@ -307,7 +307,7 @@ class EDSRPyTorch:
     )
 
     def matches(self, state: StateDict) -> bool:
-        return "sub_mean.weight" in state and "head.0.weight" in state and "body.0.body.0.weight" in state
+        return all(k in state for k in ("sub_mean.weight", "add_mean.bias", "head.0.weight", "body.0.body.0.weight", "tail.1.weight"))
 
     def build(self, state: StateDict, path: str, scale_hint: int | None):
         n_blocks = len(_indices(state, r"^body\.(\d+)\.body\.0\.weight$"))
