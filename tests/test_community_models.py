@@ -248,19 +248,24 @@ def test_precision_auto_respects_architecture_support(tmp_path: Path):
     assert resolve_precision("auto", torch.device("cpu"), half_ok=False) == "fp32"
 
 
-@pytest.mark.parametrize("family,bound", [("realesr-animevideov3", 1), pytest.param("span", 1, marks=pytest.mark.slow),
-                                          ("swinir-classical", 3)])
-def test_tiled_equals_untiled(tmp_path: Path, family: str, bound: int):
-    """uint8 output with small tiles vs one tile, at each architecture's own tile context."""
+@pytest.mark.parametrize("family", ["realesr-animevideov3", "swinir-classical", *[pytest.param(f, marks=pytest.mark.slow) for f in ("span", "hat", "dat")]])
+def test_tiled_equals_untiled(tmp_path: Path, family: str):
+    """uint8 output in three 40-px tiles vs one pass, at each architecture's own tile context.
+
+    The windows (40 + context on the inner sides) do not cover the 120-px width, so the cross-fade
+    regions really depend on the context. Measured (these test networks, 2026-11-30): max 0 levels for
+    Compact, SPAN, SwinIR; max 1 (mean 0.0006 / 0.05) for HAT / DAT (DAT's channel attention is global);
+    with the old fixed 10-px context SwinIR/HAT/OmniSR were off by up to 255 levels (mean 20-31).
+    """
     build, transform, how = FAMILIES[family]
     state = randomise(build())
     path = save(transform(state) if transform else state, tmp_path / f"{family}.pth", how)
-    img = (np.random.default_rng(3).random((48, 40, 3)) * 255).astype(np.uint8)
+    img = (np.random.default_rng(3).random((40, 120, 3)) * 255).astype(np.uint8)
     whole = srtool.upscale_image(srtool.load_model(path, device="cpu", tile=512), img)
-    tiled_model = srtool.load_model(path, device="cpu", tile=16)
+    tiled_model = srtool.load_model(path, device="cpu", tile=40)
     tiled = srtool.upscale_image(tiled_model, img)
-    diff = np.abs(whole.astype(int) - tiled.astype(int)).max()
-    assert diff <= bound, (family, diff, tiled_model.tile_pad)
+    diff = np.abs(whole.astype(int) - tiled.astype(int))
+    assert diff.max() <= 1 and diff.mean() < 0.1, (family, diff.max(), diff.mean(), tiled_model.tile_pad)
 
 
 def test_fusion_leaves_foreign_modules_alone(tmp_path: Path):
