@@ -119,6 +119,15 @@ def load_community(state: dict[str, torch.Tensor], path: str, scale_hint: int | 
     descriptor = describe(state)
     if descriptor is None:
         return None
+    refuse_unless_sr(descriptor, path, scale_hint)
+    arch = descriptor.architecture.id
+    if scale_hint == 3 and descriptor.scale == 2 and arch == "ESRGAN":
+        descriptor = _esrgan_as_x3(descriptor)
+    return CommunityNetwork(descriptor).eval()
+
+
+def refuse_unless_sr(descriptor, path: str, scale_hint: int | None) -> None:
+    """One clear line for a checkpoint that is not single-image SR (or a 1x model without ``--scale 1``)."""
     arch = descriptor.architecture.id
     kind = type(descriptor).__name__
     if kind != "ImageModelDescriptor" or descriptor.purpose == "Inpainting":
@@ -137,9 +146,6 @@ def load_community(state: dict[str, torch.Tensor], path: str, scale_hint: int | 
             f"{path}: a {arch} model with {descriptor.input_channels}-channel input and {descriptor.output_channels}-channel "
             "output; srtool runs gray (1) and RGB (3) models"
         )
-    if scale_hint == 3 and descriptor.scale == 2 and arch == "ESRGAN":
-        descriptor = _esrgan_as_x3(descriptor)
-    return CommunityNetwork(descriptor).eval()
 
 
 def _esrgan_as_x3(descriptor):

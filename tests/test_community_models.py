@@ -337,3 +337,31 @@ def test_init_from_real_esrgan_file_gives_srtool_rrdbnet_weights(tmp_path: Path)
     other = load_preset("rrdbnet", ["model.generator.n_blocks=3", "model.generator.n_feats=8"])
     with pytest.raises(UserError, match="does not match the preset"):
         load_init_weights(str(path), other, notice=lambda msg: None)
+
+
+@pytest.mark.parametrize("kind", ["face", "inpainting", "rgba"])
+def test_non_sr_descriptors_are_refused_in_one_line(kind: str):
+    """The purpose check on real spandrel descriptors (real GFPGAN / LaMa state dicts are hundreds of MB:
+    the descriptor is built here around a tiny network, with the architecture and purpose spandrel gives them)."""
+    from spandrel import ImageModelDescriptor, MaskedImageModelDescriptor
+    from spandrel.architectures.GFPGAN import GFPGANArch
+    from spandrel.architectures.LaMa import LaMaArch
+
+    from srtool.community import refuse_unless_sr
+
+    tiny = Compact(num_in_ch=3, num_out_ch=3, num_feat=4, num_conv=1, upscale=1)
+    common = dict(tags=[], supports_half=True, supports_bfloat16=True)
+    if kind == "face":
+        d = ImageModelDescriptor(tiny, tiny.state_dict(), GFPGANArch(), purpose="FaceSR", scale=1,
+                                 input_channels=3, output_channels=3, **common)
+        pattern = r"GFPGANv1Clean\.pth: a GFPGAN face-restoration model .*srtool does not run it"
+    elif kind == "inpainting":
+        d = MaskedImageModelDescriptor(tiny, tiny.state_dict(), LaMaArch(), purpose="Inpainting",
+                                       input_channels=3, output_channels=3, **common)
+        pattern = r"GFPGANv1Clean\.pth: a LaMa inpainting model \(image \+ mask input\)"
+    else:
+        d = ImageModelDescriptor(tiny, tiny.state_dict(), spandrel.architectures.Compact.CompactArch(), purpose="SR",
+                                 scale=2, input_channels=4, output_channels=4, **common)
+        pattern = r"a Compact model with 4-channel input and 4-channel output; srtool runs gray \(1\) and RGB \(3\) models"
+    with pytest.raises(UserError, match=pattern):
+        refuse_unless_sr(d, "GFPGANv1Clean.pth", scale_hint=1)
