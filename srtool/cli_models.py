@@ -45,7 +45,7 @@ def models_inspect(
         ("parameters", f"{info['parameters']:,}"),
         ("size requirements", f"multiple of {req['multiple_of']}, minimum {req['minimum']}" + (", square" if req["square"] else "")),
         ("precisions", ", ".join(info["precisions"])),
-        ("tile context", f"{info['tile_context']} px"),
+        ("tile context", f"{info['tile_context']} px (spandrel's tiling advice: {info['tiling']})"),
         ("purpose / tags", f"{info['purpose']} / {', '.join(map(str, info['tags'])) or '-'}"),
         ("sha256", info["sha256"]),
     ]

@@ -82,6 +82,7 @@ class CommunityNetwork(nn.Module):
         self.purpose = descriptor.purpose
         self.tags = list(descriptor.tags)
         self.scale = int(descriptor.scale)
+        self.tiling = getattr(getattr(descriptor, "tiling", None), "name", "SUPPORTED").lower()  # spandrel's advice
         req = descriptor.size_requirements
         self.traits = NetworkTraits(
             in_channels=int(descriptor.input_channels), out_channels=int(descriptor.output_channels),

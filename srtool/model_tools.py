@@ -67,6 +67,7 @@ def inspect_model(path: str | Path, scale: int | None = None) -> dict[str, Any]:
         "size_requirements": {"multiple_of": traits.multiple_of, "minimum": traits.minimum, "square": traits.square},
         "precisions": precisions,
         "tile_context": traits.context,
+        "tiling": getattr(network, "tiling", "supported"),  # spandrel's advice (srtool tiles with the context above)
         "purpose": info.get("purpose", "SR"),
         "tags": info.get("tags", []),
         "hyperparameters": info.get("hyperparameters") or (config.model_dump() if config is not None else {}),

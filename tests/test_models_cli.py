@@ -61,7 +61,7 @@ def test_inspect_spandrel_model_json(tmp_path: Path, capsys):
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     reference = spandrel.ModelLoader().load_from_state_dict(torch.load(path)["params_ema"]).model
     assert info["parameters"] == sum(p.numel() for p in reference.parameters())
-    assert info["purpose"] == "SR"
+    assert info["purpose"] == "SR" and info["tile_context"] == 32 and info["tiling"] == "discouraged"
 
 
 def test_inspect_srtool_layout_and_table(tmp_path: Path, capsys):
