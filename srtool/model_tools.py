@@ -103,6 +103,8 @@ def convert_model(path: str | Path, out: str | Path, scale: int | None = None, o
 
     path = _source(path)
     out = _target(out, ".safetensors", overwrite)
+    if out.with_suffix(".json").exists() and not overwrite:  # the export's human-readable metadata copy
+        raise UserError(f"{out.with_suffix('.json')}: exists (convert writes it beside {out.name}); pass --overwrite to replace it")
     network, info = load_network(path, scale)
     provenance = {"converted_from": {"file": path.name, "sha256": sha256_file(path)}}
     if type(network) in {cls for _cfg, cls in GENERATORS.values()}:

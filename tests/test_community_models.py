@@ -313,11 +313,15 @@ def test_default_model_and_srtool_layouts_do_not_import_spandrel(tmp_path: Path)
     from srtool.models import SRResNet, SRResNetConfig
     from srtool.models.export import save_export
 
+    from srtool.models.msrresnet import MSRResNet, MSRResNetConfig
+
     export = save_export(tmp_path / "e.safetensors", SRResNet(SRResNetConfig(n_blocks=1, n_feats=8)))
+    basicsr = tmp_path / "MSRResNet_x4.pth"  # a layout srtool detects itself
+    torch.save({"params": MSRResNet(MSRResNetConfig(n_blocks=1, n_feats=8)).state_dict()}, basicsr)
     code = (
         "import sys, srtool\n"
         "srtool.load_model('default', device='cpu'); srtool.load_model('bicubic')\n"
-        f"srtool.load_model({str(export)!r}, device='cpu')\n"
+        f"srtool.load_model({str(export)!r}, device='cpu'); srtool.load_model({str(basicsr)!r}, device='cpu')\n"
         "print('spandrel' in sys.modules)\n"
     )
     assert _fresh_python(code) == "False"

@@ -96,6 +96,9 @@ def test_convert_round_trip(tmp_path: Path, kind: str):
     assert model.scale == (scale or model.scale)
     assert np.abs(srtool.upscale_image(model, IMAGE) - before).max() == 0
     assert run_cli("models", "convert", str(src), str(out)) == 2  # never overwrites silently
+    out.unlink()
+    assert run_cli("models", "convert", str(src), str(out)) == 2  # nor the metadata copy beside it
+    assert run_cli("models", "convert", str(src), str(out), "--overwrite", *(["--scale", str(scale)] if scale else [])) == 0
 
 
 def test_convert_refuses_malicious_pickle(tmp_path: Path):
