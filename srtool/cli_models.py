@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out_console = Console()
@@ -50,7 +51,7 @@ def models_inspect(
         ("sha256", info["sha256"]),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(v))
     out_console.print(table)
 
 
@@ -63,7 +64,7 @@ def models_list() -> None:
     for col in ("architecture", "loader", "upstream", "licence", "typical files"):
         table.add_column(col, overflow="fold")
     for row in list_architectures():
-        table.add_row(row["architecture"], row["loader"], row["upstream"], row["licence"], row["files"])
+        table.add_row(*(escape(row[k]) for k in ("architecture", "loader", "upstream", "licence", "files")))
     out_console.print(table)
 
 

@@ -70,7 +70,7 @@ def test_inspect_srtool_layout_and_table(tmp_path: Path, capsys):
     info = inspect_model(path)
     assert info["loader"] == "srtool" and info["architecture"] == "msrresnet" and info["precisions"] == ["fp32", "fp16", "bf16"]
     assert run_cli("models", "inspect", str(path)) == 0
-    assert "msrresnet" in capsys.readouterr().out
+    assert "msrresnet  [srtool, layout basicsr-msrresnet]" in capsys.readouterr().out
 
 
 def test_list_names_licences(capsys):
