@@ -1,30 +1,23 @@
-"""Third-party checkpoints: recognise the layout from key names, infer hyperparameters from shapes.
+"""Checkpoints of other projects: recognise the layout from key names, infer hyperparameters from shapes.
 
 A checkpoint is read only through :func:`srtool.models.export.read_state_dict` (safetensors or
-``torch.load(weights_only=True)``: a pickle that would run code is refused). Wrappers are peeled
-first: ``params_ema`` (preferred, the EMA weights), ``params``, ``state_dict``; a ``module.`` prefix
-(DataParallel) is stripped. Then each detector in :data:`LAYOUTS`, in order, checks its marker keys;
-the first that matches renames the keys to srtool's module names, infers every hyperparameter
-(blocks, channels, growth, scale) from the keys and tensor shapes, builds the srtool network and
-loads it strictly. Nothing is guessed silently: a missing or misshapen tensor is an error naming
-the file.
+``torch.load(weights_only=True)``: a pickle that would run code, or a TorchScript archive, is
+refused). Wrappers are peeled first: ``params_ema`` (preferred, the EMA weights), ``params``,
+``state_dict``; a ``module.`` prefix (DataParallel) is stripped. Then there is exactly one detection
+path per family:
 
-Supported layouts (one detector class each):
+1. srtool's own detectors (:data:`LAYOUTS`), for layouts spandrel does not load; they never import
+   spandrel: ``basicsr-msrresnet``, ``srtool-srresnet``, ``sgrvinod-srresnet`` (ImageNet-normalised
+   input, tanh output, converted by :class:`RangeAdapter`), ``edsr-pytorch`` and ``basicsr-edsr``;
+2. everything else goes to spandrel (:mod:`srtool.community`) as a dict of tensors. An ESRGAN/RRDBNet
+   that srtool's own RRDBNet can represent (any growth, scale 2/3/4/8, no pixel-unshuffle input, no
+   ESRGAN+ 1x1 convs) is mapped onto srtool's RRDBNet (:func:`rrdbnet_state`), so ``train
+   --init-from`` gets srtool's state dict and the CPU fusion applies; every other architecture runs
+   as spandrel built it. ESRGANs with a dense-block growth other than 32, which spandrel cannot
+   build, take the same mapping directly.
 
-* ``esrgan-old``: the official ESRGAN x4 files of 2018 (``model.0``, ``model.1.sub.N.RDB1.conv1.0``,
-  ``model.1.sub.B`` the trunk conv, then ``model.3``, ``model.6``, ``model.8``, ``model.10``);
-* ``esrgan-new``: ESRGAN's later layout (``conv_first``, ``RRDB_trunk.N.RDB1.conv1``, ``trunk_conv``,
-  ``upconv1``, ``upconv2``, ``HRconv``, ``conv_last``);
-* ``basicsr-rrdbnet``: BasicSR / Real-ESRGAN RRDBNet (``conv_first``, ``body.N.rdb1.conv1``,
-  ``conv_body``, ``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``; also srtool's own RRDBNet);
-* ``basicsr-msrresnet``: BasicSR MSRResNet (``conv_first``, ``body.N.conv1``, ``upconv1``,
-  ``upconv2``, ``conv_hr``, ``conv_last``; the older ``recon_trunk``/``HRconv`` names too);
-* ``srtool-srresnet``: srtool's SRResNet names (``head``, ``body.N.conv1``/``bn1``, ``upsample.N.conv``);
-* ``sgrvinod-srresnet``: the popular PyTorch tutorial port of SRResNet with BatchNorm
-  (``conv_block1.conv_block.0``, ``residual_blocks.N.conv_block1.conv_block.0/1/2``,
-  ``subpixel_convolutional_blocks.N.conv/prelu``, ``conv_block3.conv_block.0``). That port feeds the
-  network ImageNet-normalised input and ends in tanh on [-1, 1]; :class:`RangeAdapter` applies both
-  conversions explicitly, so the model still takes and returns [0, 1].
+A detector infers every hyperparameter from the keys and tensor shapes and loads strictly: a
+missing or misshapen tensor is an error naming the file.
 """
 
 from __future__ import annotations
@@ -114,76 +107,65 @@ def _scale_from_stages(stages: int, factor: int = 2, scale_hint: int | None = No
 
 # ------------------------------------------------------------------------------------ RRDB layouts
 
-
-def _build_rrdbnet(state: StateDict, path: str, layout: str, scale_hint: int | None) -> tuple[nn.Module, dict]:
-    """Build srtool's RRDBNet from a state dict already in BasicSR names."""
-    n_feats, in_ch = _shape(state, "conv_first.weight", path)[:2]
-    if in_ch in (12, 48):
-        raise CheckpointError(
-            f"{path}: a Real-ESRGAN model with pixel-unshuffle input ({in_ch} input channels, the x2plus/x1 "
-            "variants); srtool supports the x4 RRDBNet layout only"
-        )
-    growth = _shape(state, "body.0.rdb1.conv1.weight", path)[0]
-    blocks = _indices(state, r"^body\.(\d+)\.rdb1\.conv1\.weight$")
-    stages = len(_indices(state, r"^conv_up(\d+)\.weight$"))
-    config = {
-        "arch": "rrdbnet", "scale": _scale_from_stages(stages, 2, scale_hint), "in_channels": in_ch,
-        "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats,
-        "n_blocks": len(blocks), "growth": growth,
-    }
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, state, path, layout), config
+ESRGAN_MARKERS = (
+    ("model.0.weight", "model.1.sub.0.RDB1.conv1.0.weight"),  # ESRGAN 2018 ("old") layout; spandrel's too
+    ("conv_first.weight", "RRDB_trunk.0.RDB1.conv1.weight"),  # ESRGAN's later ("new") layout
+    ("conv_first.weight", "body.0.rdb1.conv1.weight", "conv_body.weight"),  # BasicSR / Real-ESRGAN / srtool
+)
 
 
-class BasicSRRRDBNet:
-    name = "basicsr-rrdbnet"
-    description = "BasicSR / Real-ESRGAN RRDBNet (conv_first, body.N.rdb1.conv1, conv_body, conv_up1, conv_hr, conv_last)"
-
-    def matches(self, state: StateDict) -> bool:
-        return "conv_first.weight" in state and "body.0.rdb1.conv1.weight" in state and "conv_body.weight" in state
-
-    def build(self, state: StateDict, path: str, scale_hint: int | None):
-        return _build_rrdbnet(state, path, self.name, scale_hint)
+def is_esrgan_layout(state: StateDict) -> bool:
+    return any(all(k in state for k in keys) for keys in ESRGAN_MARKERS)
 
 
-class ESRGANNew:
-    name = "esrgan-new"
-    description = "ESRGAN new layout (conv_first, RRDB_trunk.N.RDB1.conv1, trunk_conv, upconv1, upconv2, HRconv, conv_last)"
-
-    def matches(self, state: StateDict) -> bool:
-        return "conv_first.weight" in state and "RRDB_trunk.0.RDB1.conv1.weight" in state
-
-    def build(self, state: StateDict, path: str, scale_hint: int | None):
-        renamed = _rename(state, [
+def rrdbnet_state(state: StateDict, path: str) -> StateDict:
+    """Any ESRGAN/RRDBNet layout renamed to srtool's RRDBNet names (BasicSR's: conv_first, body.N.rdbK...)."""
+    if "RRDB_trunk.0.RDB1.conv1.weight" in state:
+        return _rename(state, [
             (r"^RRDB_trunk\.(\d+)\.RDB(\d)\.", r"body.\1.rdb\2."),
             (r"^trunk_conv\.", "conv_body."),
             (r"^upconv(\d+)\.", r"conv_up\1."),
             (r"^HRconv\.", "conv_hr."),
         ])
-        return _build_rrdbnet(renamed, path, self.name, scale_hint)
+    if "model.0.weight" not in state:
+        return state
+    trunk = len(_indices(state, r"^model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight$"))  # conv after the last RRDB
+    tail = [i for i in _indices(state, r"^model\.(\d+)\.weight$") if i >= 2]
+    if len(tail) < 3:
+        raise CheckpointError(f"{path}: ESRGAN layout without upsampling/output convs (found model.{tail})")
+    names = {i: f"conv_up{n}" for n, i in enumerate(tail[:-2], start=1)}
+    names[tail[-2]], names[tail[-1]] = "conv_hr", "conv_last"
+    rules = [
+        (r"^model\.0\.", "conv_first."),
+        (rf"^model\.1\.sub\.{trunk}\.", "conv_body."),
+        (r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.", r"body.\1.rdb\2.conv\3."),
+    ] + [(rf"^model\.{i}\.", f"{name}.") for i, name in names.items()]
+    return _rename(state, rules)
 
 
-class ESRGANOld:
-    name = "esrgan-old"
-    description = "ESRGAN old layout, the official 2018 x4 files (model.0, model.1.sub.N.RDB1.conv1.0, model.3 ... model.10)"
-
-    def matches(self, state: StateDict) -> bool:
-        return "model.0.weight" in state and "model.1.sub.0.RDB1.conv1.0.weight" in state
-
-    def build(self, state: StateDict, path: str, scale_hint: int | None):
-        blocks = _indices(state, r"^model\.1\.sub\.(\d+)\.RDB1\.conv1\.0\.weight$")
-        trunk = len(blocks)  # the conv closing the trunk is the sub-module after the last RRDB
-        tail = [i for i in _indices(state, r"^model\.(\d+)\.weight$") if i >= 2]
-        if len(tail) < 3:
-            raise CheckpointError(f"{path}: esrgan-old layout without upsampling/output convs (found model.{tail})")
-        names = {i: f"conv_up{n}" for n, i in enumerate(tail[:-2], start=1)}
-        names[tail[-2]], names[tail[-1]] = "conv_hr", "conv_last"
-        rules = [
-            (r"^model\.0\.", "conv_first."),
-            (rf"^model\.1\.sub\.{trunk}\.", "conv_body."),
-            (r"^model\.1\.sub\.(\d+)\.RDB(\d)\.conv(\d)\.0\.", r"body.\1.rdb\2.conv\3."),
-        ] + [(rf"^model\.{i}\.", f"{name}.") for i, name in names.items()]
-        return _build_rrdbnet(_rename(state, rules), path, self.name, scale_hint)
+def srtool_rrdbnet(state: StateDict, path: str, scale_hint: int | None) -> tuple[nn.Module, dict] | None:
+    """srtool's RRDBNet for an ESRGAN-family state dict, or None when RRDBNet cannot represent it
+    (pixel-unshuffle input, ESRGAN+ 1x1 convs, 1x, different in/out channels)."""
+    if any(".conv1x1." in k for k in state):
+        return None
+    if "model.0.weight" in state and len([i for i in _indices(state, r"^model\.(\d+)\.weight$") if i >= 2]) < 3:
+        return None  # 1x: no upsampling stage
+    state = rrdbnet_state(state, path)
+    n_feats, in_ch = _shape(state, "conv_first.weight", path)[:2]
+    out_ch = _shape(state, "conv_last.weight", path)[0]
+    stages = len(_indices(state, r"^conv_up(\d+)\.weight$"))
+    if stages == 0 or in_ch != out_ch or in_ch not in (1, 3):
+        return None
+    config = {
+        "arch": "rrdbnet", "scale": _scale_from_stages(stages, 2, scale_hint), "in_channels": in_ch,
+        "out_channels": out_ch, "n_feats": n_feats,
+        "n_blocks": len(_indices(state, r"^body\.(\d+)\.rdb1\.conv1\.weight$")),
+        "growth": _shape(state, "body.0.rdb1.conv1.weight", path)[0],
+    }
+    if config["scale"] not in (2, 3, 4, 8):
+        return None
+    net = build_network(generator_config_from_dict(config, source=path))
+    return _load(net, state, path, "ESRGAN/RRDBNet"), config
 
 
 # ----------------------------------------------------------------------------------- SRResNet family
@@ -297,7 +279,69 @@ class SgrvinodSRResNet:
         return adapted.eval(), {**config, "input": "imagenet-normalised", "output": "tanh [-1, 1]"}
 
 
-LAYOUTS = [ESRGANOld(), ESRGANNew(), BasicSRRRDBNet(), BasicSRMSRResNet(), SRToolSRResNet(), SgrvinodSRResNet()]
+# --------------------------------------------------------------------------------------------- EDSR
+
+
+def _build_edsr(state: StateDict, path: str, layout: str, mean: torch.Tensor) -> tuple[nn.Module, dict]:
+    """srtool's EDSR from a state dict in BasicSR names (plus the RGB mean, which BasicSR does not save)."""
+    n_feats, in_ch = _shape(state, "conv_first.weight", path)[:2]
+    n_blocks = len(_indices(state, r"^body\.(\d+)\.conv1\.weight$"))
+    convs = _indices(state, r"^upsample\.(\d+)\.weight$")
+    factor = math.isqrt(_shape(state, "upsample.0.weight", path)[0] // n_feats)
+    # EDSR proper (32 blocks x 256 features) was trained with res_scale 0.1, the baseline with 1: the
+    # checkpoint does not store it, the published configurations fix it.
+    config = {
+        "arch": "edsr", "scale": factor ** len(convs), "in_channels": in_ch,
+        "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats, "n_blocks": n_blocks,
+        "res_scale": 0.1 if n_feats >= 256 else 1.0,
+    }
+    net = build_network(generator_config_from_dict(config, source=path))
+    return _load(net, {**state, "mean": mean.reshape(1, -1, 1, 1).float()}, path, layout), config
+
+
+class EDSRPyTorch:
+    name = "edsr-pytorch"
+    description = (
+        "EDSR-PyTorch (sanghyun-son; sub_mean/add_mean, head.0, body.N.body.0/2, tail.0.K, tail.1), "
+        "0-255 range and mean shift converted"
+    )
+
+    def matches(self, state: StateDict) -> bool:
+        return all(k in state for k in ("sub_mean.weight", "add_mean.bias", "head.0.weight", "body.0.body.0.weight", "tail.1.weight"))
+
+    def build(self, state: StateDict, path: str, scale_hint: int | None):
+        n_blocks = len(_indices(state, r"^body\.(\d+)\.body\.0\.weight$"))
+        add_w, add_b = state["add_mean.weight"].flatten(1), state["add_mean.bias"]
+        sub_w, sub_b = state["sub_mean.weight"].flatten(1), state["sub_mean.bias"]
+        eye = torch.eye(add_w.shape[0], dtype=add_w.dtype)
+        if not (torch.allclose(add_w, eye) and torch.allclose(sub_w, eye) and torch.allclose(sub_b, -add_b, atol=1e-4)):
+            raise CheckpointError(f"{path}: EDSR-PyTorch mean shift with a non-unit std; srtool supports rgb_std = 1 (the published models)")
+        renamed = _rename({k: v for k, v in state.items() if not k.startswith(("sub_mean.", "add_mean."))}, [
+            (r"^head\.0\.", "conv_first."),
+            (rf"^body\.{n_blocks}\.", "conv_after_body."),
+            (r"^body\.(\d+)\.body\.0\.", r"body.\1.conv1."),
+            (r"^body\.(\d+)\.body\.2\.", r"body.\1.conv2."),
+            (r"^tail\.0\.(\d+)\.", r"upsample.\1."),
+            (r"^tail\.1\.", "conv_last."),
+        ])
+        return _build_edsr(renamed, path, self.name, add_b / 255.0)
+
+
+class BasicSREDSR:
+    name = "basicsr-edsr"
+    description = "BasicSR EDSR (conv_first, body.N.conv1/conv2, conv_after_body, upsample.K, conv_last; DIV2K mean)"
+
+    def matches(self, state: StateDict) -> bool:
+        return "conv_first.weight" in state and "conv_after_body.weight" in state and "upsample.0.weight" in state \
+            and "body.0.conv1.weight" in state
+
+    def build(self, state: StateDict, path: str, scale_hint: int | None):
+        from .models.edsr import DIV2K_RGB_MEAN
+
+        return _build_edsr(state, path, self.name, torch.tensor(DIV2K_RGB_MEAN))
+
+
+LAYOUTS = [BasicSRMSRResNet(), SRToolSRResNet(), SgrvinodSRResNet(), EDSRPyTorch(), BasicSREDSR()]
 
 
 def supported_layouts() -> str:
@@ -305,17 +349,39 @@ def supported_layouts() -> str:
 
 
 def network_from_state(obj: Any, path: str = "checkpoint", scale_hint: int | None = None) -> tuple[nn.Module, dict]:
-    """Detect the layout of an (unwrapped or wrapped) state dict and build the srtool network."""
+    """Detect the layout of an (unwrapped or wrapped) state dict and build the network (see module docstring)."""
     state = unwrap_state(obj)
     for layout in LAYOUTS:
         if layout.matches(state):
             network, hyper = layout.build(state, path, scale_hint)
             return network, {"layout": layout.name, "hyperparameters": hyper}
-    sample = ", ".join(sorted(state)[:4]) or "no tensors"
-    raise CheckpointError(
-        f"{path}: unrecognised checkpoint layout (keys start: {sample}). Supported layouts:\n"
-        f"  - srtool export: .safetensors with srtool metadata (srtool train writes them)\n{supported_layouts()}"
-    )
+    if not state:
+        raise CheckpointError(f"{path}: holds no tensors (not a model checkpoint)")
+    from .community import describe_failure, load_community
+
+    try:
+        community = load_community(state, path, scale_hint)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- an architecture matched the keys but could not build from them
+        if is_esrgan_layout(state):  # e.g. growth 16: spandrel hard-codes 32
+            built = srtool_rrdbnet(state, path, scale_hint)
+            if built is not None:
+                return built[0], {"layout": "ESRGAN/RRDBNet", "hyperparameters": built[1]}
+        raise CheckpointError(f"{path}: {describe_failure(state, exc)}") from None
+    if community is None:
+        sample = ", ".join(sorted(state)[:4])
+        raise CheckpointError(
+            f"{path}: unrecognised checkpoint layout (keys start: {sample}). srtool loads its own exports, "
+            "every single-image SR architecture spandrel knows (see `srtool models list`) and:\n" + supported_layouts()
+        )
+    if community.arch_id == "ESRGAN":
+        built = srtool_rrdbnet(community.model.state_dict(), path, scale_hint)
+        if built is not None:
+            return built[0], {"layout": "ESRGAN/RRDBNet", "architecture": "ESRGAN", "tags": community.tags,
+                              "hyperparameters": built[1]}
+    return community, {"layout": f"spandrel {community.arch_id}", "architecture": community.arch_id,
+                       "purpose": community.purpose, "tags": community.tags}
 
 
 def load_checkpoint(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Module, dict]:

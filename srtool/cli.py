@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .cli_models import models_app
 from .errors import UserError
 
 err_console = Console(stderr=True)
@@ -36,6 +37,7 @@ prepare_app = typer.Typer(help="Build datasets: MATLAB-exact bicubic LR images a
                           context_settings=HELP)
 app.add_typer(presets_app, name="presets")
 app.add_typer(prepare_app, name="prepare")
+app.add_typer(models_app, name="models")
 
 _DEBUG = {"on": False}
 WHOLE_IMAGE_TILE = 1 << 30  # a tile larger than any image: one pass, no tiling
@@ -363,7 +365,7 @@ def upscale(
     scale: Annotated[Optional[int], typer.Option(help="Expected model scale (an error if the model disagrees); the bicubic factor.")] = None,
     outscale: Annotated[Optional[float], typer.Option("--outscale", "-s", metavar="X", help="Final scale, reached by MATLAB bicubic after the model.")] = None,
     tile: Annotated[Optional[int], typer.Option(min=0, help="Tile size in input pixels; 0 = no tiling (whole image at once). Default: from free memory.")] = None,
-    tile_pad: Annotated[int, typer.Option(min=0, help="Context pixels around each tile; tiles cross-fade over this width.")] = 10,
+    tile_pad: Annotated[Optional[int], typer.Option(min=0, help="Context pixels around each tile; tiles cross-fade over this width (default: the architecture's receptive-field context, 10 for ESRGAN-type CNNs).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     fp32: Annotated[bool, typer.Option("--fp32", help="Same as --precision fp32 (Real-ESRGAN's flag).")] = False,

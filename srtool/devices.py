@@ -83,12 +83,22 @@ def cpu_has_native_bf16() -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> fp16 on CUDA (tensor cores, half the memory), fp32 on CPU and MPS."""
+def resolve_precision(precision: str, device: torch.device, half_ok: bool = True, bf16_ok: bool = True) -> str:
+    """``auto`` -> fp16 on CUDA (tensor cores, half the memory), fp32 on CPU and MPS.
+
+    ``half_ok``/``bf16_ok``: whether the architecture computes correctly in fp16/bf16; ``auto``
+    then falls back to bf16 (CUDA with bf16) or fp32, and asking for an unsupported one is an error.
+    """
     if precision not in PRECISIONS:
         raise UserError(f"--precision: unknown value {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "auto":
-        return "fp16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            return "fp32"
+        if half_ok:
+            return "fp16"
+        return "bf16" if bf16_ok and torch.cuda.is_bf16_supported() else "fp32"
+    if (precision == "fp16" and not half_ok) or (precision == "bf16" and not bf16_ok):
+        raise UserError(f"--precision {precision}: this model's architecture does not compute correctly in {precision}; use fp32")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise UserError("--precision bf16: this GPU does not support bfloat16; use fp16 or fp32")
     return precision

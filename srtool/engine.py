@@ -31,8 +31,6 @@ Every network forward of eval, train's validation and upscale goes through :func
 
 from __future__ import annotations
 
-from __future__ import annotations
-
 import math
 import sys
 from dataclasses import dataclass, field
@@ -55,6 +53,63 @@ _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
 
+@dataclass(frozen=True)
+class NetworkTraits:
+    """What the engine must honour for one architecture.
+
+    Size requirements (spandrel's ``size_requirements``): every network input's height and width are
+    a multiple of ``multiple_of`` and at least ``minimum`` (and equal, when ``square``); the engine
+    pads each tile on the bottom/right by reflection (replication beyond what reflection can reach),
+    runs the network and crops the output. ``in_channels``/``out_channels``: 1 (gray) or 3 (RGB).
+    ``half``/``bf16``: whether the architecture computes correctly in fp16/bf16 (``precision auto``
+    never picks one it does not support). ``context``: LR pixels of tile context for its receptive field.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    multiple_of: int = 1
+    minimum: int = 0
+    square: bool = False
+    half: bool = True
+    bf16: bool = True
+    context: int = DEFAULT_TILE_PAD
+
+    def padding(self, h: int, w: int) -> tuple[int, int]:
+        """(pad_h, pad_w) that make an h x w input satisfy the size requirements."""
+        def up(n: int) -> int:
+            n = max(n, self.minimum)
+            return -(-n // self.multiple_of) * self.multiple_of
+
+        th, tw = up(h), up(w)
+        if self.square:
+            th = tw = max(th, tw)
+        return th - h, tw - w
+
+
+def network_traits(network: nn.Module | None) -> NetworkTraits:
+    """The traits a network declares (community networks), else those of a plain srtool network."""
+    traits = getattr(network, "traits", None)
+    if isinstance(traits, NetworkTraits):
+        return traits
+    channels = _first_conv_channels(network) if network is not None else 3
+    return NetworkTraits(in_channels=channels, out_channels=channels)
+
+
+def pad_to_requirements(x: torch.Tensor, traits: NetworkTraits) -> torch.Tensor:
+    """Pad an (n, c, h, w) batch on the bottom/right to the size requirements (reflect, then replicate)."""
+    import torch.nn.functional as F
+
+    ph, pw = traits.padding(x.shape[-2], x.shape[-1])
+    if not (ph or pw):
+        return x
+    rh, rw = min(ph, x.shape[-2] - 1), min(pw, x.shape[-1] - 1)
+    if rh or rw:
+        x = F.pad(x, (0, rw, 0, rh), mode="reflect")
+    if ph - rh or pw - rw:
+        x = F.pad(x, (0, pw - rw, 0, ph - rh), mode="replicate")
+    return x
+
+
 @dataclass
 class SRModel:
     """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity.
@@ -74,6 +129,11 @@ class SRModel:
     tile: int | None = None
     tile_pad: int = DEFAULT_TILE_PAD
     alpha: str = "model"
+    traits: NetworkTraits | None = None  # None: derived from the network
+
+    def __post_init__(self) -> None:
+        if self.traits is None and self.network is not None:
+            self.traits = network_traits(self.network)
 
     @property
     def is_bicubic(self) -> bool:
@@ -297,8 +357,8 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
     """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
     network, s = model.network, model.scale
     h, w, channels = image.shape
-    net_in = _first_conv_channels(network)
-    plan = _Plan(channels, alpha_mode, net_in, net_in)
+    traits = model.traits or network_traits(network)
+    plan = _Plan(channels, alpha_mode, traits.in_channels, traits.out_channels)
     dtype = image.dtype if image.dtype != np.float64 else np.dtype(np.float32)
     out = np.empty((h * s, w * s, channels), dtype=dtype)
     pad = max(0, int(model.tile_pad))
@@ -318,9 +378,12 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
 
     def forward(tiles: list[np.ndarray]) -> np.ndarray:
         x, n = plan.batch(tiles)
-        x = x.to(model.device, dtype=net_dtype).contiguous(memory_format=mem_format)
+        th, tw = x.shape[-2:]
+        x = pad_to_requirements(x.to(model.device, dtype=net_dtype), traits).contiguous(memory_format=mem_format)
         with torch.inference_mode():
             y = network(x)
+        if y.shape[-2:] != (th * s, tw * s):
+            y = y[..., : th * s, : tw * s]
         return plan.unbatch(y, n)
 
     row_weights = [axis_weights(rows, i, s, hw_r).astype(np.float32) for i in range(len(rows))]

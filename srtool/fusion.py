@@ -14,13 +14,19 @@ from .devices import NET_DTYPES
 
 def prepare_network(network: nn.Module, device: torch.device, precision: str) -> nn.Module:
     """Inference-ready network: eval mode, no grads, on ``device`` in ``precision``, channels_last;
-    on the CPU, convolutions followed by LeakyReLU/ReLU run as one fused oneDNN call."""
+    on the CPU, convolutions followed by LeakyReLU/ReLU run as one fused oneDNN call (srtool's own
+    architectures only: tracing a foreign module can fail half-way and leave it unusable)."""
     network = network.eval().requires_grad_(False).to(device=device, dtype=NET_DTYPES[precision])
     if device.type in ("cpu", "cuda"):
         network = network.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
+    if device.type == "cpu" and is_srtool_network(network):
         network = fuse_conv_activations(network)
     return network
+
+
+def is_srtool_network(network: nn.Module) -> bool:
+    """True when every module of ``network`` is srtool's own or torch's (nothing from spandrel etc.)."""
+    return all(type(m).__module__.startswith(("srtool.", "torch.")) for m in network.modules())
 
 
 def _fuse_scaled_residuals(graph_module) -> int:

@@ -12,7 +12,7 @@ import torch
 
 from .atomic import sha256_file
 from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
-from .engine import ALPHA_MODES, DEFAULT_TILE_PAD, MIN_TILE, SRModel
+from .engine import ALPHA_MODES, MIN_TILE, SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
 
@@ -37,6 +37,18 @@ def run_directory_export(path: Path) -> Path | None:
     return None
 
 
+def load_network(path: Path, scale: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """The plain (unprepared, CPU fp32) network of a weights file: an srtool export, or a checkpoint
+    recognised by :mod:`srtool.checkpoints` (``scale`` disambiguates, see :func:`load_model`)."""
+    from .checkpoints import load_checkpoint
+    from .models.export import load_export, read_export_metadata
+
+    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
+        network, info = load_export(path, scale_hint=scale)
+        return network, {"layout": "srtool export", **info}
+    return load_checkpoint(path, scale_hint=scale)
+
+
 def load_model(
     spec: str | Path = "default",
     device: str | torch.device = "auto",
@@ -47,16 +59,17 @@ def load_model(
     alpha: str = "model",
     notice: Callable[[str], None] | None = None,
 ) -> SRModel:
-    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, a
-    third-party checkpoint (ESRGAN old/new, BasicSR/Real-ESRGAN RRDBNet, BasicSR MSRResNet, SRResNet),
-    or a named official model (``realesrgan-x4plus``...; see :mod:`srtool.model_zoo`).
+    """Load ``spec``: "default", "bicubic", an srtool export, a training run directory, a third-party
+    checkpoint (any single-image SR architecture spandrel recognises, plus the layouts in
+    :mod:`srtool.checkpoints`), read only by srtool's safe reader, or a named official model
+    (``realesrgan-x4plus``...; see :mod:`srtool.model_zoo`).
 
-    ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error.
+    ``scale`` is the bicubic factor, and for a network a check: a disagreement is an error. It also
+    disambiguates (an old-layout ESRGAN x3 has the keys of an x2 one) and ``scale=1`` admits 1x
+    restoration models. ``precision="auto"`` never picks a half precision the architecture does not
+    support; ``tile_pad=None`` uses the architecture's tile context.
     ``notice`` receives one-line notices (default: printed to stderr).
     """
-    from .checkpoints import load_checkpoint
-    from .models.export import load_export, read_export_metadata
-
     say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
     if tile is not None and tile < MIN_TILE:
         raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
@@ -64,10 +77,12 @@ def load_model(
         raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
     if alpha not in ALPHA_MODES:
         raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
-    if scale is not None and scale not in (2, 3, 4, 8):
-        raise UserError(f"--scale: unsupported value {scale}; supported: 2, 3, 4, 8")
+    if scale is not None and scale not in (1, 2, 3, 4, 8):
+        raise UserError(f"--scale: unsupported value {scale}; supported: 1 (restoration models), 2, 3, 4, 8")
     dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
     spec_str = str(spec)
+    if scale == 1 and spec_str in ("bicubic", "default"):
+        raise UserError("--scale 1 is for 1x restoration checkpoints (--model FILE); bicubic and the default model upscale")
     if spec_str == "bicubic":
         return bicubic_model(scale or 4)
     if spec_str == "default":
@@ -94,21 +109,18 @@ def load_model(
         if export is None:
             raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
         path = export
-    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
-        network, info = load_export(path)
-        info = {"layout": "srtool export", **info}
-    else:
-        network, info = load_checkpoint(path, scale_hint=scale)
+    network, info = load_network(path, scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale} "
                         f"(for a x{scale} result from it use --outscale {scale}, or -s {scale})")
-    prec = resolve_precision(precision, dev)
+    traits = network_traits(network)
+    prec = resolve_precision(precision, dev, half_ok=traits.half, bf16_ok=traits.bf16)
     if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
     return SRModel(
         name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
         scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
         source=str(path), info=info, device=dev, precision=prec, tile=tile,
-        tile_pad=DEFAULT_TILE_PAD if tile_pad is None else tile_pad, alpha=alpha,
+        tile_pad=traits.context if tile_pad is None else tile_pad, alpha=alpha, traits=traits,
     )

@@ -39,6 +39,11 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
+    if _is_torchscript(path):
+        raise UserError(
+            f"{path}: refused to load: a TorchScript archive (compiled code, which runs when loaded), not a weights file; "
+            "ask for a state-dict .pth or .safetensors"
+        )
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -53,6 +58,20 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     return obj
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A torch.jit archive: a zip whose top folder holds ``constants.pkl`` or a ``code/`` tree."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names)
 
 
 def _unpickler_reason(exc: Exception) -> str:
@@ -88,31 +107,48 @@ def read_export_metadata(path: str | Path) -> dict[str, Any] | None:
 
 def save_export(path: str | Path, network: nn.Module, info: dict[str, Any] | None = None) -> Path:
     """Write ``network`` (which must carry a pydantic ``config``) as an srtool export, atomically."""
+    return _write_export(path, network.state_dict(), {"generator": network.config.model_dump(), **(info or {})})
+
+
+def save_checkpoint_export(path: str | Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
+    """Write a community checkpoint's state dict as an srtool export (``info`` must hold
+    ``checkpoint``: architecture and scale), atomically."""
+    return _write_export(path, state, info)
+
+
+def _write_export(path: str | Path, state: dict[str, torch.Tensor], info: dict[str, Any]) -> Path:
     from safetensors.torch import save_file
 
     from .. import __version__
 
     path = Path(path)
-    doc = {
-        "format": EXPORT_FORMAT,
-        "srtool_version": __version__,
-        "generator": network.config.model_dump(),
-        **(info or {}),
-    }
-    state = {k: v.detach().to("cpu").contiguous() for k, v in network.state_dict().items()}
+    doc = {"format": EXPORT_FORMAT, "srtool_version": __version__, **info}
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in state.items()}
     with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"srtool": json.dumps(doc, sort_keys=True)})
+        save_file(tensors, str(tmp), metadata={"srtool": json.dumps(doc, sort_keys=True)})
     write_text_atomic(path.with_suffix(".json"), json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path
 
 
-def load_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the network described by an srtool export and load its weights (strict)."""
+def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network described by an srtool export and load its weights (strict).
+
+    An export holds either an srtool generator (``generator``: its config) or, written by ``srtool
+    models convert``, a community checkpoint's state dict (``checkpoint``: its architecture and
+    scale), which goes through the same detection as the original file, minus the unpickling.
+    """
     from .registry import build_network, generator_config_from_dict
 
     doc = read_export_metadata(path)
     if doc is None:
         raise UserError(f"{path}: a safetensors file without srtool metadata (not an srtool export)")
+    if "generator" not in doc and isinstance(doc.get("checkpoint"), dict):
+        from ..checkpoints import network_from_state
+
+        network, info = network_from_state(read_state_dict(path), str(path), scale_hint or doc["checkpoint"].get("scale"))
+        return network, {**doc, **info}
+    if "generator" not in doc:
+        raise UserError(f"{path}: srtool metadata names no architecture (neither 'generator' nor 'checkpoint')")
     config = generator_config_from_dict(doc["generator"], source=str(path))
     network = build_network(config)
     state = read_state_dict(path)
@@ -121,3 +157,4 @@ def load_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     except RuntimeError as exc:
         raise UserError(f"{path}: weights do not match its metadata ({str(exc).splitlines()[0]})") from None
     return network.eval(), doc
+

@@ -14,6 +14,7 @@ from torch import nn
 
 from ..errors import UserError
 from .discriminator import DiscriminatorConfig, VGGDiscriminator
+from .edsr import EDSR, EDSRConfig
 from .msrresnet import MSRResNet, MSRResNetConfig
 from .rrdbnet import RRDBNet, RRDBNetConfig
 from .srresnet import SRResNet, SRResNetConfig
@@ -23,13 +24,14 @@ GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "srresnet": (SRResNetConfig, SRResNet),
     "rrdbnet": (RRDBNetConfig, RRDBNet),
     "msrresnet": (MSRResNetConfig, MSRResNet),
+    "edsr": (EDSRConfig, EDSR),
 }
 DISCRIMINATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "vgg_discriminator": (DiscriminatorConfig, VGGDiscriminator),
     "vgg_style_128": (VGGStyle128Config, VGGStyleDiscriminator128),
 }
 
-GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig, MSRResNetConfig], Field(discriminator="arch")]
+GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig, MSRResNetConfig, EDSRConfig], Field(discriminator="arch")]
 AnyDiscriminatorConfig = Annotated[Union[DiscriminatorConfig, VGGStyle128Config], Field(discriminator="arch")]
 
 
