@@ -12,18 +12,15 @@ import traceback
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
+from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, set_quiet as _quiet
 from .cli_models import models_app
+from .cli_sweep import sweep_app
 from .errors import UserError
 
-err_console = Console(stderr=True)
-out_console = Console()
-
-HELP = {"help_option_names": ["-h", "--help"]}  # -h works on every command (subcommands inherit it)
 
 app = typer.Typer(
     name="srtool",
@@ -38,6 +35,7 @@ prepare_app = typer.Typer(help="Build datasets: MATLAB-exact bicubic LR images a
 app.add_typer(presets_app, name="presets")
 app.add_typer(prepare_app, name="prepare")
 app.add_typer(models_app, name="models")
+app.add_typer(sweep_app, name="sweep")
 
 _DEBUG = {"on": False}
 WHOLE_IMAGE_TILE = 1 << 30  # a tile larger than any image: one pass, no tiling
@@ -65,20 +63,6 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors (accepted anywhere on the command line).")] = False,
 ) -> None:
     _DEBUG["on"] = _DEBUG["on"] or debug
-
-
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors and results: no progress, notices or summaries.")]
-
-
-def _quiet(on: bool) -> None:
-    """-q: informational stderr output off (errors are printed by :func:`main` with quiet switched back off)."""
-    err_console.quiet = on
-
-
-SetOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--set", help="Override a preset field, e.g. --set train.lr=2e-4 (repeatable).", metavar="KEY=VALUE"),
-]
 
 
 # ------------------------------------------------------------------------------------------ presets
@@ -438,140 +422,6 @@ def upscale(
         err_console.print(f"[red]failed:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
-
-
-# ------------------------------------------------------------------------------------------- sweep
-
-sweep_app = typer.Typer(
-    help="Train a grid of runs (resumable; failures recorded) and report them as one table and figures. "
-    "`srtool sweep --preset P --data D --out SWEEP_DIR --grid KEY=V1,V2 ...` runs; `srtool sweep report SWEEP_DIR` reports.",
-    invoke_without_command=True,
-)
-app.add_typer(sweep_app, name="sweep")
-
-_EvalOption = Annotated[
-    Optional[list[str]],
-    typer.Option("--eval", metavar="NAME|DIR", help="Dataset to score each point's best export on, as in srtool eval (repeatable)."),
-]
-_ProtocolOption = Annotated[str, typer.Option("--protocol", metavar="y|rgb|y-float", help="Metric protocol (see srtool eval).")]
-
-
-def _sweep_report(sweep_dir: str, evals: Optional[list[str]], protocol: str, device: str, tile: Optional[int],
-                  figure_image: Optional[str]) -> None:
-    from .sweep_report import evaluate_sweep, print_sweep_report
-
-    report = evaluate_sweep(sweep_dir, evals, protocol, device, tile, figure_image=figure_image)
-    print_sweep_report(report, out_console)
-    for path in report.files:
-        err_console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
-
-
-@sweep_app.callback()
-def sweep(
-    ctx: typer.Context,
-    preset: Annotated[Optional[str], typer.Option("--preset", help="Shipped preset name or .toml file.")] = None,
-    data: Annotated[Optional[list[str]], typer.Option("--data", help="Training set (as for srtool train; repeatable).")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", metavar="SWEEP_DIR", help="Sweep folder: one run directory per point, sweep.json, report files.")] = None,
-    grid: Annotated[Optional[list[str]], typer.Option("--grid", metavar="KEY=V1,V2,...", help="A grid axis over a preset field, e.g. model.generator.n_blocks=8,16,32 (repeatable; the points are the product).")] = None,
-    set_: SetOption = None,
-    seeds: Annotated[Optional[str], typer.Option("--seeds", metavar="S1,S2,...", help="Train every point with each of these train.seed values (the table shows mean ± std).")] = None,
-    zip_: Annotated[bool, typer.Option("--zip", help="Pair the grid axes element by element instead of taking their product.")] = False,
-    evals: _EvalOption = None,
-    protocol: _ProtocolOption = "y",
-    init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start every point's generator from this run directory or export (GAN presets).")] = None,
-    vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="VGG19 state dict for the perceptual loss.")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Points trained at once (one GPU each when several are visible; the CPU threads split otherwise).")] = 1,
-    max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", metavar="N", help="End each point after N minutes with a checkpoint and an export (marked 'stopped').")] = None,
-    retry: Annotated[bool, typer.Option("--retry", help="Run failed and time-stopped points again (from their last checkpoint).")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate every point and print its `srtool train` command; train nothing.")] = False,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live display.")] = True,
-) -> None:
-    """Run a grid of training runs (`srtool sweep --preset ... --grid ...`), or `srtool sweep report SWEEP_DIR`."""
-    if ctx.invoked_subcommand is not None:
-        given = [name for name, value in (("--preset", preset), ("--data", data), ("--out", out), ("--grid", grid)) if value]
-        if given:
-            raise UserError(f"srtool sweep {ctx.invoked_subcommand}: drop {', '.join(given)} (they belong to `srtool sweep` itself)")
-        return
-    from pathlib import Path
-
-    from .sweep import SweepOptions, run_sweep
-
-    if not preset or not out:
-        raise UserError("srtool sweep needs --preset, --data, --out and --grid (or: srtool sweep report SWEEP_DIR)")
-    try:
-        seed_list = [int(s) for s in seeds.split(",")] if seeds else None
-    except ValueError:
-        raise UserError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
-    options = SweepOptions(
-        preset=preset, data=[Path(d) for d in data or []], out=Path(out), grid=list(grid or []), overrides=list(set_ or []),
-        seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights, device=device,
-        jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
-    )
-    say = (lambda message: err_console.print(escape(message), highlight=False, soft_wrap=True))
-    if dry_run or not progress:
-        result = run_sweep(options, say=say)
-    else:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        from .sweep import progress_counts
-
-        columns = (TextColumn("[bold]sweep[/bold] {task.description}"), BarColumn(),
-                   TextColumn("{task.completed}/{task.total} it"), TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task(Path(out).name, total=None)
-            state: dict = {}
-
-            def on_tick(running) -> None:
-                if "points" in state:
-                    done, total = progress_counts(state["points"], Path(out))
-                    bar.update(task, completed=done, total=total,
-                               description=f"{Path(out).name} ({len(running)} running)")
-
-            def on_plan(points) -> None:
-                state["points"] = points
-
-            result = run_sweep(options, say=lambda m: bar.console.print(escape(m), highlight=False, soft_wrap=True),
-                               on_tick=on_tick, on_plan=on_plan)
-    if dry_run:
-        for point in result.points:
-            if point.status not in ("pending", "interrupted"):
-                say(f"# {point.name}: {point.status}" + (f" ({point.reason})" if point.reason else ""))
-        for command in result.commands:
-            print(command)
-        return
-    summary = ", ".join(f"{result.count(s)} {s}" for s in ("done", "stopped", "failed", "interrupted") if result.count(s))
-    err_console.print(f"sweep {escape(str(result.sweep_dir))}: {summary}", highlight=False, soft_wrap=True)
-    for point in result.points:
-        if point.status == "failed":
-            err_console.print(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}", highlight=False, soft_wrap=True)
-    if not result.completed:
-        raise typer.Exit(130)
-    if result.count("done") + result.count("stopped"):
-        if options.evals:
-            _sweep_report(out, None, protocol, device, None, None)
-        else:
-            from .sweep_report import plot_sweep_curves
-            from .sweep import read_manifest
-
-            path = plot_sweep_curves(Path(out), read_manifest(Path(out))["points"])
-            err_console.print(f"wrote {escape(str(path))} (give --eval NAME to get the table and comparison.png)",
-                              highlight=False, soft_wrap=True)
-    if result.count("failed"):
-        raise typer.Exit(1)
-
-
-@sweep_app.command("report")
-def sweep_report(
-    sweep_dir: Annotated[str, typer.Argument(metavar="SWEEP_DIR", help="Folder of an srtool sweep.")],
-    evals: _EvalOption = None,
-    protocol: _ProtocolOption = "y",
-    device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where networks run.")] = "auto",
-    tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory.")] = None,
-    figure_image: Annotated[Optional[str], typer.Option("--figure-image", metavar="NAME", help="Image of comparison.png: NAME or DATASET/NAME (default: where the points differ most).")] = None,
-) -> None:
-    """Score each point's best export (as srtool eval does) and write report.{json,csv,md}, curves.png, comparison.png."""
-    _sweep_report(sweep_dir, evals, protocol, device, tile, figure_image)
 
 
 # ------------------------------------------------------------------------------------------- entry

@@ -6,11 +6,10 @@ import json
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-out_console = Console()
+from .cli_common import QuietOption, out_console, set_quiet
 
 models_app = typer.Typer(
     help="Inspect, list, convert and export super-resolution models (srtool's and community checkpoints).",
@@ -27,8 +26,10 @@ def models_inspect(
     file: _File,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     scale: _Scale = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Architecture, scale, channels, parameters, size requirements, precisions, purpose and sha256 of a model file."""
+    set_quiet(quiet)
     from .model_tools import inspect_model
 
     info = inspect_model(file, scale)
@@ -56,9 +57,10 @@ def models_inspect(
 
 
 @models_app.command("list")
-def models_list() -> None:
-    """The architectures srtool loads, with each upstream project's code licence."""
-    from .model_tools import list_architectures
+def models_list(quiet: QuietOption = False) -> None:
+    """The architectures srtool loads (with each upstream project's code licence) and the named official models."""
+    set_quiet(quiet)
+    from .model_tools import list_architectures, list_named_models
 
     table = Table(title="architectures srtool loads (weights files carry their own licence: check the model's page)")
     for col in ("architecture", "loader", "upstream", "licence", "typical files"):
@@ -66,6 +68,12 @@ def models_list() -> None:
     for row in list_architectures():
         table.add_row(*(escape(row[k]) for k in ("architecture", "loader", "upstream", "licence", "files")))
     out_console.print(table)
+    zoo = Table(title="named official models: `--model NAME` downloads the release file once (sha256-checked) into the cache")
+    for col in ("name", "architecture", "scale", "size", "licence", "cached"):
+        zoo.add_column(col, overflow="fold", no_wrap=col in ("name", "size"))
+    for row in list_named_models():
+        zoo.add_row(*(escape(str(row[k])) for k in ("name", "architecture", "scale", "size", "licence", "cached")))
+    out_console.print(zoo)
 
 
 @models_app.command("convert")
@@ -74,8 +82,10 @@ def models_convert(
     out: Annotated[str, typer.Argument(help="Output .safetensors file.", metavar="OUT.safetensors")],
     scale: _Scale = None,
     overwrite: _Overwrite = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Convert a loadable checkpoint to a .safetensors file srtool loads directly (no unpickling ever again)."""
+    set_quiet(quiet)
     from .model_tools import convert_model
 
     path = convert_model(file, out, scale=scale, overwrite=overwrite)
@@ -90,8 +100,10 @@ def models_export(
     fp16: Annotated[bool, typer.Option("--fp16", help="Export with float16 weights and input.")] = False,
     scale: _Scale = None,
     overwrite: _Overwrite = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Export to ONNX (dynamic batch, height, width; RGB in [0, 1]); inputs must meet the size requirements."""
+    set_quiet(quiet)
     from .model_tools import export_onnx
 
     info = export_onnx(file, out, opset=opset, fp16=fp16, scale=scale, overwrite=overwrite)

@@ -89,6 +89,19 @@ def list_architectures() -> list[dict[str, str]]:
     return rows
 
 
+def list_named_models() -> list[dict[str, str]]:
+    """The named official release files (:mod:`srtool.model_zoo`), with size, licence and cache state."""
+    from .model_zoo import cache_dir, zoo_entries
+
+    rows = []
+    for entry in zoo_entries():
+        size = f"{entry.size / 1e6:.1f} MB" if entry.size else "?"
+        cached = "yes" if (cache_dir() / entry.filename).is_file() else "no"
+        rows.append({"name": entry.name, "architecture": entry.architecture, "scale": f"x{entry.scale}", "size": size,
+                     "licence": entry.licence, "cached": cached, "file": entry.filename, "url": entry.url})
+    return rows
+
+
 def convert_model(path: str | Path, out: str | Path, scale: int | None = None, overwrite: bool = False) -> Path:
     """Any loadable checkpoint -> a ``.safetensors`` srtool export (metadata names the architecture).
 

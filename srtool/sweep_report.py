@@ -24,12 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .scoring import DEFAULT_METRICS
+
 from .atomic import write_text_atomic
 from .errors import UserError
 from .sweep import read_manifest
 
 REPORT_SCHEMA = "srtool-sweep-report/1"
-DEFAULT_METRICS = ("psnr", "ssim")
 SEED_KEY = "train.seed"
 
 
@@ -144,15 +145,20 @@ def evaluate_sweep(
     protocol: str = "y",
     device: str = "auto",
     tile: int | None = None,
-    metrics: tuple[str, ...] | list[str] = DEFAULT_METRICS,
+    metrics: str | tuple[str, ...] | list[str] = DEFAULT_METRICS,
     figure_image: str | None = None,
     progress: bool = True,
+    lpips_net: str = "alex",
+    lpips_weights: str | Path | None = None,
 ) -> SweepReport:
     """Score every finished point's export on ``evals`` (default: the sweep's ``--eval`` sets), fold the
     seeds, and write the table (JSON/CSV/Markdown), ``eval.json``, ``curves.png`` and ``comparison.png``."""
     from .evaluate import _unique_dataset_names, evaluate, load_models, open_dataset
     from .report import write_json
 
+    from .scoring import Scorer, parse_metrics
+
+    metrics = parse_metrics(metrics)
     sweep_dir = Path(sweep_dir)
     doc = read_manifest(sweep_dir)
     points = doc["points"]
@@ -172,7 +178,9 @@ def evaluate_sweep(
         model.name = point["name"]  # table rows and figure panels are named after the points
     opened = [open_dataset(d, models[0].scale) for d in datasets]
     _unique_dataset_names(opened)
-    eval_report = evaluate(models, datasets, protocol, progress, opened=opened)
+    lpips_device = "cuda" if models[0].device.type == "cuda" else "cpu"
+    scorer = Scorer(metrics, models[0].scale, protocol, lpips_net, lpips_weights, lpips_device)
+    eval_report = evaluate(models, datasets, protocol, progress, opened=opened, scorer=scorer)
     report.eval_report = eval_report
     report.datasets = eval_report.dataset_names
     by_name = {row_point: row for row in rows for row_point in row.points}

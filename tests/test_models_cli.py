@@ -80,6 +80,21 @@ def test_list_names_licences(capsys):
         assert name in out
 
 
+def test_list_shows_named_models_and_their_cache_state(capsys, tmp_path, monkeypatch):
+    from srtool.model_tools import list_named_models
+    from srtool.model_zoo import zoo_entries
+
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path))
+    rows = {row["name"]: row for row in list_named_models()}
+    assert set(rows) == {entry.name for entry in zoo_entries()} and rows["realesrgan-x4plus"]["cached"] == "no"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / rows["realesrgan-x4plus"]["file"]).write_bytes(b"x")
+    assert {row["name"]: row for row in list_named_models()}["realesrgan-x4plus"]["cached"] == "yes"
+    assert run_cli("models", "list", "-q") == 0
+    out = capsys.readouterr().out
+    assert "realesrgan-x4plus" in out and "67.0 MB" in out
+
+
 @pytest.mark.parametrize("kind", ["compact", "esrgan-x3", "swinir"])
 def test_convert_round_trip(tmp_path: Path, kind: str):
     if kind == "compact":
