@@ -274,7 +274,7 @@ def upscale(
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
     alpha: Annotated[str, typer.Option(help="Upscale alpha with the model or with MATLAB bicubic.")] = "model",
     suffix: Annotated[Optional[str], typer.Option(help="Appended to output names (default _x<scale>).")] = None,
-    format_: Annotated[str, typer.Option("--format", help="png, jpg, webp, tiff, bmp, or keep (the input's format).")] = "png",
+    format_: Annotated[str, typer.Option("--format", help="png, jpg, webp, tiff, bmp, gif, or keep (the input's format). Animations and multi-page TIFFs keep every frame (png = APNG, webp, gif, tiff).")] = "png",
     quality: Annotated[int, typer.Option(help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (inputs are never replaced).")] = False,
@@ -334,8 +334,19 @@ def report_user_error(exc: UserError) -> None:
         err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """srtool's own warnings (e.g. a broken EXIF orientation) as one yellow line, without source lines."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning user errors into one red line and exit status 2."""
+    import warnings
+
+    from .errors import ImageWarning
+
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", ImageWarning)  # one line per image, not once per code location
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
         app(args=argv, prog_name="srtool")

@@ -147,26 +147,21 @@ class Dataset:
 
 def header_size(path: Path) -> tuple[int, int]:
     """(width, height) as viewers show it (EXIF orientation applied), from the header only."""
-    from PIL import Image, UnidentifiedImageError
+    from .imageio import image_size
 
-    from .imageio import ImageReadError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: corrupt or unreadable image ({exc})") from None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return image_size(path)
 
 
 def check_pairs(dataset: Dataset) -> None:
-    """Fail fast, before any model runs: every header readable and every LR exactly HR / scale."""
+    """Fail fast, before any model runs: every image complete (not truncated, see
+    :func:`srtool.imageio.check_complete`) and every LR exactly HR / scale."""
+    from .imageio import check_complete
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
+        check_complete(pair.hr_path)
+        if pair.lr_path is not None:
+            check_complete(pair.lr_path)
         hr_w, hr_h = header_size(pair.hr_path)
         if min(hr_w, hr_h) - 2 * dataset.scale < SSIM_WINDOW:
             raise UserError(
@@ -303,6 +298,8 @@ def _run_model(model: SRModel, lr: np.ndarray, hr_shape: tuple[int, ...]) -> np.
         raise TypeError(f"model returned {type(sr).__name__}, not an array")
     if sr.shape != hr_shape:
         raise ValueError(f"model output {sr.shape} does not match HR {hr_shape}")
+    if sr.dtype != lr.dtype:
+        raise ValueError(f"model output is {sr.dtype}, not {lr.dtype} like its input")
     return sr
 
 
