@@ -15,6 +15,7 @@ from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
 from .engine import ALPHA_MODES, DEFAULT_TILE_PAD, MIN_TILE, SRModel
 from .errors import UserError
 from .fusion import prepare_network
+from .models.integrity import check_model_path
 
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -81,6 +82,7 @@ def load_model(
         raise UserError(
             f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory or a checkpoint file)"
         )
+    check_model_path(path, spec_str)
     if path.is_dir():
         export = run_directory_export(path)
         if export is None:
