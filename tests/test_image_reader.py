@@ -23,18 +23,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from srtool.cli import main
+from cli_runner import run_cli_err
 from srtool.imageio import ImageReadError, open_image, read_image
 from srtool.resize import imresize
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+cli = run_cli_err
 
 
 def digest(path: Path) -> str:
@@ -78,13 +72,17 @@ def typeerror_tiff(path: Path, img: Image.Image) -> None:
 # ------------------------------------------------------------------------------------ 7. EXIF, decoders
 
 
-def test_broken_orientation_is_no_orientation_with_a_warning_in_upscale_eval_and_prepare(shared_data, tmp_path, capsys):
-    img = set5_crop(shared_data)
+def dataset_with(tmp_path: Path, name: str, write, img: Image.Image) -> tuple[Path, str, np.ndarray]:
+    """A dataset folder whose HR/ holds one damaged file: (folder, its sha256, its pixels as stored)."""
     src = tmp_path / "in"
     (src / "HR").mkdir(parents=True)
-    broken_orientation_jpeg(src / "HR" / "odd.jpg", img)
-    before = digest(src / "HR" / "odd.jpg")
-    stored = np.asarray(Image.open(src / "HR" / "odd.jpg").convert("RGB"))
+    write(src / "HR" / name, img)
+    return src, digest(src / "HR" / name), np.asarray(Image.open(src / "HR" / name).convert("RGB"))
+
+
+def test_broken_orientation_is_no_orientation_with_a_warning_in_upscale_eval_and_prepare(shared_data, tmp_path, capsys):
+    img = set5_crop(shared_data)
+    src, before, stored = dataset_with(tmp_path, "odd.jpg", broken_orientation_jpeg, img)
 
     with pytest.warns(UserWarning, match="odd.jpg: broken EXIF orientation"):
         decoded = read_image(src / "HR" / "odd.jpg")
@@ -106,11 +104,7 @@ def test_broken_orientation_is_no_orientation_with_a_warning_in_upscale_eval_and
 
 def test_exif_pil_cannot_reencode_still_orients_in_eval_and_prepare(shared_data, tmp_path, capsys):
     img = set5_crop(shared_data)
-    src = tmp_path / "in"
-    (src / "HR").mkdir(parents=True)
-    unencodable_exif_jpeg(src / "HR" / "cam.jpg", img)
-    before = digest(src / "HR" / "cam.jpg")
-    stored = np.asarray(Image.open(src / "HR" / "cam.jpg").convert("RGB"))
+    src, before, stored = dataset_with(tmp_path, "cam.jpg", unencodable_exif_jpeg, img)
     rotated = np.rot90(stored, -1)  # orientation 6: rotate 90 degrees clockwise to display
 
     assert np.array_equal(np.asarray(open_image(src / "HR" / "cam.jpg").convert("RGB")), rotated)

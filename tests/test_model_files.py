@@ -18,19 +18,13 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from srtool.cli import main
+from cli_runner import run_cli_err
 from srtool.models.export import EXPORT_FORMAT, save_export
 from srtool.models.rrdbnet import RRDBNet, RRDBNetConfig
 from srtool.models.srresnet import SRResNet, SRResNetConfig
 
 
-def cli(capsys, *args: str) -> tuple[int, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    return code, capsys.readouterr().err
+cli = run_cli_err
 
 
 def one_line(code: int, err: str, *needles: str) -> None:
@@ -208,13 +202,19 @@ def test_model_naming_a_fifo_is_refused_not_a_hang(capsys, tmp_path, image, name
     os.mkfifo(fifo)
     outcome: dict = {}
     worker = threading.Thread(target=lambda: outcome.update(result=cli(capsys, "upscale", str(image), "-o",
-                                                                       str(tmp_path / "out"), "--model", str(fifo))))
+                                                                       str(tmp_path / "out"), "--model", str(fifo))),
+                              daemon=True)
     worker.start()
     worker.join(timeout=30)
     hung = worker.is_alive()
-    if hung:  # today's code blocks opening the pipe: give it an end-of-file so the test can finish
-        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-        worker.join(timeout=30)
+    for _ in range(20):  # a reader blocked on the pipe: give it end-of-file (repeatedly) so the test can end
+        if not worker.is_alive():
+            break
+        try:
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        worker.join(timeout=0.5)
     assert not hung, "srtool blocked reading the FIFO"
     code, err = outcome["result"]
     one_line(code, err, name, "FIFO")
