@@ -28,9 +28,10 @@ from torch import nn
 
 from ..errors import UserError
 
-# Convolution weights every supported layout names this way (srtool's networks, BasicSR, ESRGAN):
-# they must be 4-D (out, in, kh, kw); a detector inferring channels from them needs that.
-_CONV_WEIGHT = re.compile(r"(^|\.)(conv_first|conv_last|conv_body|conv_hr|conv_up\d+|upconv\d+|HRconv|trunk_conv|conv\d)\.weight$")
+# Convolution weights the supported layouts name this way (srtool's networks, BasicSR, ESRGAN): they
+# must be 4-D (out, in, kh, kw); a detector inferring channels from them needs that.
+# Only these top-level names: other architectures (spandrel's) may use 1-D/3-D "convN" layers inside blocks.
+_CONV_WEIGHT = re.compile(r"(^|\.)(conv_first|conv_last|conv_body|conv_hr|conv_up\d+|upconv\d+|HRconv|trunk_conv)\.weight$")
 
 
 def check_model_path(path: Path, spec: str) -> None:
