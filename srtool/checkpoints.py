@@ -386,4 +386,8 @@ def network_from_state(obj: Any, path: str = "checkpoint", scale_hint: int | Non
 
 def load_checkpoint(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Module, dict]:
     """Read a checkpoint safely (see :func:`read_state_dict`) and build its network; see the module docstring."""
-    return network_from_state(read_state_dict(path), str(path), scale_hint)
+    from .models.integrity import validate_state_dict
+
+    state = read_state_dict(path)
+    validate_state_dict(state, path)  # NaN/inf, empty tensors, malformed convs: before layout detection
+    return network_from_state(state, str(path), scale_hint)

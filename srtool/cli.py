@@ -356,7 +356,7 @@ def upscale(
     fp16: Annotated[bool, typer.Option("--fp16", help="Same as --precision fp16.")] = False,
     alpha: Annotated[str, typer.Option(help="Upscale alpha with the model or with MATLAB bicubic.")] = "model",
     suffix: Annotated[Optional[str], typer.Option(help="Appended to output names: 'out' gives photo_out.png (an _ is added unless it starts with _, -, . or a space). Default _x<scale>.")] = None,
-    format_: Annotated[str, typer.Option("--format", "--ext", help="png, jpg, webp, tiff, bmp, or keep (the input's format).")] = "png",
+    format_: Annotated[str, typer.Option("--format", "--ext", help="png, jpg, webp, tiff, bmp, gif, or keep (the input's format). Animations and multi-page TIFFs keep every frame (png = APNG, webp, gif, tiff).")] = "png",
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (inputs are never replaced).")] = False,
@@ -500,10 +500,21 @@ def _command_with_user_metavars(typer_app: typer.Typer):
     return root
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """srtool's own warnings (e.g. a broken EXIF orientation) as one yellow line, without source lines."""
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning user errors into one red line and exit status 2.
 
     ``--debug`` is accepted anywhere on the command line (before a ``--``)."""
+    import warnings
+
+    from .errors import ImageWarning
+
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", ImageWarning)  # one line per image, not once per code location
     args = list(sys.argv[1:] if argv is None else argv)
     end = args.index("--") if "--" in args else len(args)
     debug = "--debug" in args[:end]

@@ -300,6 +300,32 @@ class _Plan:
         return torch.cat(parts, 1).permute(0, 2, 3, 1).float().cpu().numpy()
 
 
+class ModelOutputError(UserError):
+    """A network returned something that is not an image of the promised size (shape, scale, NaN/inf)."""
+
+
+def check_network_output(y: Any, x: torch.Tensor, scale: int) -> None:
+    """Refuse an output batch the engine would otherwise crop, broadcast or round into a plausible image:
+    it must be (n, C_in, h*scale, w*scale) for an (n, C_in, h, w) input, and finite."""
+    n, c, h, w = x.shape
+    expected = (n, c, h * scale, w * scale)
+    if not isinstance(y, torch.Tensor):
+        raise ModelOutputError(f"the network returned {type(y).__name__}, not a tensor")
+    if tuple(y.shape) != expected:
+        got = tuple(y.shape)
+        if len(got) == 4 and got[1] != c:
+            what = f"{got[1]} channels instead of {c}"
+        elif len(got) == 4 and got[2:] != expected[2:]:
+            what = f"size {got[3]}x{got[2]} for a {w}x{h} input (x{got[3] / w:g}), not x{scale}"
+        else:
+            what = f"shape {got} instead of {expected}"
+        raise ModelOutputError(f"the network's output has {what}")
+    if not y.is_floating_point():
+        raise ModelOutputError(f"the network returned {y.dtype} values, not floating point")
+    if not bool(torch.isfinite(y).all()):
+        raise ModelOutputError("the network's output holds NaN or infinite values")
+
+
 def _is_oom(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
@@ -382,6 +408,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         x = pad_to_requirements(x.to(model.device, dtype=net_dtype), traits).contiguous(memory_format=mem_format)
         with torch.inference_mode():
             y = network(x)
+        check_network_output(y, x, s)
         if y.shape[-2:] != (th * s, tw * s):
             y = y[..., : th * s, : tw * s]
         return plan.unbatch(y, n)

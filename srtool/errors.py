@@ -12,3 +12,7 @@ class UserError(Exception):
     """An error caused by the user's input; the message names the culprit (file, field or value)."""
 
     exit_code = 2
+
+
+class ImageWarning(UserWarning):
+    """A recoverable problem with an input image (e.g. broken EXIF metadata): the pixels are still used."""

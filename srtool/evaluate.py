@@ -157,26 +157,21 @@ class Dataset:
 
 def header_size(path: Path) -> tuple[int, int]:
     """(width, height) as viewers show it (EXIF orientation applied), from the header only."""
-    from PIL import Image, UnidentifiedImageError
+    from .imageio import image_size
 
-    from .imageio import ImageReadError
-
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(0x0112, 1) if hasattr(img, "getexif") else 1
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{path}: not an image file (or an unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: corrupt or unreadable image ({exc})") from None
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+    return image_size(path)
 
 
 def check_pairs(dataset: Dataset) -> None:
-    """Fail fast, before any model runs: every header readable and every LR exactly HR / scale."""
+    """Fail fast, before any model runs: every image complete (not truncated, see
+    :func:`srtool.imageio.check_complete`) and every LR exactly HR / scale."""
+    from .imageio import check_complete
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
+        check_complete(pair.hr_path)
+        if pair.lr_path is not None:
+            check_complete(pair.lr_path)
         hr_w, hr_h = header_size(pair.hr_path)
         if min(hr_w, hr_h) - 2 * dataset.scale < SSIM_WINDOW:
             raise UserError(
@@ -339,6 +334,8 @@ def _run_model(model: SRModel, lr: np.ndarray, hr_shape: tuple[int, ...]) -> np.
         raise TypeError(f"model returned {type(sr).__name__}, not an array")
     if sr.shape != hr_shape:
         raise ValueError(f"model output {sr.shape} does not match HR {hr_shape}")
+    if sr.dtype != lr.dtype:
+        raise ValueError(f"model output is {sr.dtype}, not {lr.dtype} like its input")
     return sr
 
 
@@ -577,21 +574,83 @@ def saved_image_path(root: Path, dataset: str, model_label: str, image: str) -> 
     return root / _safe_component(dataset) / _safe_component(model_label) / f"{image}.png"
 
 
-def _check_outputs(outputs: EvalOutputs, datasets: Sequence[Dataset], labels: Sequence[str]) -> None:
-    """Refuse, before any work, to overwrite anything the user has unless ``overwrite`` is set."""
-    if outputs.overwrite:
-        return
+def _resolved(path: Path) -> Path:
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def _check_writable_file(option: str, path: Path) -> None:
+    """An output file name must not be a folder, nor lie below an existing file."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"{option} {path}: {parent} is a file, not a folder")
+            break
+
+
+def _input_files(datasets: Sequence[Dataset], models: Sequence[SRModel]) -> dict[Path, str]:
+    """Every file the run reads (HR, LR, model weights), resolved, with how to name it."""
+    inputs: dict[Path, str] = {}
+    for d in datasets:
+        for pair in d.pairs:
+            for source in (pair.hr_path, pair.lr_path):
+                if source is not None:
+                    inputs[_resolved(source)] = f"the input image {source}"
+    for m in models:
+        if not m.is_bicubic and m.source and Path(m.source).is_file():
+            inputs[_resolved(Path(m.source))] = f"the model file {m.source}"
+    return inputs
+
+
+def _check_outputs(
+    outputs: EvalOutputs, datasets: Sequence[Dataset], labels: Sequence[str], models: Sequence[SRModel] = (),
+) -> None:
+    """Refuse, before any work, every output that cannot be written safely.
+
+    Never (whatever ``--overwrite`` says): an output that is one of the run's inputs (an HR/LR image
+    or a model file), two outputs on one file, a file name that is a folder or lies below a file,
+    two ``--save-images`` outputs on one name (``a.png`` and ``a.jpg`` in one HR folder). Without
+    ``overwrite``: an output that exists.
+    """
+    inputs = _input_files(datasets, models)
+    claimed: dict[Path, str] = {}
+
+    def claim(option: str, path: Path) -> None:
+        key = _resolved(path)
+        if key in inputs:
+            raise UserError(f"{option} {path}: is {inputs[key]}; inputs are never overwritten, choose another name")
+        if key in claimed:
+            raise UserError(f"{option} {path}: the same file as {claimed[key]}; give each output its own file")
+        claimed[key] = f"{option} {path}"
+        if not outputs.overwrite and key.exists():
+            raise UserError(f"{option} {path}: file exists (use --overwrite to replace it)")
+
     for option, path in (("--json", outputs.json), ("--csv", outputs.csv), ("--markdown", outputs.markdown),
                          ("--figure", outputs.figure)):
-        if path is not None and Path(path).exists():
-            raise UserError(f"{option} {path}: file exists (use --overwrite to replace it)")
-    if outputs.save_images is not None:
-        for d in datasets:
-            for label in labels:
-                for pair in d.pairs:
-                    target = saved_image_path(Path(outputs.save_images), d.name, label, pair.name)
-                    if target.exists():
-                        raise UserError(f"--save-images: {target} exists (use --overwrite to replace it)")
+        if path is None or str(path) == "-":  # "-": standard output
+            continue
+        _check_writable_file(option, Path(path))
+        claim(option, Path(path))
+    if outputs.save_images is None:
+        return
+    root = Path(outputs.save_images).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UserError(f"--save-images {root}: exists and is not a folder")
+    _check_writable_file("--save-images", root / "x")
+    for d in datasets:
+        stems: dict[str, Path] = {}
+        for pair in d.pairs:
+            if pair.name in stems:
+                raise UserError(
+                    f"--save-images: {stems[pair.name]} and {pair.hr_path} would both be saved as {pair.name}.png; "
+                    "rename one of them"
+                )
+            stems[pair.name] = pair.hr_path
+        for label in labels:
+            for pair in d.pairs:
+                claim("--save-images", saved_image_path(root, d.name, label, pair.name))
 
 
 def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, ImagePair]:
@@ -603,13 +662,34 @@ def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, Image
     raise UserError(f"--figure-image {wanted}: no such image in {', '.join(d.name for d in datasets)}")
 
 
-def _check_region(region: tuple[int, int, int, int], dataset: Dataset, pair: ImagePair) -> None:
+def _check_region(region: tuple[int, int, int, int], dataset: Dataset, pair: ImagePair, chosen: bool = True) -> None:
     x, y, w, h = region
     width, height = header_size(pair.hr_path)
     if pair.lr_path is None:  # generated LR: HR is mod-cropped first
         width, height = width - width % dataset.scale, height - height % dataset.scale
     if x + w > width or y + h > height:
-        raise UserError(f"--figure-region {x},{y},{w},{h} is outside {dataset.name}/{pair.name} ({width}x{height})")
+        hint = "" if chosen else "; the figure's image is chosen after scoring, so name one with --figure-image"
+        raise UserError(f"--figure-region {x},{y},{w},{h} is outside {dataset.name}/{pair.name} ({width}x{height}){hint}")
+
+
+def _check_figure_options(outputs: EvalOutputs, datasets: Sequence[Dataset]) -> None:
+    """Fail before the work, not after it: the figure's image exists and its region fits.
+
+    Without ``--figure-image`` the image is chosen after scoring, so the region must fit every
+    image the choice could fall on.
+    """
+    if outputs.figure is None:
+        for option, value in (("--figure-image", outputs.figure_image), ("--figure-region", outputs.figure_region)):
+            if value is not None:
+                raise UserError(f"{option}: only used with --figure FILE.png (no figure was asked for)")
+        return
+    if outputs.figure_image:
+        candidates = [find_image(datasets, outputs.figure_image)]
+    else:
+        candidates = [(d, pair) for d in datasets for pair in d.pairs]
+    if outputs.figure_region is not None:
+        for dataset, pair in candidates:
+            _check_region(outputs.figure_region, dataset, pair, chosen=bool(outputs.figure_image))
 
 
 def choose_figure_image(report: EvalReport, wanted: str | None) -> tuple[str, str]:
@@ -636,14 +716,21 @@ def choose_figure_image(report: EvalReport, wanted: str | None) -> tuple[str, st
     return min(scored, key=lambda key: scored[key][0])
 
 
+MIN_REGION = 8  # HR pixels: 2 LR pixels at x4, the least a crop comparison can show
+
+
 def parse_region(text: str) -> tuple[int, int, int, int]:
     """``x,y,w,h`` (HR pixels) from the command line."""
     try:
         x, y, w, h = (int(v) for v in text.split(","))
     except ValueError:
         raise UserError(f"--figure-region {text!r}: expected four integers x,y,w,h") from None
-    if w < 1 or h < 1 or x < 0 or y < 0:
-        raise UserError(f"--figure-region {text!r}: x, y must be >= 0 and w, h >= 1")
+    if x < 0 or y < 0:
+        raise UserError(f"--figure-region {text!r}: x, y must be >= 0")
+    if w < MIN_REGION or h < MIN_REGION:
+        raise UserError(
+            f"--figure-region {text!r}: w and h must be at least {MIN_REGION} HR pixels (a smaller crop shows nothing to compare)"
+        )
     return x, y, w, h
 
 
@@ -814,13 +901,10 @@ def run_eval(
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)
     labels = model_labels(models)
-    _check_outputs(outputs, opened, labels)
+    _check_outputs(outputs, opened, labels, models)
     if "niqe" in chosen:
         check_niqe_sizes(opened)
-    if outputs.figure is not None and outputs.figure_image:  # fail before the work, not after it
-        figure_dataset, figure_pair = find_image(opened, outputs.figure_image)
-        if outputs.figure_region is not None:
-            _check_region(outputs.figure_region, figure_dataset, figure_pair)
+    _check_figure_options(outputs, opened)
 
     on_image = None
     if outputs.save_images is not None:

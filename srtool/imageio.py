@@ -19,6 +19,7 @@ its orientation tag removed) are carried to the output.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 import zlib
@@ -26,13 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_path
-from .errors import UserError
+from .errors import ImageWarning, UserError
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; --max-pixels raises it
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 
 # srtool enforces its own limit (below); PIL's global bomb check would otherwise fire on its own threshold.
 Image.MAX_IMAGE_PIXELS = None
@@ -69,8 +70,8 @@ def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Imag
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{label}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
+        raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
@@ -80,18 +81,103 @@ def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Imag
     return img
 
 
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def exif_orientation(img: Image.Image, label: str) -> tuple[int, Image.Exif]:
+    """(EXIF orientation 1..8, EXIF block) of an opened image.
+
+    A broken EXIF block or orientation tag (unparseable IFD, a tag of the wrong type, a value out of
+    1..8) means "no orientation": the image is read as stored, with an :class:`ImageWarning`.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL's own "Corrupt EXIF data" chatter; we say it once, below
+            exif = img.getexif()
+            value = exif.get(ORIENTATION_TAG, 1)
+            orientation = 1 if value is None else int(value)
+        if orientation not in range(1, 9):
+            raise ValueError(f"orientation {orientation} is not 1..8")
+    except OSError as exc:  # the file itself is truncated or unreadable (PNG keeps EXIF after the pixels)
+        raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 -- metadata is never a reason to refuse the pixels
+        warnings.warn(f"{label}: broken EXIF orientation ({_reason(exc)}); read as not rotated", ImageWarning, stacklevel=2)
+        return 1, Image.Exif()
+    return orientation, exif
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
     data, label = _read_source(source)
     img = _open_checked(data, label, max_pixels)
+    frames = frame_count(img)
+    if frames > 1:
+        raise ImageReadError(f"{label}: holds {frames} frames or pages; a dataset image must be a single image")
+    orientation, _ = exif_orientation(img, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{label}: corrupt or truncated image ({exc})") from None
+            if orientation in _TRANSPOSE:
+                img = img.transpose(_TRANSPOSE[orientation])
+    except Exception as exc:  # any decoder exception: the file is unreadable (named), never an internal error
+        raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
     return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) as viewers show it (EXIF orientation applied), from the header only."""
+    label = str(path)
+    try:
+        with open(path, "rb") as fh, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(fh) as img:
+                width, height = img.size
+                orientation, _ = exif_orientation(img, label)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
+    except OSError as exc:
+        raise ImageReadError(f"{label}: cannot open ({exc.strerror or _reason(exc)})") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ImageReadError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def check_complete(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise :class:`ImageReadError` if ``path`` is truncated or does not decode, before any work uses it.
+
+    A PNG that ends with its IEND chunk, or a JPEG that ends with its end-of-image marker (FFD9), is
+    complete (a truncated file lacks them; checking costs one small read, no decoding). Any other
+    file (other formats, or a PNG/JPEG with trailing bytes) is decoded in full.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 16))
+            tail = fh.read()
+    except OSError as exc:
+        raise ImageReadError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and tail.endswith(_PNG_END):
+        return
+    if head.startswith(b"\xff\xd8") and tail.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return
+    open_image(path, max_pixels)
 
 
 def to_dataset_array(img: Image.Image) -> np.ndarray:
@@ -132,9 +218,10 @@ def write_png(path: str | Path, array: np.ndarray, compress_level: int = 6) -> N
 # ----------------------------------------------------------------------- lossless I/O for upscale
 
 ORIENTATION_TAG = 0x0112
-OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp"}
-_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp"}
-_PIL_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp", "MPO": "jpg"}
+OUTPUT_FORMATS = {"png": ".png", "jpg": ".jpg", "webp": ".webp", "tiff": ".tif", "bmp": ".bmp", "gif": ".gif"}
+ANIMATION_FORMATS = ("png", "webp", "tiff", "gif")  # formats that hold several frames (APNG, multi-page TIFF)
+_SUFFIX_FORMATS = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp", ".gif": "gif"}
+_PIL_FORMATS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "TIFF": "tiff", "BMP": "bmp", "MPO": "jpg", "GIF": "gif"}
 
 
 @dataclass
@@ -143,13 +230,17 @@ class DecodedImage:
 
     ``array``: uint8 or uint16, (H, W) grayscale or (H, W, C) with C = 2 (LA), 3 (RGB), 4 (RGBA).
     ``exif``: the EXIF block with the orientation tag removed (it is applied to ``array``).
-    ``format``: srtool's name of the source format (png, jpg, webp, tiff, bmp) or None.
+    ``format``: srtool's name of the source format (png, jpg, webp, tiff, bmp, gif) or None.
+    ``frames``: for an animation (GIF, APNG, WebP) or a multi-page TIFF, every frame, already oriented.
     """
 
     array: np.ndarray
     icc_profile: bytes | None = None
     exif: bytes | None = None
     format: str | None = None
+    frames: list[np.ndarray] | None = None  # every frame/page (frames[0] is array) when there are several
+    durations: list[int] | None = None  # ms per frame (GIF, APNG, WebP), when the file says
+    loop: int | None = None  # 0 = forever (GIF, APNG, WebP), when the file says
 
 
 def format_for_suffix(suffix: str) -> str | None:
@@ -235,24 +326,82 @@ def _read_tiff16_colour(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(arr.astype(np.uint16))
 
 
+def frame_count(img: Image.Image) -> int:
+    """Frames (GIF, APNG, WebP) or pages (TIFF) in an opened image; 1 for stills. An MPO (a camera
+    JPEG with a preview or second view appended) counts as one: its first image is the photo."""
+    if img.format == "MPO":
+        return 1
+    try:
+        return max(1, int(getattr(img, "n_frames", 1)))
+    except Exception as exc:  # noqa: BLE001 -- a damaged frame table
+        raise ImageReadError(f"{getattr(img, 'filename', '') or 'image'}: cannot count its frames ({_reason(exc)})") from None
+
+
+def _check_frame_pixels(img: Image.Image, frames: int, label: str, max_pixels: int | None) -> None:
+    width, height = img.size
+    total = width * height * frames
+    if max_pixels is not None and frames > 1 and total > max_pixels:
+        raise ImageReadError(
+            f"{label}: {frames} frames of {width}x{height} = {total / 1e6:.1f} megapixels exceed the limit of "
+            f"{max_pixels / 1e6:.1f} (raise it with --max-pixels)"
+        )
+
+
+def _decode_frames(img: Image.Image, count: int) -> tuple[list[np.ndarray], list[int] | None]:
+    """Every frame as an array (GIF/APNG/WebP frames composited to the full canvas by PIL), same channels."""
+    frames, durations = [], []
+    for index in range(count):
+        img.seek(index)
+        img.load()
+        frames.append(array_from_pil(img))
+        durations.append(int(img.info.get("duration", 0) or 0))
+    if img.format != "TIFF":  # animation frames share one canvas: give them one channel layout
+        alpha = any(f.ndim == 3 and f.shape[2] in (2, 4) for f in frames)
+        frames = [_as_channels(f, 4 if alpha else 3) for f in frames]
+    return frames, (durations if any(durations) else None)
+
+
+def _as_channels(frame: np.ndarray, channels: int) -> np.ndarray:
+    if frame.ndim == 2:
+        frame = frame[..., None]
+    if frame.shape[2] in (1, 2):  # gray (+alpha) -> RGB (+alpha)
+        frame = np.concatenate([np.repeat(frame[..., :1], 3, axis=2), frame[..., 1:]], axis=2)
+    if channels == 4 and frame.shape[2] == 3:
+        frame = np.concatenate([frame, np.full(frame.shape[:2] + (1,), np.iinfo(frame.dtype).max, frame.dtype)], axis=2)
+    return np.ascontiguousarray(frame)
+
+
 def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Decode an image for upscaling without losing depth, alpha, ICC or EXIF. Raises :class:`ImageReadError`."""
+    """Decode an image for upscaling without losing depth, alpha, ICC, EXIF or frames. Raises :class:`ImageReadError`.
+
+    An animated GIF/APNG/WebP or a multi-page TIFF yields every frame in ``frames`` (``array`` is the
+    first), with per-frame ``durations`` (ms) and the ``loop`` count.
+    """
     data, label = _read_source(source)
     img = _open_checked(data, label, max_pixels)
+    orientation, exif = exif_orientation(img, label)
+    frames = durations = loop = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            exif = img.getexif()
-            orientation = int(exif.get(ORIENTATION_TAG, 1) or 1)
             icc = img.info.get("icc_profile") or None
             fmt = _PIL_FORMATS.get(img.format or "")
             header = _png_header(data)
             bits = img.tag_v2.get(258) if img.format == "TIFF" else None
-            if header is not None and header[0] == 16 and header[1] in (2, 4, 6):
-                array = _read_png16_colour(data)
-            elif bits is not None and (bits if isinstance(bits, tuple) else (bits,))[0] == 16 and img.mode not in (
+            count = frame_count(img)
+            _check_frame_pixels(img, count, label, max_pixels)
+            tiff16 = bits is not None and (bits if isinstance(bits, tuple) else (bits,))[0] == 16 and img.mode not in (
                 "I;16", "I;16L", "I;16B", "I;16N", "I"
-            ):
+            )
+            if count > 1:
+                if tiff16:
+                    raise ImageReadError(f"{label}: a multi-page 16-bit colour TIFF ({count} pages) is not supported")
+                loop = img.info.get("loop")
+                frames, durations = _decode_frames(img, count)
+                array = frames[0]
+            elif header is not None and header[0] == 16 and header[1] in (2, 4, 6):
+                array = _read_png16_colour(data)
+            elif tiff16:
                 array = _read_tiff16_colour(data)
             else:
                 img.load()
@@ -262,12 +411,18 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{label}: corrupt, truncated or unsupported image ({exc})") from None
-    except Exception as exc:  # third-party decoders (pypng, tifffile) raise their own types
-        raise ImageReadError(f"{label}: cannot decode ({type(exc).__name__}: {exc})") from None
+        raise ImageReadError(f"{label}: corrupt, truncated or unsupported image ({_reason(exc)})") from None
+    except Exception as exc:  # PIL on hostile files and third-party decoders (pypng, tifffile) raise their own types
+        raise ImageReadError(f"{label}: cannot decode ({_reason(exc)})") from None
     if orientation in range(2, 9):
         array = apply_orientation(array, orientation)
-    return DecodedImage(array=array, icc_profile=icc, exif=_portable_exif(exif), format=fmt)
+        frames = [apply_orientation(f, orientation) for f in frames] if frames else None
+    if frames:
+        array = frames[0]
+    return DecodedImage(
+        array=array, icc_profile=icc, exif=_portable_exif(exif, label), format=fmt,
+        frames=frames, durations=durations, loop=loop,
+    )
 
 
 # EXIF tags worth carrying to an output: descriptive IFD0 tags and the Exif/GPS sub-IFDs. Structural
@@ -277,7 +432,16 @@ _PORTABLE_TAGS = (0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x011A, 0x011B
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 
 
-def _portable_exif(exif: Image.Exif) -> bytes | None:
+def _portable_exif(exif: Image.Exif, label: str = "image") -> bytes | None:
+    """The EXIF block to carry to an output, or None (also, with a warning, when it cannot be re-encoded)."""
+    try:
+        return _portable_exif_bytes(exif)
+    except Exception as exc:  # noqa: BLE001 -- a broken tag never costs the image
+        warnings.warn(f"{label}: EXIF block is damaged ({_reason(exc)}); the output is written without it", ImageWarning, stacklevel=3)
+        return None
+
+
+def _portable_exif_bytes(exif: Image.Exif) -> bytes | None:
     if not len(exif):
         return None
     out = Image.Exif()
@@ -359,7 +523,7 @@ def encode_image(
     array: np.ndarray, fmt: str, quality: int = 95, icc_profile: bytes | None = None, exif: bytes | None = None,
     software: str | None = None,
 ) -> bytes:
-    """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp).
+    """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp, gif).
 
     PNG and TIFF keep 16 bits; JPEG, WebP and BMP are 8-bit (16-bit input is rounded v/257); JPEG
     and BMP have no alpha, so alpha images are composited over white. ICC and EXIF are embedded
@@ -406,7 +570,7 @@ def encode_image(
             arr8 = _flatten_alpha(arr8)
         if fmt == "webp" and arr8.ndim == 2:
             arr8 = np.repeat(arr8[..., None], 3, axis=2)
-        if fmt == "webp" and arr8.ndim == 3 and arr8.shape[2] == 2:
+        if fmt in ("webp", "gif") and arr8.ndim == 3 and arr8.shape[2] == 2:
             arr8 = np.concatenate([np.repeat(arr8[..., :1], 3, axis=2), arr8[..., 1:]], axis=2)
         img = pil_from_array(arr8)
         if fmt == "jpg":
@@ -415,6 +579,8 @@ def encode_image(
             img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **extra)
         elif fmt == "webp":
             img.save(buf, format="WEBP", quality=quality, **extra)
+        elif fmt == "gif":
+            img.save(buf, format="GIF")
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
@@ -440,6 +606,62 @@ def read_software(path: str | Path) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
+
+
+def encode_frames(
+    frames: list[np.ndarray], fmt: str, quality: int = 95, durations: list[int] | None = None,
+    loop: int | None = None, icc_profile: bytes | None = None, exif: bytes | None = None, software: str | None = None,
+) -> bytes:
+    """Encode several frames as one animated (PNG = APNG, WebP, GIF) or multi-page (TIFF) file.
+
+    Frame durations (ms) and the loop count are kept when given. JPEG and BMP hold one image:
+    asking for them is a :class:`UserError` (frames are never dropped silently). Animation formats
+    are 8-bit (16-bit frames are rounded v/257); a multi-page TIFF keeps 16-bit pages.
+    """
+    if len(frames) == 1:
+        return encode_image(frames[0], fmt, quality, icc_profile, exif, software=software)
+    if fmt not in ANIMATION_FORMATS:
+        raise UserError(
+            f"{len(frames)} frames: {fmt} holds a single image; use --format {', '.join(ANIMATION_FORMATS)} "
+            "(or keep) to keep every frame"
+        )
+    if fmt == "tiff":
+        images = [pil_from_array(f[..., 0] if f.ndim == 3 and f.shape[2] == 1 else f) for f in frames]
+    else:
+        images = [pil_from_array(_frame_for_animation(f, fmt)) for f in frames]
+    extra: dict = {}
+    if durations:
+        extra["duration"] = list(durations)
+    if loop is not None:
+        extra["loop"] = int(loop)
+    if icc_profile and fmt != "gif":
+        extra["icc_profile"] = icc_profile
+    if exif and fmt in ("png", "webp"):
+        extra["exif"] = exif
+    if software and fmt == "png":  # the marker srtool upscale recognises its own outputs by (read_software)
+        from PIL import PngImagePlugin
+
+        extra["pnginfo"] = PngImagePlugin.PngInfo()
+        extra["pnginfo"].add_text("Software", software)
+    elif software and fmt == "tiff":
+        extra["software"] = software
+    buf = io.BytesIO()
+    first, rest = images[0], images[1:]
+    if fmt == "png":
+        first.save(buf, format="PNG", save_all=True, append_images=rest, compress_level=6, **extra)
+    elif fmt == "webp":
+        first.save(buf, format="WEBP", save_all=True, append_images=rest, quality=quality, **extra)
+    elif fmt == "gif":
+        first.save(buf, format="GIF", save_all=True, append_images=rest, disposal=2, **extra)
+    else:
+        first.save(buf, format="TIFF", save_all=True, append_images=rest, compression="tiff_adobe_deflate", **extra)
+    return buf.getvalue()
+
+
+def _frame_for_animation(frame: np.ndarray, fmt: str) -> np.ndarray:
+    """8-bit frames with 3 or 4 channels (animated PNG/WebP/GIF frames share one RGB(A) layout)."""
+    arr8 = _to_8bit(frame)
+    return _as_channels(arr8, 4 if arr8.ndim == 3 and arr8.shape[2] in (2, 4) else 3)
 
 
 def write_image(

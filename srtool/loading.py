@@ -15,6 +15,7 @@ from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
 from .engine import ALPHA_MODES, MIN_TILE, SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
+from .models.integrity import check_model_path
 
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -104,6 +105,7 @@ def load_model(
             f"model not found: {spec_str} (use 'default', 'bicubic', an srtool export, a run directory, a checkpoint file "
             "or a named model such as realesrgan-x4plus)"
         )
+    check_model_path(path, spec_str)
     if path.is_dir():
         export = run_directory_export(path)
         if export is None:

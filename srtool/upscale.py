@@ -27,8 +27,8 @@ import numpy as np
 
 from .errors import UserError
 from .imageio import (
-    DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_image, format_for_pil, format_for_suffix, is_image_file,
-    read_image, read_software,
+    ANIMATION_FORMATS, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_frames, encode_image, format_for_pil,
+    format_for_suffix, is_image_file, read_image, read_software,
 )
 from .engine import SRModel, upscale_array
 from .resize import imresize
@@ -322,6 +322,21 @@ def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = N
     return sr
 
 
+def upscale_decoded(model: SRModel, decoded: DecodedImage, options: UpscaleOptions, fmt: str) -> np.ndarray | list[np.ndarray]:
+    """The upscaled image, or every upscaled frame of an animation / multi-page file (a list).
+
+    Frames are never dropped: an output format that holds one image is refused before any work.
+    """
+    if not decoded.frames:
+        return upscale_pixels(model, decoded.array, options.outscale, options.alpha)
+    if fmt not in ANIMATION_FORMATS:
+        raise UserError(
+            f"{len(decoded.frames)} frames, but {fmt} holds a single image: use --format "
+            f"{', '.join(ANIMATION_FORMATS)} (or keep) to keep every frame"
+        )
+    return [upscale_pixels(model, frame, options.outscale, options.alpha) for frame in decoded.frames]
+
+
 def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
     if job.source is not None:
         return read_image(job.source, options.max_pixels)
@@ -330,12 +345,16 @@ def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
     return read_image(data, options.max_pixels)
 
 
-def _encode_and_write(job: Job, sr: np.ndarray, decoded: DecodedImage, options: UpscaleOptions) -> None:
+def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:
     from .atomic import atomic_path
 
     fmt = format_for_suffix(job.output.suffix) if job.output is not None else None
     fmt = fmt or _output_format(options, job.source, decoded.format)
-    data = encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER)
+    if isinstance(sr, list):
+        data = encode_frames(sr, fmt, options.quality, decoded.durations, decoded.loop, decoded.icc_profile, decoded.exif,
+                             software=SOFTWARE_MARKER)
+    else:
+        data = encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER)
     if job.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -383,15 +402,16 @@ def run_batch(
             prefetch()
             try:
                 decoded = fut.result()
-                job.megapixels = decoded.array.shape[0] * decoded.array.shape[1] / 1e6
-                sr = upscale_pixels(model, decoded.array, options.outscale, options.alpha)
+                job.megapixels = decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
+                sr = upscale_decoded(model, decoded, options, _output_format(options, job.source, decoded.format))
             except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
                 job.status, job.message = "failed", _describe(exc)
                 if progress:
                     progress(job, done_mp, time.perf_counter() - start)
                 continue
             done_mp += job.megapixels
-            writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), sr.nbytes))
+            nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes
+            writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), nbytes))
             del sr, decoded
             settle(workers)
         settle(0)

@@ -11,3 +11,9 @@ def run_cli(*args: str) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     return 0
+
+
+def run_cli_err(capsys, *args: str) -> tuple[int, str]:
+    """Run the CLI in-process; (exit status, stderr) with pytest's ``capsys``."""
+    code = run_cli(*args)
+    return code, capsys.readouterr().err

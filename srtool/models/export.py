@@ -100,9 +100,15 @@ def read_export_metadata(path: str | Path) -> dict[str, Any] | None:
         doc = json.loads(meta["srtool"])
     except json.JSONDecodeError as exc:
         raise UserError(f"{path}: corrupt srtool metadata ({exc})") from None
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: srtool metadata is a JSON {_json_kind(doc)}, not an object (a damaged export)")
     if doc.get("format") != EXPORT_FORMAT:
         raise UserError(f"{path}: unsupported export format {doc.get('format')!r} (this srtool reads {EXPORT_FORMAT})")
     return doc
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
 
 
 def save_export(path: str | Path, network: nn.Module, info: dict[str, Any] | None = None) -> Path:
@@ -139,6 +145,8 @@ def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Mod
     """
     from .registry import build_network, generator_config_from_dict
 
+    from .integrity import check_export_table, validate_state_dict
+
     doc = read_export_metadata(path)
     if doc is None:
         raise UserError(f"{path}: a safetensors file without srtool metadata (not an srtool export)")
@@ -147,11 +155,15 @@ def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Mod
 
         network, info = network_from_state(read_state_dict(path), str(path), scale_hint or doc["checkpoint"].get("scale"))
         return network, {**doc, **info}
-    if "generator" not in doc:
-        raise UserError(f"{path}: srtool metadata names no architecture (neither 'generator' nor 'checkpoint')")
-    config = generator_config_from_dict(doc["generator"], source=str(path))
-    network = build_network(config)
+    generator = doc.get("generator")
+    if not isinstance(generator, dict):
+        what = "has no 'generator' entry" if generator is None else f"has a 'generator' that is a JSON {_json_kind(generator)}"
+        raise UserError(f"{path}: srtool metadata {what} (the architecture to build); a damaged export")
+    config = generator_config_from_dict(generator, source=str(path))
+    check_export_table(path, config)  # before building anything: a tiny file cannot make us allocate a big network
     state = read_state_dict(path)
+    validate_state_dict(state, path)
+    network = build_network(config)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
