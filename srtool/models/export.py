@@ -143,9 +143,8 @@ def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Mod
     models convert``, a community checkpoint's state dict (``checkpoint``: its architecture and
     scale), which goes through the same detection as the original file, minus the unpickling.
     """
-    from .registry import build_network, generator_config_from_dict
-
     from .integrity import check_export_table, validate_state_dict
+    from .registry import build_network, generator_config_from_dict
 
     doc = read_export_metadata(path)
     if doc is None:
@@ -153,7 +152,9 @@ def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Mod
     if "generator" not in doc and isinstance(doc.get("checkpoint"), dict):
         from ..checkpoints import network_from_state
 
-        network, info = network_from_state(read_state_dict(path), str(path), scale_hint or doc["checkpoint"].get("scale"))
+        state = read_state_dict(path)
+        validate_state_dict(state, path)  # the same checks as for the original checkpoint file
+        network, info = network_from_state(state, str(path), scale_hint or doc["checkpoint"].get("scale"))
         return network, {**doc, **info}
     generator = doc.get("generator")
     if not isinstance(generator, dict):
