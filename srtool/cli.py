@@ -250,6 +250,8 @@ def eval_(
         overwrite=overwrite,
     )
     report = run_eval(model or ["default"], data, protocol, device, tile, scale, outputs)
+    if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
+        return
     print_report(report, out_console)
     for label, path in (("JSON", json_out), ("CSV", csv_out), ("Markdown", markdown_out)):
         if path is not None:
@@ -285,10 +287,12 @@ def upscale(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .loading import load_model
-    from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch
+    from .sharding import current_shard
+    from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch_sharded
 
+    shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
     sr_model = load_model(
-        model, device=device, precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
+        model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
     )
     options = UpscaleOptions(
@@ -296,18 +300,20 @@ def upscale(
         outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
     jobs = plan_jobs(inputs, options, sr_model)
-    todo = sum(job.status == "pending" for job in jobs)
+    todo = len(shard.take([job for job in jobs if job.status == "pending"]))
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} MP/s"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False) as bar:
+    with Progress(*columns, console=err_console, transient=False, disable=not shard.is_main) as bar:
         task = bar.add_task(f"{sr_model.name} x{sr_model.scale}", total=todo, rate="-")
 
         def on_image(job, megapixels, seconds):
             bar.update(task, advance=1, rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
 
-        result = run_batch(sr_model, jobs, options, progress=on_image)
+        result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports the whole batch
+        return
     table = Table(title="srtool upscale", show_edge=False)
     for col in ("written", "skipped", "failed", "input MP", "seconds"):
         table.add_column(col, justify="right")

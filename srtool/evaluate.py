@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -647,10 +647,17 @@ def run_eval(
     scale: int | None = None,
     outputs: EvalOutputs | None = None,
     progress: bool | ProgressFactory = True,
-) -> EvalReport:
-    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files."""
+) -> EvalReport | None:
+    """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
+
+    Under torchrun each rank evaluates a slice of every dataset (:mod:`srtool.sharding`) and rank 0
+    gathers the per-image results, writes the files and returns the full report; other ranks return None.
+    """
     from .imageio import write_png
     from .report import write_csv, write_json, write_markdown
+    from .sharding import current_shard
+
+    shard = current_shard()
 
     outputs = outputs or EvalOutputs()
     if protocol not in PROTOCOLS:
@@ -659,7 +666,7 @@ def run_eval(
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
-    models = load_models(model_specs, device, tile, scale)
+    models = load_models(model_specs, shard.device(device), tile, scale)
     model_scale = models[0].scale
     opened = [open_dataset(d, model_scale) for d in datasets]
     _unique_dataset_names(opened)
@@ -678,7 +685,17 @@ def run_eval(
             for index, sr in srs.items():
                 write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
 
-    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened)
+    if shard.enabled:
+        shard.barrier()  # every rank has checked the outputs before any rank writes one
+        mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
+        report = evaluate(models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine)
+        parts = shard.gather([r.images for r in report.results])
+        if parts is None:
+            return None
+        for k, result in enumerate(report.results):
+            result.images = shard.interleave([part[k] for part in parts])
+    else:
+        report = evaluate(models, datasets, protocol, progress, on_image, opened=opened)
     if outputs.json is not None:
         write_json(report, outputs.json)
     if outputs.csv is not None:
