@@ -29,6 +29,7 @@ from .imageio import (
 )
 from .engine import SRModel, upscale_array
 from .resize import imresize
+from .threads import lower_thread_priority
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
@@ -230,7 +231,8 @@ def run_batch(
     start = time.perf_counter()
     workers = max(1, options.workers)
     done_mp = 0.0
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io")
+    # decode/encode threads yield the cores to the network's threads (srtool/threads.py)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io", initializer=lower_thread_priority)
     decodes: deque[tuple[Job, Future]] = deque()
     writes: deque[tuple[Job, Future, int]] = deque()
     pending = deque(todo)
