@@ -38,7 +38,7 @@ import json, sys, time, resource
 from pathlib import Path
 from srtool.imageio import read_image
 from srtool.loading import load_model
-model = load_model(sys.argv[2], device="cpu")
+model = load_model(sys.argv[2], device="cpu", precision=sys.argv[3])
 arrays = [read_image(p).array for p in sorted(Path(sys.argv[1]).iterdir())]
 t0 = time.perf_counter()
 for a in arrays:
@@ -61,8 +61,8 @@ def _timed_child(cmd: list[str]) -> tuple[float, str]:
     return wall, proc.stdout
 
 
-def run_bare(folder: Path, model: str) -> dict:
-    _wall, out = _timed_child([sys.executable, "-c", BARE, str(folder), model])
+def run_bare(folder: Path, model: str, precision: str) -> dict:
+    _wall, out = _timed_child([sys.executable, "-c", BARE, str(folder), model, precision])
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -70,8 +70,9 @@ def run_startup(model: str) -> float:
     return _timed_child([sys.executable, "-c", STARTUP, model])[0]
 
 
-def run_cli(folder: Path, out_dir: Path, model: str, jobs: int | None, startup: float) -> dict:
-    cmd = [sys.executable, "-m", "srtool", "upscale", str(folder), "-o", str(out_dir), "--overwrite", "-m", model]
+def run_cli(folder: Path, out_dir: Path, model: str, precision: str, jobs: int | None, startup: float) -> dict:
+    cmd = [sys.executable, "-m", "srtool", "upscale", str(folder), "-o", str(out_dir), "--overwrite", "-m", model,
+           "--precision", precision, "--device", "cpu"]
     if jobs is not None:
         cmd += ["-j", str(jobs)]
     script = ("import resource, runpy, sys, atexit, json; sys.argv = ['srtool'] + sys.argv[1:]; "
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--jobs", type=int, nargs="*", default=[None], help="CLI -j values (default: the CLI's default)")
     ap.add_argument("--model", default="default")
+    ap.add_argument("--precision", default="auto", help="both sides (auto: bf16 for the bundled model on AMX CPUs)")
     ap.add_argument("--data", type=Path, default=SET14_LR)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, open(LOCK, "w") as lock:
@@ -103,15 +105,15 @@ def main() -> None:
         folder.mkdir()
         for name in IMAGES:
             shutil.copy(args.data / f"{name}.png", folder / f"{name}.png")
-        print(f"cpus {os.cpu_count()}, load average at start {load_average()}")
+        print(f"cpus {os.cpu_count()}, precision {args.precision}, load average at start {load_average()}")
         bare, cli = [], {j: [] for j in args.jobs}
         for r in range(args.repeats):
             startup = run_startup(args.model)
-            b = run_bare(folder, args.model)
+            b = run_bare(folder, args.model, args.precision)
             bare.append(b)
             print(f"[{r}] bare {b['seconds']:.2f} s (rss {b['rss_mb']:.0f} MB)  load {load_average()}", flush=True)
             for j in args.jobs:
-                c = run_cli(folder, Path(tmp) / "out", args.model, j, startup)
+                c = run_cli(folder, Path(tmp) / "out", args.model, args.precision, j, startup)
                 cli[j].append(c)
                 print(f"[{r}] cli -j {j or 'default'}: {c['seconds']:.2f} s (wall {c['wall']:.2f} s - start-up "
                       f"{startup:.2f} s), rss {c['rss_mb']:.0f} MB  "

@@ -95,12 +95,13 @@ def load_model(
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}")
     dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
+    identity = sha256_file(path)
+    prec = resolve_precision(precision, dev, identity)
     if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
     return SRModel(
         name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
-        scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
+        scale=net_scale, network=prepare_network(network, dev, prec), identity=identity,
         source=str(path), info=info, device=dev, precision=prec, tile=tile,
         tile_pad=DEFAULT_TILE_PAD if tile_pad is None else tile_pad, alpha=alpha,
     )

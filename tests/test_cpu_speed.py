@@ -1,0 +1,76 @@
+"""CPU speed policy: cache-sized automatic tiles that do not depend on free memory, image I/O threads that
+yield to the network's threads, and bf16 chosen automatically only for verified weights on native-bf16 CPUs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from srtool import devices, engine, upscale
+from srtool.loading import load_model
+
+
+def test_cpu_auto_tile_is_cache_sized_and_independent_of_free_memory(monkeypatch):
+    model = load_model("default", device="cpu", precision="fp32")
+    tiles = set()
+    for free in (8 << 30, 24 << 30, 512 << 30):
+        monkeypatch.setattr(engine, "available_memory", lambda _device, free=free: free)
+        tiles.add(engine.auto_tile(model))
+    assert tiles == {(128, 1)}  # 64 features, fp32: a 148-pixel window's feature map is ~5.6 MB
+    monkeypatch.setattr(engine, "available_memory", lambda _device: 64 << 20)  # memory short: smaller
+    assert engine.auto_tile(model)[0] < 128
+
+
+def test_image_io_threads_run_below_the_networks_priority(benchmarks_dir, tmp_path, monkeypatch):
+    if os.uname().sysname != "Linux":
+        pytest.skip("per-thread nice values are Linux behaviour")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bird", "head"):
+        shutil.copy(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / f"{name}.png", folder / f"{name}.png")
+    seen = []
+    decode = upscale._decode
+
+    def watched(job, options):
+        seen.append((threading.current_thread() is threading.main_thread(),
+                     os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return decode(job, options)
+
+    monkeypatch.setattr(upscale, "_decode", watched)
+    model = load_model("bicubic")
+    options = upscale.UpscaleOptions(output=str(tmp_path / "out"), workers=2)
+    result = upscale.run_batch(model, upscale.plan_jobs([str(folder)], options, model), options)
+    assert result.count("written") == 2
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen and all(not on_main and nice == min(19, main + 10) for on_main, nice in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the main thread is untouched
+
+
+def test_auto_precision_is_bf16_only_for_verified_weights_on_native_cpus(monkeypatch):
+    cpu, verified = torch.device("cpu"), next(iter(devices.CPU_BF16_VERIFIED))
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.resolve_precision("auto", cpu, verified) == "bf16"
+    assert devices.resolve_precision("auto", cpu, "0" * 64) == "fp32"  # any other weights
+    assert devices.resolve_precision("fp32", cpu, verified) == "fp32"  # an explicit choice wins
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", cpu, verified) == "fp32"  # emulated bf16 is slow
+    assert all(delta < devices.CPU_BF16_MAX_DB for delta in devices.CPU_BF16_VERIFIED.values())
+
+
+@pytest.mark.slow
+def test_bundled_model_bf16_moves_no_set14_psnr_by_002_db(benchmarks_dir):
+    """The measurement behind CPU_BF16_VERIFIED, through the eval code path (what `srtool eval` runs)."""
+    if not devices.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: precision auto stays fp32 here")
+    from srtool.evaluate import evaluate_dataset
+
+    fp32, bf16 = (evaluate_dataset(load_model("default", device="cpu", precision=p), benchmarks_dir / "Set14",
+                                   progress=False) for p in ("fp32", "bf16"))
+    deltas = np.array([b.psnr - a.psnr for a, b in zip(fp32.images, bf16.images, strict=True)])
+    assert len(deltas) == 14 and np.abs(deltas).max() < devices.CPU_BF16_MAX_DB
+    assert np.abs(deltas).max() <= devices.CPU_BF16_VERIFIED[load_model("default", device="cpu").identity] + 1e-4
