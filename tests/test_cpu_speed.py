@@ -74,3 +74,29 @@ def test_bundled_model_bf16_moves_no_set14_psnr_by_002_db(benchmarks_dir):
     deltas = np.array([b.psnr - a.psnr for a, b in zip(fp32.images, bf16.images, strict=True)])
     assert len(deltas) == 14 and np.abs(deltas).max() < devices.CPU_BF16_MAX_DB
     assert np.abs(deltas).max() <= devices.CPU_BF16_VERIFIED[load_model("default", device="cpu").identity] + 1e-4
+
+
+def test_prelu_convolutions_fuse_bit_exactly_and_follow_their_weights():
+    """SRResNet's conv -> PReLU pairs (also across PixelShuffle) run as fused oneDNN convolutions with the
+    same bits as the eager network; the PReLU slope is read at call time, never a stale copy."""
+    from srtool.fusion import fuse_conv_activations
+    from srtool.models import SRResNet, SRResNetConfig
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    net = SRResNet(SRResNetConfig(n_blocks=2, n_feats=16, batch_norm=False, trunk_batch_norm=False, tail_kernel=3))
+    net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    prelus = [m for m in net.modules() if isinstance(m, torch.nn.PReLU)]
+    for m in prelus:
+        m.weight.uniform_(0.05, 0.4)
+    fused = fuse_conv_activations(net)
+    names = [n.target for n in fused.graph.nodes if n.op == "call_module"]
+    assert sum(t.startswith("_fused") for t in names) == 5  # head, 2 blocks, 2 upsampling stages
+    assert not any(isinstance(fused.get_submodule(t), torch.nn.PReLU) for t in names)
+    assert list(fused.state_dict()) == list(net.state_dict())
+    x = torch.rand(1, 3, 23, 31).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        assert torch.equal(fused(x), net(x))
+        prelus[0].weight.fill_(0.9)  # e.g. other weights loaded later
+        assert torch.equal(fused(x), net(x))
