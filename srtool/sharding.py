@@ -17,11 +17,12 @@ place that reads torchrun's environment).
 from __future__ import annotations
 
 import atexit
-import os
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
+
+from .train.distributed import DistInfo, init_distributed, shutdown
 
 T = TypeVar("T")
 
@@ -30,7 +31,7 @@ T = TypeVar("T")
 class Shard:
     """This process's place in a sharded run (a single process is rank 0 of 1)."""
 
-    info: Any  # srtool.train.distributed.DistInfo (imported only when sharded: it pulls in the trainer)
+    info: DistInfo
 
     @property
     def enabled(self) -> bool:
@@ -81,31 +82,15 @@ def current_shard() -> Shard:
     """Join torchrun's process group once per process (gloo); a plain run is a one-rank shard."""
     global _CURRENT
     if _CURRENT is None:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            from .train.distributed import init_distributed
-
-            _CURRENT = Shard(init_distributed("cpu"))
+        _CURRENT = Shard(init_distributed("cpu"))  # a plain run: rank 0 of 1, no process group
+        if _CURRENT.enabled:
             atexit.register(leave)
-        else:
-            _CURRENT = Shard(_Single())
     return _CURRENT
-
-
-@dataclass
-class _Single:
-    rank: int = 0
-    local_rank: int = 0
-    world_size: int = 1
-    enabled: bool = False
-    is_main: bool = True
-    cpu_group: Any = None
 
 
 def leave() -> None:
     """Tear the process group down (at the end of a sharded command)."""
     global _CURRENT
-    if _CURRENT is not None and _CURRENT.enabled:
-        from .train.distributed import shutdown
-
+    if _CURRENT is not None:
         shutdown(_CURRENT.info)
     _CURRENT = None

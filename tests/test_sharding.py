@@ -9,17 +9,15 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from srtool.sharding import Shard
+from srtool.train.distributed import DistInfo
 
 
-class _Rank:
-    def __init__(self, rank: int, world: int):
-        self.rank, self.world_size, self.local_rank, self.cpu_group = rank, world, rank, None
-        self.enabled, self.is_main = world > 1, rank == 0
+def _Rank(rank: int, world: int) -> DistInfo:
+    return DistInfo(rank, rank, world)
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5, 14])

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from srtool.models.vgg import vgg19_features
 from srtool.train import NonFiniteLossError, Trainer, TrainOptions
 from srtool.train.engine import EMA
+from test_train import vgg_file  # noqa: F401 -- the shared random-VGG19 fixture
 
 # Tensor methods that copy a value to the host: on a GPU each one waits for every queued kernel.
 HOST_READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "is_nonzero", "nonzero"}
@@ -33,14 +33,6 @@ def small_store(shared_data, tmp_path_factory) -> Path:
     for path in sorted((shared_data / "train" / "T91").iterdir())[:12]:
         shutil.copy(path, images / path.name)
     return prepare_folder([images], root / "prepared", scale=4, workers=1, progress=False)
-
-
-@pytest.fixture(scope="module")
-def vgg_file(tmp_path_factory) -> Path:
-    torch.manual_seed(123)
-    path = tmp_path_factory.mktemp("vgg") / "vgg19-random.pth"
-    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, path)
-    return path
 
 
 def make_trainer(tmp_path: Path, data: Path, vgg: Path, *overrides: str, preset: str = "srgan") -> Trainer:
