@@ -76,9 +76,9 @@ def test_bundled_model_bf16_moves_no_set14_psnr_by_002_db(benchmarks_dir):
     assert np.abs(deltas).max() <= devices.CPU_BF16_VERIFIED[load_model("default", device="cpu").identity] + 1e-4
 
 
-def test_prelu_convolutions_fuse_bit_exactly_and_follow_their_weights():
-    """SRResNet's conv -> PReLU pairs (also across PixelShuffle) run as fused oneDNN convolutions with the
-    same bits as the eager network; the PReLU slope is read at call time, never a stale copy."""
+def test_prelu_convolutions_and_residual_adds_fuse_and_follow_their_weights():
+    """SRResNet's conv -> PReLU pairs (also across PixelShuffle) and residual adds run as fused oneDNN
+    convolutions with the eager network's values; the PReLU slope is read at call time, never a stale copy."""
     from srtool.fusion import fuse_conv_activations
     from srtool.models import SRResNet, SRResNetConfig
 
@@ -92,11 +92,12 @@ def test_prelu_convolutions_fuse_bit_exactly_and_follow_their_weights():
         m.weight.uniform_(0.05, 0.4)
     fused = fuse_conv_activations(net)
     names = [n.target for n in fused.graph.nodes if n.op == "call_module"]
-    assert sum(t.startswith("_fused") for t in names) == 5  # head, 2 blocks, 2 upsampling stages
+    assert sum(t.startswith("_fused_") and not t.startswith("_fused_add") for t in names) == 5  # head, 2 blocks, 2 ups
+    assert sum(t.startswith("_fused_add") for t in names) == 3  # the residual adds: 2 blocks + the global skip
     assert not any(isinstance(fused.get_submodule(t), torch.nn.PReLU) for t in names)
     assert list(fused.state_dict()) == list(net.state_dict())
     x = torch.rand(1, 3, 23, 31).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        assert torch.equal(fused(x), net(x))
+        torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
         prelus[0].weight.fill_(0.9)  # e.g. other weights loaded later
-        assert torch.equal(fused(x), net(x))
+        torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
