@@ -270,7 +270,7 @@ def upscale(
     model: Annotated[str, typer.Option("--model", "-m", help="default, bicubic, an srtool export, a run directory, or a third-party checkpoint.")] = "default",
     scale: Annotated[Optional[int], typer.Option(help="Expected model scale (an error if the model disagrees); the bicubic factor.")] = None,
     outscale: Annotated[Optional[float], typer.Option(help="Final scale, reached by MATLAB bicubic after the model.")] = None,
-    tile: Annotated[Optional[int], typer.Option(help="Tile size in input pixels (default: cache-sized on the CPU, from free memory on GPUs).")] = None,
+    tile: Annotated[Optional[int], typer.Option(help="Tile size in input pixels (default: sized by the network on the CPU, from free memory on GPUs).")] = None,
     tile_pad: Annotated[int, typer.Option(help="Context pixels around each tile; tiles cross-fade over this width.")] = 10,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",

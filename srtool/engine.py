@@ -5,7 +5,7 @@ Every network forward of eval, train's validation and upscale goes through :func
 * **Tiles.** The LR image is cut into a grid of at most ``tile`` x ``tile`` cores (balanced: equal
   sizes, no thin remainder), each read with ``tile_pad`` pixels of context around it (clipped at the
   image border). When tiles are batched (GPU) all windows get the same shape: border windows shift
-  inwards instead of shrinking. ``tile=None``: a cache-sized tile on the CPU (:func:`cpu_cache_tile`),
+  inwards instead of shrinking. ``tile=None``: a tile sized by the network on the CPU (:func:`cpu_cache_tile`),
   the largest tile the free memory allows on GPUs.
 * **Blending.** Neighbouring tiles cross-fade with a raised-cosine ramp ``tile_pad`` LR pixels wide,
   centred on the core boundary, so no pixel with less than ``tile_pad / 2`` pixels of context gets any
@@ -50,7 +50,7 @@ from .resize import imresize
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16
-CPU_FEATURE_MAP_BYTES = 6 << 20  # one fp32 64-channel 148x148 feature map: 1.5x this machine's L2 caches
+CPU_FEATURE_MAP_BYTES = 20 << 20  # one fp32 64-channel 276x276 window feature map (256-px tiles + pad)
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
 _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -165,9 +165,11 @@ def activation_bytes_per_pixel(network: nn.Module, scale: int, precision: str) -
 def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
     """The CPU tile whose window keeps one feature map within CPU_FEATURE_MAP_BYTES.
 
-    Convolutions run fastest while their feature maps stay close to the caches; each tile also
-    recomputes ``pad`` pixels of context per side, so tiles must not be too small either. With 64
-    features in fp32 this gives 128-pixel tiles (148-pixel windows); see benchmarks/README.md, issue 13.
+    Large windows outgrow the caches and hold gigabytes of activations (2.55 GB peak RSS for a
+    500x480 input in one 512-pixel tile); small tiles recompute ``pad`` pixels of context per side and
+    pay a thread barrier per layer call (128-pixel tiles cost the bundled model 1.45-1.7x the CPU time
+    of 256 or 512). With 64 features in fp32 this gives 256-pixel tiles, at 512's CPU time within the
+    noise and half its peak memory; see benchmarks/README.md, issue 13.
     It depends only on the network, never on free memory, so the same image is tiled the same way in
     every process (sharded runs give a single process's output).
     """
@@ -178,7 +180,7 @@ def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
 
 
 def auto_tile(model: SRModel) -> tuple[int, int]:
-    """(tile, batch): GPU from free memory, up to 512 px x 16 tiles; CPU cache-sized (:func:`cpu_cache_tile`),
+    """(tile, batch): GPU from free memory, up to 512 px x 16 tiles; CPU sized by the network (:func:`cpu_cache_tile`),
     one tile at a time, smaller only when free memory is short."""
     per_px = activation_bytes_per_pixel(model.network, model.scale, model.precision)
     free = available_memory(model.device)

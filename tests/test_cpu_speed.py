@@ -21,9 +21,9 @@ def test_cpu_auto_tile_is_cache_sized_and_independent_of_free_memory(monkeypatch
     for free in (8 << 30, 24 << 30, 512 << 30):
         monkeypatch.setattr(engine, "available_memory", lambda _device, free=free: free)
         tiles.add(engine.auto_tile(model))
-    assert tiles == {(128, 1)}  # 64 features, fp32: a 148-pixel window's feature map is ~5.6 MB
-    monkeypatch.setattr(engine, "available_memory", lambda _device: 64 << 20)  # memory short: smaller
-    assert engine.auto_tile(model)[0] < 128
+    assert tiles == {(256, 1)}  # 64 features, fp32: a 276-pixel window's feature map is ~19.5 MB
+    monkeypatch.setattr(engine, "available_memory", lambda _device: 256 << 20)  # memory short: smaller
+    assert engine.auto_tile(model)[0] < 256
 
 
 def test_image_io_threads_run_below_the_networks_priority(benchmarks_dir, tmp_path, monkeypatch):
