@@ -78,8 +78,12 @@ def main() -> None:
         side = args.side  # LR side -> 4x output
         rng = np.random.default_rng(0)
         img = (rng.random((side, side, 3)) * 255).astype(np.uint8)
+        # FLOPs of the network as trained (the prepared network's fused oneDNN calls are invisible to the counter)
+        from srtool.models.export import load_export
+
+        plain, _ = load_export(model.source)
         with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            model.network(torch.rand(1, 3, 64, 64))
+            plain.eval()(torch.rand(1, 3, 64, 64))
         flops_per_lr_px = counter.get_total_flops() / (64 * 64)
         if args.tiles:
             tile_sweep(model, img, flops_per_lr_px, args.tiles, args.reps)
