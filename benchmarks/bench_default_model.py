@@ -22,13 +22,14 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from srtool.devices import NET_DTYPES
 from srtool.loading import load_model
 
 LOCK = "/tmp/srtool-cpu.lock"
 
 
-def gemm_rate(n: int = 1024, reps: int = 10) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_rate(n: int = 1024, reps: int = 10, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(reps))
     return 2 * n**3 / best
@@ -71,10 +72,11 @@ def main() -> None:
     ap.add_argument("--tiles", type=int, nargs="*", help="sweep these tile sizes (0 = untiled) instead")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--side", type=int, default=256)
+    ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16, or auto (what upscale picks)")
     args = ap.parse_args()
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        model = load_model("default", device="cpu", precision="fp32")
+        model = load_model("default", device="cpu", precision=args.precision)
         side = args.side  # LR side -> 4x output
         rng = np.random.default_rng(0)
         img = (rng.random((side, side, 3)) * 255).astype(np.uint8)
@@ -90,13 +92,14 @@ def main() -> None:
             return
         model(img)  # warm-up (oneDNN primitive creation)
         times = [_timed(lambda: model(img)) for _ in range(5)]
-        gemm = gemm_rate()
+        gemm = gemm_rate(dtype=NET_DTYPES[model.precision])
     median = statistics.median(times)
     out_mp = (side * 4) ** 2 / 1e6
     achieved = flops_per_lr_px * side * side / median
     print(f"bundled model {model.name}: {model.info['generator']['n_blocks']} blocks, {flops_per_lr_px / 16 / 1e6:.3f} MFLOP per output pixel")
     print(f"  {side}x{side} -> {side * 4}x{side * 4}: median {median:.3f} s = {out_mp / median:.2f} output MP/s (target >= 0.4)")
-    print(f"  {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / gemm:.0f}% of fp32 GEMM {gemm / 1e9:.1f} GFLOP/s (1024^3, same run)")
+    print(f"  {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / gemm:.0f}% of {model.precision} GEMM {gemm / 1e9:.1f} "
+          f"GFLOP/s (1024^3, same run); load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
