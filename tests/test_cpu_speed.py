@@ -101,3 +101,23 @@ def test_prelu_convolutions_and_residual_adds_fuse_and_follow_their_weights():
         torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
         prelus[0].weight.fill_(0.9)  # e.g. other weights loaded later
         torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
+
+
+def test_upscale_png_encoder_is_lossless_and_keeps_icc_and_exif(tmp_path):
+    """upscale's fast 8-bit PNG path (zlib level 1, 'Up' filter) against PIL's decoder."""
+    from PIL import Image
+
+    from srtool.imageio import encode_image, read_image
+
+    rng = np.random.default_rng(0)
+    icc = b"\0" * 128 + b"an ICC profile's bytes travel unchanged"
+    exif = Image.Exif()
+    exif[0x010F] = "srtool-test-camera"
+    for shape in [(37, 41), (37, 41, 2), (37, 41, 3), (37, 41, 4)]:
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        path = tmp_path / f"{len(shape)}-{shape[-1]}.png"
+        path.write_bytes(encode_image(array, "png", icc_profile=icc, exif=exif.tobytes()))
+        decoded = read_image(path)
+        assert np.array_equal(decoded.array.reshape(array.shape), array)
+        assert decoded.icc_profile == icc
+        assert b"srtool-test-camera" in (decoded.exif or b"")
