@@ -109,20 +109,28 @@ def _fuse_conv_adds(graph_module, modules: dict) -> int:
             continue
         for i in (0, 1):
             producer, other = node.args[i], node.args[1 - i]
-            conv = modules.get(producer.target) if getattr(producer, "op", None) == "call_module" else None
-            if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1 or conv.padding_mode != "zeros" \
-                    or isinstance(conv.padding, str) or not isinstance(other, torch.fx.Node) or other is producer:
+            conv = _fusable_conv(producer, modules)
+            if conv is None or not isinstance(other, torch.fx.Node) or other is producer:
                 continue
             name = f"_fused_add_{count}"
             graph_module.add_submodule(name, _FusedConvAdd(conv))
             with graph_module.graph.inserting_after(node):
                 replacement = graph_module.graph.call_module(name, (producer.args[0], other))
             node.replace_all_uses_with(replacement)
-            graph_module.graph.erase_node(node)
-            graph_module.graph.erase_node(producer)
+            for gone in (node, producer):
+                graph_module.graph.erase_node(gone)
             count += 1
             break
     return count
+
+
+def _fusable_conv(node, modules: dict) -> nn.Conv2d | None:
+    """The Conv2d a graph node calls, if oneDNN can fuse it and nothing else uses its output."""
+    conv = modules.get(node.target) if getattr(node, "op", None) == "call_module" else None
+    if not isinstance(conv, nn.Conv2d) or len(node.users) != 1 or conv.padding_mode != "zeros" \
+            or isinstance(conv.padding, str):
+        return None
+    return conv
 
 
 def _drop_identities(graph_module, modules: dict) -> int:
@@ -185,9 +193,8 @@ def fuse_conv_activations(network: nn.Module) -> nn.Module:
         if prelu is not None and _is_pixel_shuffle(producer, modules) and len(producer.users) == 1:
             # a scalar activation commutes with PixelShuffle (a permutation): conv+act, then shuffle
             shuffle, producer = producer, producer.args[0]
-        conv = modules.get(producer.target) if getattr(producer, "op", None) == "call_module" else None
-        if not isinstance(conv, nn.Conv2d) or len(producer.users) != 1 or conv.padding_mode != "zeros" \
-                or isinstance(conv.padding, str):
+        conv = _fusable_conv(producer, modules)
+        if conv is None:
             continue
         name = f"_fused_{fused}"
         graph_module.add_submodule(name, _FusedConvActivation(conv, attr, scalars, prelu))
