@@ -2,6 +2,12 @@
 
     .venv/bin/python benchmarks/bench_train.py            # CPU: tiny configs, this machine
     python benchmarks/bench_train.py --gpu [--compile]    # GPU: full presets, batch 16, crop 128, bf16
+    python benchmarks/bench_train.py --gpu --modes before eager graphs --presets srgan esrgan
+
+GPU modes (issue 13): ``before`` = a host read of the losses every step (``train.on_nonfinite=skip``
+still needs it: the step of the old engine), ``eager`` = the sync-free step, ``graphs`` = the sync-free
+step with ``train.compile=true, train.compile_mode=reduce-overhead`` (CUDA graphs). Warm-up steps,
+which include compilation and graph capture, are excluded from the timed window.
 
 FLOPs are counted by ``torch.utils.flop_counter`` on the *real* iteration (``Trainer.step``: generator
 forward/backward, VGG19 feature loss, discriminator steps), and for the full presets on meta tensors
@@ -167,7 +173,16 @@ def run_cpu(root: Path, data: Path, vgg: Path, steps: int) -> None:
         print(f"    {name:9s} {flops / 1e12:7.3f} TFLOP/it{need}")
 
 
-def run_gpu(root: Path, data: Path, vgg: Path, steps: int, compile_: bool) -> None:
+GPU_MODES = {
+    "before": ["train.on_nonfinite=skip"],
+    "eager": [],
+    "compile": ["train.compile=true"],
+    "graphs": ["train.compile=true", "train.compile_mode=reduce-overhead"],
+}
+
+
+def run_gpu(root: Path, data: Path, vgg: Path, steps: int, compile_: bool, modes: list[str] | None = None,
+            presets: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("--gpu: no CUDA GPU visible to PyTorch")
     device = torch.device("cuda")
@@ -176,9 +191,10 @@ def run_gpu(root: Path, data: Path, vgg: Path, steps: int, compile_: bool) -> No
           f"bf16, channels_last, compile={compile_})")
     peak = gemm_rate(device, torch.bfloat16, 8192)
     print(f"  reference: bf16 GEMM 8192^3 = {peak / 1e12:.0f} TFLOP/s")
-    for preset in PRESETS:
+    runs = [(preset, mode) for preset in (presets or PRESETS) for mode in (modes or ["compile" if compile_ else "eager"])]
+    for preset, mode in runs:
         overrides = ["train.batch_size=16", "train.hr_crop=128", "train.precision=bf16", "train.channels_last=true",
-                     f"train.compile={'true' if compile_ else 'false'}"]
+                     *GPU_MODES[mode]]
         flops = meta_flops(preset, overrides)
         trainer = make_trainer(preset, overrides, root, data, vgg, "cuda")
         lr, hr = fixed_batch(trainer, device)
@@ -187,7 +203,7 @@ def run_gpu(root: Path, data: Path, vgg: Path, steps: int, compile_: bool) -> No
         mem = torch.cuda.max_memory_allocated(device) / 2**30
         target = GPU_TARGETS.get(preset)
         verdict = f"  target >= {target:.0f}: {'PASS' if rate >= target else 'FAIL'}" if target else ""
-        print(f"  {preset:9s} {rate:7.1f} it/s  {flops / 1e12:6.3f} TFLOP/it  {flops * rate / 1e12:6.1f} TFLOP/s "
+        print(f"  {preset:9s} {mode:7s} {rate:7.1f} it/s  {flops / 1e12:6.3f} TFLOP/it  {flops * rate / 1e12:6.1f} TFLOP/s "
               f"({flops * rate / peak:5.1%} of GEMM)  peak mem {mem:5.1f} GiB{verdict}")
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -197,12 +213,14 @@ def main() -> None:
     ap.add_argument("--gpu", action="store_true", help="full presets on the CUDA GPU (batch 16, crop 128, bf16)")
     ap.add_argument("--compile", action="store_true", help="GPU mode: torch.compile the networks")
     ap.add_argument("--steps", type=int, default=None, help="timed iterations per preset")
+    ap.add_argument("--modes", nargs="*", choices=sorted(GPU_MODES), help="GPU: step variants to time (see above)")
+    ap.add_argument("--presets", nargs="*", choices=PRESETS, help="GPU: presets to time (default: all)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="srtool-bench-train-") as tmp:
         root = Path(tmp)
         data, vgg = synthetic_training_set(root), random_vgg(root)
         if args.gpu:
-            run_gpu(root, data, vgg, args.steps or 50, args.compile)
+            run_gpu(root, data, vgg, args.steps or 50, args.compile, args.modes, args.presets)
         else:
             run_cpu(root, data, vgg, args.steps or 10)
 

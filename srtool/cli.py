@@ -320,6 +320,8 @@ def eval_(
     report = run_eval(model or [], data, protocol, device, tile, scale, outputs,
                       progress=progress and not quiet, labels=label, metrics=metric or list(DEFAULT_METRICS),
                       lpips_net=lpips_net, lpips_weights=lpips_weights)
+    if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
+        return
     if json_stdout:  # stdout carries the JSON document only; the table goes to stderr
         import json
 
@@ -348,7 +350,7 @@ def upscale(
     model: Annotated[str, typer.Option("--model", "-m", help="default, bicubic, an srtool export, a run directory, or a third-party checkpoint.")] = "default",
     scale: Annotated[Optional[int], typer.Option(help="Expected model scale (an error if the model disagrees); the bicubic factor.")] = None,
     outscale: Annotated[Optional[float], typer.Option("--outscale", "-s", metavar="X", help="Final scale, reached by MATLAB bicubic after the model.")] = None,
-    tile: Annotated[Optional[int], typer.Option(min=0, help="Tile size in input pixels; 0 = no tiling (whole image at once). Default: from free memory.")] = None,
+    tile: Annotated[Optional[int], typer.Option(min=0, help="Tile size in input pixels; 0 = no tiling (whole image at once). Default: sized by the network on the CPU, from free memory on GPUs.")] = None,
     tile_pad: Annotated[Optional[int], typer.Option(min=0, help="Context pixels around each tile; tiles cross-fade over this width (default: the architecture's receptive-field context, 10 for ESRGAN-type CNNs).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
@@ -383,10 +385,12 @@ def upscale(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from .loading import load_model
-    from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch
+    from .sharding import current_shard
+    from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch_sharded
 
+    shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
     sr_model = load_model(
-        model, device=device, precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
+        model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
     )
     options = UpscaleOptions(
@@ -394,18 +398,20 @@ def upscale(
         outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
     jobs = plan_jobs(inputs, options, sr_model)
-    todo = sum(job.status == "pending" for job in jobs)
+    todo = len(shard.take([job for job in jobs if job.status == "pending"]))
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} MP/s"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet) as bar:
+    with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet or not shard.is_main) as bar:
         task = bar.add_task(f"{sr_model.name} x{sr_model.scale}", total=todo, rate="-")
 
         def on_image(job, megapixels, seconds):
             bar.update(task, advance=1, rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
 
-        result = run_batch(sr_model, jobs, options, progress=on_image)
+        result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image)
+    if result is None:  # a torchrun rank other than 0: rank 0 reports the whole batch
+        return
     table = Table(title="srtool upscale", show_edge=False)
     for col in ("written", "skipped", "failed", "input MP", "seconds"):
         table.add_column(col, justify="right")

@@ -86,8 +86,14 @@ class TrainSection(Strict):
     )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     compile: bool = Field(False, description="Wrap the networks in torch.compile.")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        "default",
+        description="torch.compile mode with train.compile. reduce-overhead captures the networks' forward and "
+        "backward as CUDA graphs (one launch per graph instead of one per kernel; shapes are static since batch "
+        "and crop never change); compile time is spent in the first iterations.",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of every random number generator (0 to 2**32-1).")
-    num_workers: int = Field(4, ge=0, le=128, description="Data-loader worker processes.")
+    num_workers: int = Field(4, ge=0, le=128, description="Data-loader worker processes (at most the number of usable CPU cores).")
     on_nonfinite: Literal["stop", "skip"] = Field(
         "stop", description="A NaN/inf loss stops the run (stop) or skips that step (skip)."
     )

@@ -5,7 +5,8 @@ Every network forward of eval, train's validation and upscale goes through :func
 * **Tiles.** The LR image is cut into a grid of at most ``tile`` x ``tile`` cores (balanced: equal
   sizes, no thin remainder), each read with ``tile_pad`` pixels of context around it (clipped at the
   image border). When tiles are batched (GPU) all windows get the same shape: border windows shift
-  inwards instead of shrinking. ``tile=None`` picks the largest tile the free memory allows.
+  inwards instead of shrinking. ``tile=None``: a tile sized by the network on the CPU (:func:`cpu_cache_tile`),
+  the largest tile the free memory allows on GPUs.
 * **Blending.** Neighbouring tiles cross-fade with a raised-cosine ramp ``tile_pad`` LR pixels wide,
   centred on the core boundary, so no pixel with less than ``tile_pad / 2`` pixels of context gets any
   weight and there is no seam. The 1-D weights of a tile are 1 on every side that faces the image
@@ -47,6 +48,7 @@ from .resize import imresize
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16
+CPU_FEATURE_MAP_BYTES = 20 << 20  # one fp32 64-channel 276x276 window feature map (256-px tiles + pad)
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
 _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
@@ -114,7 +116,7 @@ def pad_to_requirements(x: torch.Tensor, traits: NetworkTraits) -> torch.Tensor:
 class SRModel:
     """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity.
 
-    ``tile`` (LR pixels, None = from free memory), ``tile_pad`` and ``alpha`` set how
+    ``tile`` (LR pixels, None = automatic, see :func:`auto_tile`), ``tile_pad`` and ``alpha`` set how
     :func:`upscale_array` runs it; ``precision`` is the resolved one (fp32, fp16 or bf16).
     """
 
@@ -220,13 +222,33 @@ def activation_bytes_per_pixel(network: nn.Module, scale: int, precision: str) -
     return elem * ((feats + 4 * growth) * 4 + feats * scale * scale * 3) + 64 * scale * scale
 
 
+def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
+    """The CPU tile whose window keeps one feature map within CPU_FEATURE_MAP_BYTES.
+
+    Large windows outgrow the caches and hold gigabytes of activations (2.55 GB peak RSS for a
+    500x480 input in one 512-pixel tile); small tiles recompute ``pad`` pixels of context per side and
+    pay a thread barrier per layer call (128-pixel tiles cost the bundled model 1.45-1.7x the CPU time
+    of 256 or 512). With 64 features in fp32 this gives 256-pixel tiles, at 512's CPU time within the
+    noise and half its peak memory; see benchmarks/README.md, issue 13.
+    It depends only on the network, never on free memory, so the same image is tiled the same way in
+    every process (sharded runs give a single process's output).
+    """
+    feats, _growth = _network_feats(network)
+    elem = 4 if precision == "fp32" else 2
+    window = int(math.sqrt(CPU_FEATURE_MAP_BYTES / (feats * elem)))
+    return max(MIN_TILE, min(512, (window - 2 * pad) // 16 * 16))
+
+
 def auto_tile(model: SRModel) -> tuple[int, int]:
-    """(tile, batch) from free memory: GPU up to 512 px x 16 tiles, CPU up to 512 px, one tile."""
+    """(tile, batch): GPU from free memory, up to 512 px x 16 tiles; CPU sized by the network (:func:`cpu_cache_tile`),
+    one tile at a time, smaller only when free memory is short."""
     per_px = activation_bytes_per_pixel(model.network, model.scale, model.precision)
     free = available_memory(model.device)
     budget = free * 0.6 if model.device.type == "cuda" else min(free * 0.25, 4 << 30)
     fit = int(math.sqrt(max(budget, 0) / per_px)) - 2 * model.tile_pad
     tile = max(MIN_TILE, min(512, fit // 16 * 16))
+    if model.device.type == "cpu":
+        tile = min(tile, cpu_cache_tile(model.network, model.precision, model.tile_pad))
     batch = 1
     if model.device.type == "cuda":
         batch = int(max(1, min(16, budget // (per_px * (tile + 2 * model.tile_pad) ** 2))))

@@ -22,7 +22,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -862,7 +862,7 @@ def run_eval(
     metrics: str | Sequence[str] = DEFAULT_METRICS,
     lpips_net: str = "alex",
     lpips_weights: str | Path | None = None,
-) -> EvalReport:
+) -> EvalReport | None:
     """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
 
     ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names.
@@ -870,9 +870,15 @@ def run_eval(
     ``metrics``: names from :data:`srtool.scoring.METRICS` (``"psnr,ssim,lpips,niqe"``). LPIPS weights
     are loaded before anything else, so missing weights stop the run before any image is read. Folders
     without HR/ (with no-reference metrics only and no model) are scored as they are.
+
+    Under torchrun each rank evaluates a slice of every dataset (:mod:`srtool.sharding`) and rank 0
+    gathers the per-image results, writes the files and returns the full report; other ranks return None.
     """
     from .imageio import write_png
     from .scoring import parse_metrics
+    from .sharding import current_shard
+
+    shard = current_shard()
 
     outputs = outputs or EvalOutputs()
     if protocol not in PROTOCOLS:
@@ -891,7 +897,7 @@ def run_eval(
     scorer = Scorer(chosen, scale or 4, protocol, lpips_net, lpips_weights, lpips_device)
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
         return _run_as_is(datasets, protocol, outputs, progress, scorer)
-    models = load_models(model_specs, device, tile, scale)
+    models = load_models(model_specs, shard.device(device), tile, scale)
     for model, label in zip(models, labels or []):
         model.name = label
     model_scale = models[0].scale
@@ -914,7 +920,18 @@ def run_eval(
             for index, sr in srs.items():
                 write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
 
-    report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer)
+    if shard.enabled:
+        shard.barrier()  # every rank has checked the outputs before any rank writes one
+        mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
+        report = evaluate(models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine,
+                          scorer=scorer)
+        parts = shard.gather([r.images for r in report.results])
+        if parts is None:
+            return None
+        for k, result in enumerate(report.results):
+            result.images = shard.interleave([part[k] for part in parts])
+    else:
+        report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer)
     _write_reports(report, outputs)
     if outputs.figure is not None:
         report.figure = _write_figure(report, models, opened, outputs, scorer)

@@ -116,13 +116,14 @@ def load_model(
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale} "
                         f"(for a x{scale} result from it use --outscale {scale}, or -s {scale})")
+    identity = sha256_file(path)
     traits = network_traits(network)
-    prec = resolve_precision(precision, dev, half_ok=traits.half, bf16_ok=traits.bf16)
+    prec = resolve_precision(precision, dev, identity, half_ok=traits.half, bf16_ok=traits.bf16)
     if prec == "bf16" and dev.type == "cpu" and not cpu_has_native_bf16():
         say("this CPU has no native bf16 (AVX512-BF16/AMX): bf16 will be slow; fp32 is recommended")
     return SRModel(
         name=path.parent.parent.name if path.parent.name == "exports" else path.stem,
-        scale=net_scale, network=prepare_network(network, dev, prec), identity=sha256_file(path),
+        scale=net_scale, network=prepare_network(network, dev, prec), identity=identity,
         source=str(path), info=info, device=dev, precision=prec, tile=tile,
         tile_pad=traits.context if tile_pad is None else tile_pad, alpha=alpha, traits=traits,
     )

@@ -32,6 +32,7 @@ from .imageio import (
 )
 from .engine import SRModel, upscale_array
 from .resize import imresize
+from .threads import lower_thread_priority
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
@@ -372,7 +373,8 @@ def run_batch(
     start = time.perf_counter()
     workers = max(1, options.workers)
     done_mp = 0.0
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io")
+    # decode/encode threads yield the cores to the network's threads (srtool/threads.py)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io", initializer=lower_thread_priority)
     decodes: deque[tuple[Job, Future]] = deque()
     writes: deque[tuple[Job, Future, int]] = deque()
     pending = deque(todo)
@@ -430,3 +432,27 @@ def _describe(exc: BaseException) -> str:
 
 def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
+
+
+def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None) -> BatchResult | None:
+    """:func:`run_batch` over this torchrun rank's slice of the pending jobs (see :mod:`srtool.sharding`).
+
+    Every rank has planned the same jobs; the barrier keeps any rank from writing an output before all
+    have planned (else a fast rank's output would turn into a "skipped" on a slow one). Rank 0 gets
+    the whole batch back with every job's outcome; the other ranks get None.
+    """
+    if not shard.enabled:
+        return run_batch(model, jobs, options, progress)
+    if any(job.source is None or job.output is None for job in jobs):
+        raise UserError("'-' (stdin/stdout) cannot be split over torchrun ranks; run it in one process")
+    shard.barrier()
+    pending = [job for job in jobs if job.status == "pending"]
+    mine = shard.take(pending)
+    result = run_batch(model, mine, options, progress if shard.is_main else None)
+    parts = shard.gather(([(job.status, job.message, job.megapixels) for job in mine], result.seconds))
+    if parts is None:
+        return None
+    outcomes = shard.interleave([outcome for outcome, _ in parts])
+    for job, (status, message, megapixels) in zip(pending, outcomes, strict=True):
+        job.status, job.message, job.megapixels = status, message, megapixels
+    return BatchResult(jobs=jobs, seconds=max(seconds for _, seconds in parts))

@@ -82,3 +82,44 @@ def test_cuda_training_bf16_runs_and_exports(tmp_path):
     assert losses and all(np.isfinite(losses))
     model = load_model(run, device="cuda")
     assert model(_image(20, 20)).shape == (80, 80, 3)
+
+
+def test_cuda_graph_training_step_matches_eager_and_reads_nothing_back(tmp_path):
+    """train.compile_mode=reduce-overhead (CUDA graphs) gives the eager step's losses within bf16 noise,
+    and no step synchronises with the host (torch's sync debug mode turns any sync into an error)."""
+    from srtool.imageio import write_png
+    from srtool.models.vgg import vgg19_features
+    from srtool.prepare import prepare_folder
+    from srtool.train import Trainer, TrainOptions
+
+    rng = np.random.default_rng(2)
+    src = tmp_path / "hr"
+    for i in range(4):
+        write_png(src / f"img{i}.png", (rng.random((160, 160, 3)) * 255).astype(np.uint8))
+    data = prepare_folder([src], tmp_path / "prep", scale=4)
+    vgg = tmp_path / "vgg.pth"
+    torch.save({f"features.{k}": v for k, v in vgg19_features().state_dict().items()}, vgg)
+    tiny = ["model.generator.n_blocks=2", "model.generator.n_feats=32", "train.batch_size=4", "train.hr_crop=64",
+            "train.precision=bf16", "validation.datasets=[]", "train.num_workers=0", "train.iters_per_epoch=100",
+            "log.every=1000", "checkpoint.every=1000"]
+    losses = {}
+    for mode in ("default", "reduce-overhead"):
+        extra = [] if mode == "default" else ["train.compile=true", f"train.compile_mode={mode}"]
+        trainer = Trainer(TrainOptions(preset="srgan", data=[data], out=tmp_path / mode, overrides=tiny + extra,
+                                       vgg_weights=str(vgg), device="cuda", progress=False), warn=lambda m: None)
+        g = torch.Generator().manual_seed(0)
+        hr = torch.randint(0, 256, (4, 3, 64, 64), dtype=torch.uint8, generator=g).cuda()
+        lr = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=g).cuda()
+        history = []
+        for step in range(6):
+            if step == 4:  # warmed up (compiled, captured): from now on any host sync raises
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                terms, _ = trainer.step(lr, hr)
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+            history.append({k: v.clone() for k, v in terms.items()})
+        losses[mode] = {k: torch.stack([h[k] for h in history]).float().cpu() for k in history[0]}
+        trainer.close()
+    for key, eager in losses["default"].items():
+        torch.testing.assert_close(losses["reduce-overhead"][key], eager, rtol=5e-2, atol=1e-3, msg=key)

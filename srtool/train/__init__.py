@@ -2,9 +2,22 @@
 
 Modules: :mod:`.data` (keyed random crops from training stores), :mod:`.losses`, :mod:`.checkpoint`,
 :mod:`.monitor` (display, JSONL, TensorBoard, curves.png), :mod:`.distributed` (DDP from torchrun's
-environment) and :mod:`.engine` (the :class:`Trainer`).
+environment), :mod:`.finite` (NaN/inf detection without host syncs) and :mod:`.engine` (the :class:`Trainer`).
+
+The engine is imported on first use, so ``srtool.train.distributed`` (shared with sharded upscale/eval)
+does not pull in the networks and losses.
 """
 
-from .engine import NonFiniteLossError, Trainer, TrainOptions, TrainResult, train
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["NonFiniteLossError", "TrainOptions", "TrainResult", "Trainer", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from . import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

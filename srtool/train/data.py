@@ -17,6 +17,7 @@ float); the engine converts them to float on the device.
 from __future__ import annotations
 
 import hashlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -153,8 +154,23 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which is what torch's own check uses)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def loader_workers(requested: int) -> int:
+    """``train.num_workers`` capped at the usable cores: more worker processes than cores only contend
+    (and make torch warn at every run). Samples are keyed by position, so the count never changes the data."""
+    return min(requested, usable_cores())
+
+
 def make_loader(dataset: KeyedCropDataset, start: int, total: int, batch_size: int, num_workers: int,
                 rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    num_workers = loader_workers(num_workers)
     sampler = IterationBatchSampler(start, total, batch_size, rank, world_size)
     extra = {"prefetch_factor": 4, "worker_init_fn": _ignore_sigint} if num_workers > 0 else {}
     # A private generator: creating the loader's iterator draws a worker base seed, which must not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -19,6 +20,9 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    # a gloo group beside NCCL: host-side flags (signals, non-finite) are reduced without touching the
+    # GPU stream, so agreeing on them never waits for the GPU to finish its queued work
+    cpu_group: Any = None
 
     @property
     def enabled(self) -> bool:
@@ -39,16 +43,29 @@ def init_distributed(device_kind: str) -> DistInfo:
         if device_kind == "cuda":
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend=backend)
+    if dist.get_backend() != "gloo":
+        info.cpu_group = dist.new_group(backend="gloo")
     return info
 
 
-def any_flag(flags: list[bool], info: DistInfo, device: torch.device) -> list[bool]:
-    """Element-wise OR of boolean flags over all ranks (one collective), so every rank takes the same branch."""
+def any_flag(flags: list[bool], info: DistInfo, device: torch.device | None = None) -> list[bool]:
+    """Element-wise OR of boolean flags over all ranks (one collective), so every rank takes the same branch.
+
+    The flags are host values, so they travel through gloo on the CPU (the side group under NCCL)."""
     if not info.enabled:
         return flags
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=info.cpu_group)
     return [bool(v) for v in t.tolist()]
+
+
+def global_min(value: int, info: DistInfo) -> int:
+    """The smallest ``value`` over all ranks (host-side, through gloo)."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=info.cpu_group)
+    return int(t.item())
 
 
 def barrier(info: DistInfo) -> None:

@@ -5,10 +5,14 @@ preset and overrides -> run directory -> validation datasets and data folders ->
 VGG19 weights -> ``--init-from`` weights -> training store -> networks -> (``--resume``) state.
 
 One iteration: the generator step (pixel + perceptual + adversarial terms; the discriminator frozen),
-then, in a GAN stage, the discriminator step on HR and the detached SR. Both losses are checked for
-NaN/inf *before* any backward pass (all ranks agree through one collective), so a stopped run never
-writes a poisoned checkpoint. The EMA of the generator is updated after every optimiser step and is
-what validation and the exports use.
+then, in a GAN stage, the discriminator step on HR and the detached SR. Nothing in a step reads a
+value back to the host (that would make the CPU wait for the GPU every step): losses are accumulated
+on the device and read at log steps, and a NaN/inf loss is recorded on the device
+(:mod:`srtool.train.finite`) and acted on at the next log, validation or checkpoint step, before
+anything is saved (all ranks agree through one collective), so a stopped run never writes a poisoned
+checkpoint. ``train.on_nonfinite = "skip"`` must decide before the optimiser step, so it reads the
+loss every step. The EMA of the generator (one fused ``_foreach_lerp_``) is updated after every
+optimiser step and is what validation and the exports use.
 
 Run directory::
 
@@ -45,6 +49,7 @@ from ..models.registry import build_network
 from .checkpoint import CheckpointDir, capture_rng_state, load_checkpoint, restore_rng_state
 from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, make_loader, open_stores
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
+from .finite import NonFiniteWatch
 from .losses import GeneratorLoss, discriminator_loss
 from . import runstate
 
@@ -123,8 +128,9 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         torch._foreach_lerp_(list(self.module.parameters()), list(model.parameters()), 1.0 - self.decay)
-        for mine, theirs in zip(self.module.buffers(), model.buffers()):
-            mine.copy_(theirs)
+        buffers = [(mine, theirs) for mine, theirs in zip(self.module.buffers(), model.buffers())]
+        if buffers:
+            torch._foreach_copy_([m for m, _ in buffers], [t for _, t in buffers])
 
 
 def resolve_device(requested: str, info: DistInfo | None = None) -> torch.device:
@@ -337,6 +343,7 @@ class Trainer:
                                       quiet=options.quiet)
         self._acc: dict[str, torch.Tensor] = {}
         self._acc_n = 0
+        self._watch = NonFiniteWatch()
 
     # ------------------------------------------------------------------------------- set-up helpers
 
@@ -401,7 +408,7 @@ class Trainer:
                 run = nn.SyncBatchNorm.convert_sync_batchnorm(run)
             run = DDP(run, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.preset.train.compile:
-            run = torch.compile(run)
+            run = torch.compile(run, mode=self.preset.train.compile_mode)
         return run
 
     # --------------------------------------------------------------------------------- state I/O
@@ -466,6 +473,8 @@ class Trainer:
     def step(self, lr_images: torch.Tensor, hr_images: torch.Tensor) -> tuple[dict[str, torch.Tensor] | None, bool]:
         """One training iteration; returns (loss terms or None if skipped, stop requested on any rank)."""
         p = self.preset
+        if p.train.compile and p.train.compile_mode == "reduce-overhead" and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused now
         lr, hr = self._batch(lr_images), self._batch(hr_images)
         d_raw = self.discriminator
         with self._autocast():
@@ -493,16 +502,12 @@ class Trainer:
             terms.update(d_terms)
             self._backward(d_total, self.opt_d)
         totals = torch.stack([g_total.detach().float()] + ([d_total.detach().float()] if d_total is not None else []))
-        nonfinite, stop = any_flag([not bool(torch.isfinite(totals).all()), self._signal is not None], self.dist, self.device)
+        if p.train.on_nonfinite == "skip":  # must know now whether to apply the step: one host read
+            nonfinite, stop = any_flag([not bool(torch.isfinite(totals).all()), self._signal is not None], self.dist)
+        else:  # "stop": recorded on the device, acted on at the next log/validation/checkpoint step
+            self._watch.record(self.iteration + 1, terms, totals)
+            nonfinite, (stop,) = False, any_flag([self._signal is not None], self.dist)
         if nonfinite:
-            if p.train.on_nonfinite == "stop":
-                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
-                latest = self.checkpoints.latest()
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {self.iteration + 1} ({values}); stopped without saving. "
-                    f"Last good checkpoint: {latest or 'none yet'}. Lower train.lr, set train.grad_clip_norm, "
-                    "or set train.on_nonfinite=skip to skip such steps"
-                )
             self.skipped += 1
             self.opt_g.zero_grad(set_to_none=True)
             self.sched_g.step()
@@ -582,8 +587,24 @@ class Trainer:
         if not self.val_datasets:  # validation.datasets = []: nothing ranks the iterations, so best is the last
             self.export("best", None)
 
+    def _raise_if_nonfinite(self) -> None:
+        """Stop (``train.on_nonfinite = "stop"``) if a step since the start saw a NaN/inf loss; called on
+        every rank before anything is logged, validated or saved."""
+        found = self._watch.check(self.dist)
+        if found is None:
+            return
+        iteration, values = found
+        latest = self.checkpoints.latest()
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {iteration} ({values}); stopped without saving. "
+            f"Last good checkpoint: {latest or 'none yet'}. Lower train.lr, set train.grad_clip_norm, "
+            "or set train.on_nonfinite=skip to skip such steps"
+        )
+
     def _log(self) -> None:
-        values = {f"loss/{k}": (v / max(self._acc_n, 1)).item() for k, v in self._acc.items()}
+        names = list(self._acc)
+        means = (torch.stack([self._acc[k] for k in names]) / max(self._acc_n, 1)).tolist() if names else []
+        values = {f"loss/{k}": v for k, v in zip(names, means)}
         values["lr"] = self.opt_g.param_groups[0]["lr"]
         if self.skipped:
             values["skipped_steps"] = self.skipped
@@ -635,6 +656,8 @@ class Trainer:
                 if stop:
                     interrupted = signal.Signals(self._signal).name if self._signal else "signal on another rank"
                 done = self.iteration == end
+                if self._reads_back(done, stop):
+                    self._raise_if_nonfinite()
                 if self.dist.is_main:
                     self.monitor.advance(self.iteration)
                     if self.iteration % p.log.every == 0 or done or stop:
@@ -661,6 +684,12 @@ class Trainer:
             )
         return TrainResult(self.run_dir, self.iteration, self.total, interrupted, self.skipped, self.best,
                            self.last_scores, {n: q for n, q in exports.items() if q.exists()}, self.dist.rank)
+
+    def _reads_back(self, done: bool, stop: bool) -> bool:
+        """Whether this iteration logs, validates or saves (the only iterations that read the device)."""
+        p, it = self.preset, self.iteration
+        return (done or stop or it % p.log.every == 0 or it % p.checkpoint.every == 0
+                or (bool(self.val_datasets) and (it % p.validation.every == 0 or it == self.total)))
 
     def _oom_message(self) -> str:
         t = self.preset.train

@@ -1,0 +1,165 @@
+"""`srtool upscale` on a folder against the bare engine loop on the same images, in one run.
+
+Issue 13 target: the CLI reaches >= 95 % of the bare ``SRModel`` loop's throughput, at any ``-j``.
+Both sides run in fresh subprocesses (same interpreter, same thread settings), interleaved,
+``--repeats`` times each; the figures are medians. Start-up (imports, ``load_model``) is excluded:
+
+* bare:  ``for each image: model(decoded_array)`` on arrays decoded before the clock starts;
+* CLI:   ``python -m srtool upscale FOLDER -o OUT --overwrite [-j N]``, unchanged, with a clock around
+  ``srtool.upscale.run_batch`` (the whole batch: decode, network, encode, atomic writes), and as a
+  cross-check its wall time minus that of a start-up-only subprocess (``import srtool.cli`` +
+  ``load_model``) measured in the same round.
+
+Both sides also report CPU seconds (all threads): on a shared machine the wall-clock ratio is noise,
+while the CPU ratio (bare CPU / pipeline CPU) still shows what the pipeline adds (decode, encode, and
+any spinning of oversubscribed threads). ``--copies K`` puts each image in the folder K times (default 3).
+
+The machine is shared (8 engineers on 2 cores at the time of writing): the load average is printed
+with every run; compare the ratios, not the seconds. Holds /tmp/srtool-cpu.lock like the other
+CPU benchmarks.
+
+    .venv/bin/python benchmarks/bench_pipeline.py [--repeats 3] [--jobs 1 2 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+IMAGES = ("baboon", "comic", "lenna", "zebra")
+SET14_LR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "benchmarks" / "Set14" / "LR_bicubic" / "X4"
+LOCK = "/tmp/srtool-cpu.lock"
+
+BARE = r"""
+import json, sys, time, resource
+from pathlib import Path
+from srtool.imageio import read_image
+from srtool.loading import load_model
+model = load_model(sys.argv[2], device="cpu", precision=sys.argv[3])
+arrays = [read_image(p).array for p in sorted(Path(sys.argv[1]).iterdir())]
+t0, c0 = time.perf_counter(), time.process_time()
+for a in arrays:
+    model(a)
+print(json.dumps({"seconds": time.perf_counter() - t0, "cpu": time.process_time() - c0,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+# The CLI, unchanged, with a clock around srtool.upscale.run_batch (the whole batch: decode, network,
+# encode, atomic writes), so that start-up is excluded exactly; CPU seconds cover all of its threads.
+CLI = r"""
+import atexit, json, resource, runpy, sys, time
+import srtool.upscale as up
+timing = {}
+inner = up.run_batch
+def timed(*args, **kwargs):
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        return inner(*args, **kwargs)
+    finally:
+        timing.update(seconds=time.perf_counter() - t0, cpu=time.process_time() - c0)
+up.run_batch = timed
+atexit.register(lambda: print(json.dumps({**timing, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
+                              file=sys.stderr))
+sys.argv = ["srtool"] + sys.argv[1:]
+runpy.run_module("srtool", run_name="__main__")
+"""
+
+
+STARTUP = "import srtool.cli, sys; from srtool.loading import load_model; load_model(sys.argv[1], device='cpu')"
+
+
+def _timed_child(cmd: list[str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of one child process."""
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])}... failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return wall, proc.stdout
+
+
+def run_bare(folder: Path, model: str, precision: str) -> dict:
+    _wall, out = _timed_child([sys.executable, "-c", BARE, str(folder), model, precision])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_startup(model: str) -> float:
+    return _timed_child([sys.executable, "-c", STARTUP, model])[0]
+
+
+def run_cli(folder: Path, out_dir: Path, model: str, precision: str, jobs: int | None, startup: float) -> dict:
+    cmd = [sys.executable, "-m", "srtool", "upscale", str(folder), "-o", str(out_dir), "--overwrite", "-m", model,
+           "--precision", precision, "--device", "cpu"]
+    if jobs is not None:
+        cmd += ["-j", str(jobs)]
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", CLI, *cmd[3:]], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"srtool upscale failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    data = json.loads(proc.stderr.strip().splitlines()[-1])
+    row = [line for line in proc.stderr.splitlines() if line.count("│") == 4][-1]  # written|skipped|failed|MP|s
+    assert int(row.split("│")[0]) == len(list(folder.iterdir())), row  # every image written
+    return {**data, "wall": wall, "net_wall": wall - startup}
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--jobs", type=int, nargs="*", default=[None], help="CLI -j values (default: the CLI's default)")
+    ap.add_argument("--copies", type=int, default=3)
+    ap.add_argument("--model", default="default")
+    ap.add_argument("--precision", default="auto", help="both sides (auto: bf16 for the bundled model on AMX CPUs)")
+    ap.add_argument("--data", type=Path, default=SET14_LR)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for name in IMAGES:
+            for k in range(args.copies):
+                shutil.copy(args.data / f"{name}.png", folder / f"{name}_{k}.png")
+        print(f"cpus {os.cpu_count()}, precision {args.precision}, load average at start {load_average()}")
+        bare, cli = [], {j: [] for j in args.jobs}
+        for r in range(args.repeats):
+            startup = run_startup(args.model)
+            b = run_bare(folder, args.model, args.precision)
+            bare.append(b)
+            print(f"[{r}] bare {b['seconds']:.2f} s, cpu {b['cpu']:.2f} s (rss {b['rss_mb']:.0f} MB)  "
+                  f"load {load_average()}", flush=True)
+            for j in args.jobs:
+                c = run_cli(folder, Path(tmp) / "out", args.model, args.precision, j, startup)
+                cli[j].append(c)
+                print(f"[{r}] cli -j {j or 'default'}: {c['seconds']:.2f} s, cpu {c['cpu']:.2f} s; wall {c['wall']:.2f} s - start-up "
+                      f"{startup:.2f} s = {c['net_wall']:.2f} s; rss {c['rss_mb']:.0f} MB  "
+                      f"load {load_average()}", flush=True)
+        bare_med = statistics.median(b["seconds"] for b in bare)
+        print(f"\nbare loop median {bare_med:.2f} s over {len(IMAGES)} Set14 LR images x {args.copies} "
+              f"(peak RSS {max(b['rss_mb'] for b in bare):.0f} MB)")
+        for j, runs in cli.items():
+            med = statistics.median(c["seconds"] for c in runs)
+            ratios = [b["seconds"] / c["seconds"] for b, c in zip(bare, runs)]
+            net = statistics.median(c["net_wall"] for c in runs)
+            cpu_ratios = [b["cpu"] / c["cpu"] for b, c in zip(bare, runs)]
+            print(f"cli -j {j or 'default'}: median {med:.2f} s -> throughput ratio {bare_med / med:.3f} "
+                  f"(per interleaved pair: {', '.join(f'{x:.3f}' for x in ratios)}; target >= 0.95); "
+                  f"by wall - start-up {bare_med / net:.3f}; CPU ratio median {statistics.median(cpu_ratios):.3f} "
+                  f"({', '.join(f'{x:.3f}' for x in cpu_ratios)}); peak RSS {max(c['rss_mb'] for c in runs):.0f} MB")
+        print(f"load average at end {load_average()}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Sharded batches: ``torchrun --nproc-per-node N -m srtool upscale|eval ...`` splits the inputs over ranks.
+
+Every rank plans the whole batch the same way (the same sorted inputs, the same skip/refusal
+decisions), then takes a deterministic slice of the work: items ``rank, rank + N, rank + 2N, ...``
+(round-robin, so large and small images spread evenly). Each image is processed exactly as a single
+process would process it (the engine's automatic tile depends only on the model and the device type,
+never on free memory), so the outputs and per-image results are identical to a one-process run.
+Results travel to rank 0 as Python objects over gloo (host-side; no GPU collective is needed), where
+they are put back into input order: rank 0 prints the table and writes the report files.
+
+Where there are GPUs, each rank uses ``cuda:LOCAL_RANK``. Several machines need nothing more than
+torchrun's own options (``--nnodes``, ``--node-rank``, ``--rdzv-endpoint``) and a filesystem every
+node sees at the same paths. The process group comes from :mod:`srtool.train.distributed` (the one
+place that reads torchrun's environment).
+"""
+
+from __future__ import annotations
+
+import atexit
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from .train.distributed import DistInfo, init_distributed, shutdown
+
+T = TypeVar("T")
+
+
+@dataclass
+class Shard:
+    """This process's place in a sharded run (a single process is rank 0 of 1)."""
+
+    info: DistInfo
+
+    @property
+    def enabled(self) -> bool:
+        return self.info.enabled
+
+    @property
+    def is_main(self) -> bool:
+        return self.info.is_main
+
+    def take(self, items: list[T]) -> list[T]:
+        """This rank's slice: every world_size-th item starting at its rank."""
+        return items[self.info.rank :: self.info.world_size] if self.enabled else list(items)
+
+    def interleave(self, parts: list[list[T]]) -> list[T]:
+        """Inverse of :meth:`take`: the per-rank slices (in rank order) back in input order."""
+        merged: list[T] = []
+        for i in range(max((len(p) for p in parts), default=0)):
+            merged.extend(p[i] for p in parts if i < len(p))
+        return merged
+
+    def gather(self, value: Any) -> list[Any] | None:
+        """Every rank's ``value`` on rank 0 (in rank order); None on the other ranks."""
+        if not self.enabled:
+            return [value]
+        import torch.distributed as dist
+
+        parts: list[Any] | None = [None] * self.info.world_size if self.is_main else None
+        dist.gather_object(value, parts, dst=0, group=self.info.cpu_group)
+        return parts
+
+    def barrier(self) -> None:
+        if self.enabled:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def device(self, requested: str) -> str:
+        """``auto``/``cuda`` -> this rank's own GPU (``cuda:LOCAL_RANK``) when sharded on a GPU machine."""
+        if self.enabled and requested in ("auto", "cuda") and torch.cuda.is_available():
+            return f"cuda:{self.info.local_rank % torch.cuda.device_count()}"
+        return requested
+
+
+_CURRENT: Shard | None = None
+
+
+def current_shard() -> Shard:
+    """Join torchrun's process group once per process (gloo); a plain run is a one-rank shard."""
+    global _CURRENT
+    if _CURRENT is None:
+        _CURRENT = Shard(init_distributed("cpu"))  # a plain run: rank 0 of 1, no process group
+        if _CURRENT.enabled:
+            atexit.register(leave)
+    return _CURRENT
+
+
+def leave() -> None:
+    """Tear the process group down (at the end of a sharded command)."""
+    global _CURRENT
+    if _CURRENT is not None:
+        shutdown(_CURRENT.info)
+    _CURRENT = None

@@ -1,0 +1,123 @@
+"""CPU speed policy: cache-sized automatic tiles that do not depend on free memory, image I/O threads that
+yield to the network's threads, and bf16 chosen automatically only for verified weights on native-bf16 CPUs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from srtool import devices, engine, upscale
+from srtool.loading import load_model
+
+
+def test_cpu_auto_tile_is_cache_sized_and_independent_of_free_memory(monkeypatch):
+    model = load_model("default", device="cpu", precision="fp32")
+    tiles = set()
+    for free in (8 << 30, 24 << 30, 512 << 30):
+        monkeypatch.setattr(engine, "available_memory", lambda _device, free=free: free)
+        tiles.add(engine.auto_tile(model))
+    assert tiles == {(256, 1)}  # 64 features, fp32: a 276-pixel window's feature map is ~19.5 MB
+    monkeypatch.setattr(engine, "available_memory", lambda _device: 256 << 20)  # memory short: smaller
+    assert engine.auto_tile(model)[0] < 256
+
+
+def test_image_io_threads_run_below_the_networks_priority(benchmarks_dir, tmp_path, monkeypatch):
+    if os.uname().sysname != "Linux":
+        pytest.skip("per-thread nice values are Linux behaviour")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("bird", "head"):
+        shutil.copy(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / f"{name}.png", folder / f"{name}.png")
+    seen = []
+    decode = upscale._decode
+
+    def watched(job, options):
+        seen.append((threading.current_thread() is threading.main_thread(),
+                     os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        return decode(job, options)
+
+    monkeypatch.setattr(upscale, "_decode", watched)
+    model = load_model("bicubic")
+    options = upscale.UpscaleOptions(output=str(tmp_path / "out"), workers=2)
+    result = upscale.run_batch(model, upscale.plan_jobs([str(folder)], options, model), options)
+    assert result.count("written") == 2
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert seen and all(not on_main and nice == min(19, main + 10) for on_main, nice in seen)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main  # the main thread is untouched
+
+
+def test_auto_precision_is_bf16_only_for_verified_weights_on_native_cpus(monkeypatch):
+    cpu, verified = torch.device("cpu"), next(iter(devices.CPU_BF16_VERIFIED))
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.resolve_precision("auto", cpu, verified) == "bf16"
+    assert devices.resolve_precision("auto", cpu, "0" * 64) == "fp32"  # any other weights
+    assert devices.resolve_precision("fp32", cpu, verified) == "fp32"  # an explicit choice wins
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", cpu, verified) == "fp32"  # emulated bf16 is slow
+    assert all(delta < devices.CPU_BF16_MAX_DB for delta in devices.CPU_BF16_VERIFIED.values())
+
+
+@pytest.mark.slow
+def test_bundled_model_bf16_moves_no_set14_psnr_by_002_db(benchmarks_dir):
+    """The measurement behind CPU_BF16_VERIFIED, through the eval code path (what `srtool eval` runs)."""
+    if not devices.cpu_has_native_bf16():
+        pytest.skip("this CPU has no native bf16: precision auto stays fp32 here")
+    from srtool.evaluate import evaluate_dataset
+
+    fp32, bf16 = (evaluate_dataset(load_model("default", device="cpu", precision=p), benchmarks_dir / "Set14",
+                                   progress=False) for p in ("fp32", "bf16"))
+    deltas = np.array([b.psnr - a.psnr for a, b in zip(fp32.images, bf16.images, strict=True)])
+    assert len(deltas) == 14 and np.abs(deltas).max() < devices.CPU_BF16_MAX_DB
+    assert np.abs(deltas).max() <= devices.CPU_BF16_VERIFIED[load_model("default", device="cpu").identity] + 1e-4
+
+
+def test_prelu_convolutions_and_residual_adds_fuse_and_follow_their_weights():
+    """SRResNet's conv -> PReLU pairs (also across PixelShuffle) and residual adds run as fused oneDNN
+    convolutions with the eager network's values; the PReLU slope is read at call time, never a stale copy."""
+    from srtool.fusion import fuse_conv_activations
+    from srtool.models import SRResNet, SRResNetConfig
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    net = SRResNet(SRResNetConfig(n_blocks=2, n_feats=16, batch_norm=False, trunk_batch_norm=False, tail_kernel=3))
+    net = net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    prelus = [m for m in net.modules() if isinstance(m, torch.nn.PReLU)]
+    for m in prelus:
+        m.weight.uniform_(0.05, 0.4)
+    fused = fuse_conv_activations(net)
+    names = [n.target for n in fused.graph.nodes if n.op == "call_module"]
+    assert sum(t.startswith("_fused_") and not t.startswith("_fused_add") for t in names) == 5  # head, 2 blocks, 2 ups
+    assert sum(t.startswith("_fused_add") for t in names) == 3  # the residual adds: 2 blocks + the global skip
+    assert not any(isinstance(fused.get_submodule(t), torch.nn.PReLU) for t in names)
+    assert list(fused.state_dict()) == list(net.state_dict())
+    x = torch.rand(1, 3, 23, 31).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
+        prelus[0].weight.fill_(0.9)  # e.g. other weights loaded later
+        torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
+
+
+def test_upscale_png_encoder_is_lossless_and_keeps_icc_and_exif(tmp_path):
+    """upscale's fast 8-bit PNG path (zlib level 1, 'Up' filter) against PIL's decoder."""
+    from PIL import Image
+
+    from srtool.imageio import encode_image, read_image
+
+    rng = np.random.default_rng(0)
+    icc = b"\0" * 128 + b"an ICC profile's bytes travel unchanged"
+    exif = Image.Exif()
+    exif[0x010F] = "srtool-test-camera"
+    for shape in [(37, 41), (37, 41, 2), (37, 41, 3), (37, 41, 4)]:
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        path = tmp_path / f"{len(shape)}-{shape[-1]}.png"
+        path.write_bytes(encode_image(array, "png", icc_profile=icc, exif=exif.tobytes()))
+        decoded = read_image(path)
+        assert np.array_equal(decoded.array.reshape(array.shape), array)
+        assert decoded.icc_profile == icc
+        assert b"srtool-test-camera" in (decoded.exif or b"")

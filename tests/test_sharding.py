@@ -1,0 +1,77 @@
+"""Sharded batches: `torchrun --nproc-per-node 2 -m srtool upscale|eval` (two gloo processes on the CPU) give
+the same output files and the same per-image results as one process; rank 0 reports the whole batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from srtool.sharding import Shard
+from srtool.train.distributed import DistInfo
+
+
+def _Rank(rank: int, world: int) -> DistInfo:
+    return DistInfo(rank, rank, world)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 14])
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_slices_cover_every_item_once_and_interleave_back_in_order(n, world):
+    items = list(range(n))
+    parts = [Shard(_Rank(r, world)).take(items) for r in range(world)]
+    assert sorted(x for p in parts for x in p) == items
+    assert Shard(_Rank(0, world)).interleave(parts) == items
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def srtool(*args: str, env: dict, ranks: int = 1) -> subprocess.CompletedProcess:
+    launcher = [sys.executable, "-m", "srtool"] if ranks == 1 else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m", "srtool"]
+    return subprocess.run([*launcher, *args], capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_two_ranks_upscale_the_same_files_as_one_process(benchmarks_dir, tmp_path, env):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("bird", "butterfly", "head"):  # the three smallest Set5 LR images (72x72, 64x64, 70x70)
+        shutil.copy(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / f"{name}.png", inputs / f"{name}.png")
+    (tmp_path / "two").mkdir()
+    (tmp_path / "two" / "head_x4.png").write_bytes(b"the user's file")  # skipped by every rank alike
+    one = srtool("upscale", str(inputs), "-o", str(tmp_path / "one"), env=env)
+    assert one.returncode == 0, one.stderr
+    two = srtool("upscale", str(inputs), "-o", str(tmp_path / "two"), env=env, ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for name in ("bird", "butterfly"):
+        assert (tmp_path / "two" / f"{name}_x4.png").read_bytes() == (tmp_path / "one" / f"{name}_x4.png").read_bytes()
+    assert (tmp_path / "two" / "head_x4.png").read_bytes() == b"the user's file"
+    # rank 0 alone prints the summary of the whole batch: 2 written (one per rank), 1 skipped
+    assert two.stderr.count("srtool upscale") == 1 and two.stderr.count("skipped:") == 1
+    assert re.search(r"\b2\s*│\s*1\s*│\s*0\s*│", two.stderr), two.stderr  # written, skipped, failed
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluate_like_one_process_and_rank0_writes_the_table(benchmarks_dir, tmp_path, env):
+    common = ["eval", "-d", str(benchmarks_dir / "Set5"), "-m", "default", "-m", "bicubic"]
+    one = srtool(*common, "--json", str(tmp_path / "one.json"), env=env)
+    assert one.returncode == 0, one.stderr
+    two = srtool(*common, "--json", str(tmp_path / "two.json"), env=env, ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert len(a["results"]) == len(b["results"]) == 2
+    for ra, rb in zip(a["results"], b["results"]):
+        assert [i["name"] for i in rb["images"]] == ["baby", "bird", "butterfly", "head", "woman"]
+        assert [(i["name"], i["psnr"], i["ssim"]) for i in ra["images"]] == \
+               [(i["name"], i["psnr"], i["ssim"]) for i in rb["images"]]
+        assert (ra["psnr"], ra["ssim"], ra["n_images"]) == (rb["psnr"], rb["ssim"], rb["n_images"])
+    assert two.stdout.count("Set5") == one.stdout.count("Set5") > 0  # the table is printed once, by rank 0
