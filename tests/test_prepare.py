@@ -176,7 +176,7 @@ def test_resolve_dataset_names_and_paths(tmp_path, monkeypatch):
     own = tmp_path / "mine"
     (own / "HR").mkdir(parents=True)
     assert resolve_dataset(str(own), 4) == own
-    with pytest.raises(UserError, match="no HR/"):
+    with pytest.raises(UserError, match="neither an HR/ subfolder"):
         resolve_dataset(str(tmp_path / "data"), 4)
     with pytest.raises(UserError, match="not a known dataset name"):
         resolve_dataset("Set55", 4)
