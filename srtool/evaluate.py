@@ -545,8 +545,10 @@ def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | N
     Evaluation runs networks in fp32 whatever the device (fp16 would move scores by ~1e-3 dB and
     published numbers are fp32). ``bicubic`` takes the networks' scale (or ``scale``, else 4).
     """
+    from .devices import resolve_device
     from .loading import bicubic_model, load_model
 
+    resolve_device(device)  # an unusable --device is refused even when only bicubic (no network) is evaluated
     specs = list(specs) or ["default"]
     loaded: dict[int, SRModel] = {}
     for i, spec in enumerate(specs):

@@ -175,6 +175,9 @@ def test_eval_refuses_a_device_that_cannot_compute(benchmarks_dir, tmp_path, cap
     torch.save({"params_ema": RRDBNet(RRDBNetConfig(n_feats=8, n_blocks=1, growth=4)).state_dict()}, weights)
     code, err = run_cli(["eval", "--model", str(weights), "--data", str(benchmarks_dir / "Set5"), "--device", "meta"], capsys)
     assert code == 2 and "meta" in err and "internal" not in err, err
+    # bicubic alone runs no network, but the device is still the user's mistake to hear about
+    code, err = run_cli(["eval", "--model", "bicubic", "--data", str(benchmarks_dir / "Set5"), "--device", "meta"], capsys)
+    assert code == 2 and "meta" in err and "internal" not in err, err
 
 
 def test_prepare_skips_a_source_whose_outputs_cannot_be_named(tmp_path, benchmarks_dir, capsys):

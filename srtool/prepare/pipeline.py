@@ -501,8 +501,9 @@ def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: s
     """The body of :func:`run_prepare`, run while this process holds ``--out``'s lock."""
     _claim_out(out, inputs, recipe, kind, overwrite)
     lr_dir = _lr_dir(out, recipe.scale)
-    _clean_stale_temps([out, out / "HR", lr_dir, out / "store", out / "store" / "hr",
-                        out / "store" / f"lr_x{recipe.scale}", _records_dir(out), out / STATE_DIR])
+    temp_folders = [out, out / "HR", lr_dir, out / "store", out / "store" / "hr",
+                    out / "store" / f"lr_x{recipe.scale}", _records_dir(out), out / STATE_DIR]
+    _clean_stale_temps(temp_folders)
     (out / "HR").mkdir(exist_ok=True)
     lr_dir.mkdir(parents=True, exist_ok=True)
 
@@ -547,6 +548,9 @@ def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: s
                     bar.advance(task)
             except BaseException:  # Ctrl-C or an error: stop the workers now, not after the queued images
                 stop_workers(pool)
+                # a worker killed after the grace period cannot delete its temporary file; we hold --out's
+                # lock, so every srtool temporary there is one of this run's: remove them now
+                _clean_stale_temps(temp_folders)
                 raise
             pool.shutdown()
 
