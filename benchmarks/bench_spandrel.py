@@ -83,12 +83,15 @@ def main() -> None:
         def computed(length: int, tile: int, pad: int) -> int:  # LR pixels the network computes along one axis
             return sum(t.win1 - t.win0 for t in axis_tiles(length, tile, pad))
 
-        overhead = (computed(1024, 512, tiled.tile_pad) / 1024) ** 2
+        from srtool.engine import cpu_cache_tile
+
+        default_tile = cpu_cache_tile(whole.network, "fp32", tiled.tile_pad)
+        overhead = (computed(1024, default_tile, tiled.tile_pad) / 1024) ** 2
         print(f"{name}: {side}x{side} LR, srtool net {type(whole.network).__name__}, tile pad {tiled.tile_pad}")
         print(f"  spandrel bare call {med['spandrel'] * 1e3:8.1f} ms   srtool untiled {med['srtool untiled'] * 1e3:8.1f} ms "
               f"({med['srtool untiled'] / med['spandrel']:.2f}x)   srtool tiled(4) {med['srtool tiled'] * 1e3:8.1f} ms "
               f"({med['srtool tiled'] / med['spandrel']:.2f}x)")
-        print(f"  default CPU tile (512) on a 1024x1024 LR image computes {overhead:.3f}x the pixels of one untiled pass "
+        print(f"  default CPU tile ({default_tile}) on a 1024x1024 LR image computes {overhead:.3f}x the pixels of one untiled pass "
               f"(context {tiled.tile_pad} px)")
 
 

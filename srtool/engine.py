@@ -48,6 +48,7 @@ from .resize import imresize
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16
+CONTEXT_TILE_FACTOR = 24  # CPU tiles are at least this many times the tile context (see cpu_cache_tile)
 CPU_FEATURE_MAP_BYTES = 20 << 20  # one fp32 64-channel 276x276 window feature map (256-px tiles + pad)
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter
 _PEAKS = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -232,11 +233,18 @@ def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
     noise and half its peak memory; see benchmarks/README.md, issue 13.
     It depends only on the network, never on free memory, so the same image is tiled the same way in
     every process (sharded runs give a single process's output).
+
+    Architectures that need a wide context (``pad``: SwinIR, HAT, SPAN, Compact) get tiles of at least
+    ``CONTEXT_TILE_FACTOR * pad`` (up to 512): each window recomputes ``pad`` pixels per side, so a
+    cache-sized 208-px tile with 32 px of context would compute 1.7x the pixels of one untiled pass; at
+    24 x pad it is at most ~1.17x (less at the image borders).
     """
     feats, _growth = _network_feats(network)
     elem = 4 if precision == "fp32" else 2
     window = int(math.sqrt(CPU_FEATURE_MAP_BYTES / (feats * elem)))
-    return max(MIN_TILE, min(512, (window - 2 * pad) // 16 * 16))
+    cache_tile = (window - 2 * pad) // 16 * 16
+    context_tile = -(-CONTEXT_TILE_FACTOR * pad // 16) * 16
+    return max(MIN_TILE, min(512, max(cache_tile, context_tile)))
 
 
 def auto_tile(model: SRModel) -> tuple[int, int]:

@@ -26,6 +26,20 @@ def test_cpu_auto_tile_is_cache_sized_and_independent_of_free_memory(monkeypatch
     assert engine.auto_tile(model)[0] < 256
 
 
+def test_cpu_tile_grows_with_the_architectures_context():
+    """Wide-context architectures (SwinIR: 32 px) would recompute most of a cache-sized tile as context."""
+    from srtool.engine import CONTEXT_TILE_FACTOR, axis_tiles, cpu_cache_tile
+
+    net = load_model("default", device="cpu", precision="fp32").network
+    assert cpu_cache_tile(net, "fp32", 10) == 256  # ESRGAN-type context: the cache decides
+    assert cpu_cache_tile(net, "fp32", 16) == 16 * CONTEXT_TILE_FACTOR
+    assert cpu_cache_tile(net, "fp32", 32) == 512  # capped
+    for pad in (10, 16, 24, 32):
+        tile = cpu_cache_tile(net, "fp32", pad)
+        computed = sum(t.win1 - t.win0 for t in axis_tiles(2048, tile, pad)) / 2048
+        assert computed ** 2 < 1.2, (pad, tile, computed ** 2)  # pixels computed vs one untiled pass
+
+
 def test_image_io_threads_run_below_the_networks_priority(benchmarks_dir, tmp_path, monkeypatch):
     if os.uname().sysname != "Linux":
         pytest.skip("per-thread nice values are Linux behaviour")
