@@ -44,10 +44,15 @@ def load_network(path: Path, scale: int | None = None) -> tuple[torch.nn.Module,
     from .checkpoints import load_checkpoint
     from .models.export import load_export, read_export_metadata
 
-    if path.suffix == ".safetensors" and read_export_metadata(path) is not None:
-        network, info = load_export(path, scale_hint=scale)
-        return network, {"layout": "srtool export", **info}
-    return load_checkpoint(path, scale_hint=scale)
+    doc = read_export_metadata(path) if path.suffix == ".safetensors" else None
+    if doc is None:
+        return load_checkpoint(path, scale_hint=scale)
+    if "generator" not in doc and isinstance(doc.get("checkpoint"), dict):
+        # written by `srtool models convert`: a community state dict, detected like the original file
+        network, info = load_checkpoint(path, scale_hint=scale or doc["checkpoint"].get("scale"))
+        return network, {**doc, **info}
+    network, info = load_export(path)
+    return network, {"layout": "srtool export", **info}
 
 
 def load_model(

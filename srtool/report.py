@@ -22,7 +22,7 @@ import math
 from typing import Any
 
 from .atomic import write_text_atomic
-from .evaluate import DatasetResult, EvalReport
+from .eval_results import AS_IS, DatasetResult, EvalReport
 from .metrics import PROTOCOL_DESCRIPTIONS
 from .scoring import DEFAULT_METRICS, METRICS, direction_note
 
@@ -69,8 +69,6 @@ def failure_notes(report: EvalReport) -> list[str]:
 
 
 def _as_is(report: EvalReport) -> bool:
-    from .evaluate import AS_IS
-
     return all(m.identity == AS_IS for m in report.models)
 
 

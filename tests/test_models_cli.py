@@ -59,7 +59,7 @@ def test_inspect_spandrel_model_json(tmp_path: Path, capsys):
     assert info["size_requirements"] == {"multiple_of": 1, "minimum": 16, "square": False}
     assert info["precisions"] == ["fp32", "bf16"]  # SwinIR: no fp16 in spandrel
     assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    reference = spandrel.ModelLoader().load_from_state_dict(torch.load(path)["params_ema"]).model
+    reference = spandrel.ModelLoader().load_from_state_dict(torch.load(path, weights_only=True)["params_ema"]).model
     assert info["parameters"] == sum(p.numel() for p in reference.parameters())
     assert info["purpose"] == "SR" and info["tile_context"] == 32 and info["tiling"] == "discouraged"
 
@@ -190,7 +190,7 @@ def test_upscale_cli_with_community_checkpoint(tmp_path: Path):
     assert run_cli("upscale", str(tmp_path / "photo.png"), "--model", str(src), "-o", str(out_dir), "--device", "cpu") == 0
     (written,) = list(out_dir.glob("*.png"))
     got = np.asarray(Image.open(written))
-    descriptor = spandrel.ModelLoader().load_from_state_dict(torch.load(src)["params"]).eval()
+    descriptor = spandrel.ModelLoader().load_from_state_dict(torch.load(src, weights_only=True)["params"]).eval()
     with torch.no_grad():
         ref = descriptor(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
     assert got.shape == (48, 40, 3)

@@ -136,12 +136,12 @@ def _write_export(path: str | Path, state: dict[str, torch.Tensor], info: dict[s
     return path
 
 
-def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Build the network described by an srtool export and load its weights (strict).
 
     An export holds either an srtool generator (``generator``: its config) or, written by ``srtool
     models convert``, a community checkpoint's state dict (``checkpoint``: its architecture and
-    scale), which goes through the same detection as the original file, minus the unpickling.
+    scale), which :func:`srtool.loading.load_network` sends through the checkpoint detection instead.
     """
     from .integrity import check_export_table, validate_state_dict
     from .registry import build_network, generator_config_from_dict
@@ -149,13 +149,6 @@ def load_export(path: str | Path, scale_hint: int | None = None) -> tuple[nn.Mod
     doc = read_export_metadata(path)
     if doc is None:
         raise UserError(f"{path}: a safetensors file without srtool metadata (not an srtool export)")
-    if "generator" not in doc and isinstance(doc.get("checkpoint"), dict):
-        from ..checkpoints import network_from_state
-
-        state = read_state_dict(path)
-        validate_state_dict(state, path)  # the same checks as for the original checkpoint file
-        network, info = network_from_state(state, str(path), scale_hint or doc["checkpoint"].get("scale"))
-        return network, {**doc, **info}
     generator = doc.get("generator")
     if not isinstance(generator, dict):
         what = "has no 'generator' entry" if generator is None else f"has a 'generator' that is a JSON {_json_kind(generator)}"

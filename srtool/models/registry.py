@@ -49,6 +49,19 @@ def generator_config_from_dict(data: dict[str, Any], source: str = "config") -> 
     try:
         return TypeAdapter(GeneratorConfig).validate_python(data)
     except ValidationError as exc:
-        from ..config import format_validation_error
+        raise UserError(_format_config_error(exc, source)) from None
 
-        raise UserError(format_validation_error(exc, source)) from None
+
+def _format_config_error(exc: ValidationError, source: str) -> str:
+    """One line per problem, ``source: field: message (got value)``, for a bare generator config (presets
+    get :func:`srtool.config.format_validation_error`, which knows the whole preset's schema)."""
+    lines = []
+    for err in exc.errors():
+        path = ".".join(str(p) for p in err["loc"] if p not in GENERATORS) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "union_tag_invalid":
+            msg = f"unknown architecture; allowed: {', '.join(GENERATORS)}"
+        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+            msg += f" (got {err['input']!r})"
+        lines.append(f"{source}: {path}: {msg}")
+    return "\n".join(lines)

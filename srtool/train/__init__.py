@@ -10,6 +10,7 @@ does not pull in the networks and losses.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __all__ = ["NonFiniteLossError", "TrainOptions", "TrainResult", "Trainer", "train"]
@@ -17,7 +18,5 @@ __all__ = ["NonFiniteLossError", "TrainOptions", "TrainResult", "Trainer", "trai
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from . import engine
-
-        return getattr(engine, name)
+        return getattr(importlib.import_module(f"{__name__}.engine"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
