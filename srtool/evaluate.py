@@ -591,13 +591,19 @@ def choose_figure_image(report: EvalReport, wanted: str | None) -> tuple[str, st
     """(dataset, image) for ``--figure``.
 
     Given ``NAME`` or ``DATASET/NAME``: that image (first dataset holding it). Otherwise, among
-    images every model scored: with two or more models, the one with the largest PSNR spread
-    (max - min over the models); with one model, the one it scores lowest. Ties: first in order.
+    images every model scored: with two or more models, the one with the largest spread of the first
+    chosen metric (max - min over the models; PSNR by default); with one model, the one it scores
+    worst. Ties: first in order.
     """
+    from .scoring import METRICS
+
+    metric = METRICS[next((m for m in report.metrics if m in METRICS), "psnr")]
+    sign = 1.0 if metric.higher_is_better else -1.0  # so that "lowest" always means "worst"
     by_image: dict[tuple[str, str], list[float | None]] = {}
     for r in report.results:
         for image in r.images:
-            by_image.setdefault((r.name, image.name), []).append(image.psnr)
+            value = getattr(image, metric.name, None)
+            by_image.setdefault((r.name, image.name), []).append(None if value is None else sign * value)
     if wanted:
         for dataset, image in by_image:
             if wanted in (image, f"{dataset}/{image}"):
@@ -790,6 +796,8 @@ def run_eval(
     lpips_device = "cuda" if str(device).startswith("cuda") else "cpu"
     scorer = Scorer(chosen, scale or 4, protocol, lpips_net, lpips_weights, lpips_device)
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
+        if labels:
+            raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
         return _run_as_is(datasets, protocol, outputs, progress, scorer)
     models = load_models(model_specs, shard.device(device), tile, scale)
     for model, label in zip(models, labels or []):

@@ -223,7 +223,3 @@ def fuse_conv_activations(network: nn.Module) -> nn.Module:
     graph_module.config = getattr(network, "config", None)
     graph_module.scale = getattr(network, "scale", None)
     return graph_module
-
-
-# ------------------------------------------------------------------------------------------ SRModel
-

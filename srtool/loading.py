@@ -86,6 +86,7 @@ def load_model(
     if scale is not None and scale not in (1, 2, 3, 4, 8):
         raise UserError(f"--scale: unsupported value {scale}; supported: 1 (restoration models), 2, 3, 4, 8")
     dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
+    resolve_precision(precision, dev)  # and a bad --precision, even for bicubic (which runs no network)
     spec_str = str(spec)
     if scale == 1 and spec_str in ("bicubic", "default"):
         raise UserError("--scale 1 is for 1x restoration checkpoints (--model FILE); bicubic and the default model upscale")

@@ -346,11 +346,17 @@ def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
     return read_image(data, options.max_pixels)
 
 
+def _job_format(job: Job, options: UpscaleOptions, decoded_format: str | None) -> str:
+    """The format a job's output is written in: an explicit output file's extension (``-o big.jpg``),
+    else ``--format`` (``keep``: the input's)."""
+    fmt = format_for_suffix(job.output.suffix) if job.output is not None else None
+    return fmt or _output_format(options, job.source, decoded_format)
+
+
 def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:
     from .atomic import atomic_path
 
-    fmt = format_for_suffix(job.output.suffix) if job.output is not None else None
-    fmt = fmt or _output_format(options, job.source, decoded.format)
+    fmt = _job_format(job, options, decoded.format)
     if isinstance(sr, list):
         data = encode_frames(sr, fmt, options.quality, decoded.durations, decoded.loop, decoded.icc_profile, decoded.exif,
                              software=SOFTWARE_MARKER)
@@ -405,7 +411,7 @@ def run_batch(
             try:
                 decoded = fut.result()
                 job.megapixels = decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
-                sr = upscale_decoded(model, decoded, options, _output_format(options, job.source, decoded.format))
+                sr = upscale_decoded(model, decoded, options, _job_format(job, options, decoded.format))
             except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
                 job.status, job.message = "failed", _describe(exc)
                 if progress:

@@ -304,6 +304,26 @@ def test_validation_plan_picks_lpips_for_gan_presets_and_says_when_it_cannot(mon
     with pytest.raises(UserError, match="must be one of validation.metrics"):
         load_preset("srresnet", ["validation.select='niqe'"])
     assert load_preset("srresnet", ["validation.metric='ssim'"]).validation.select == "ssim"  # old run dirs
+    # select = auto on a PSNR-stage preset that does not validate PSNR: the first validated metric picks best
+    plan, _ = plan_validation(load_preset("srresnet", ["validation.metrics=['ssim']"]), notes.append)
+    assert (plan.metrics, plan.select) == (("ssim",), "ssim")
+
+
+def test_figure_without_psnr_ranks_by_the_chosen_metric(benchmarks_dir, tmp_path, capsys):
+    """--metric ssim --figure: the figure's image is picked by SSIM (used to fail after the whole evaluation)."""
+    figure = tmp_path / "f.png"
+    assert run_cli("eval", "--model", "bicubic", "--data", str(benchmarks_dir / "Set5"), "--metric", "ssim",
+                   "--figure", str(figure), "--json", str(tmp_path / "r.json")) == 0
+    doc = json.loads((tmp_path / "r.json").read_text())
+    images = doc["results"][0]["images"]
+    worst = min(images, key=lambda i: i["ssim"])["name"]
+    printed = " ".join(capsys.readouterr().err.split())
+    assert figure.is_file() and f"(Set5/{worst}," in printed, printed
+
+
+def test_label_without_a_model_row_is_refused(benchmarks_dir, capsys):
+    assert run_cli("eval", "--metric", "niqe", "--data", str(benchmarks_dir / "Set5" / "HR"), "--label", "x") == 2
+    assert "--label" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # ~30 s wall on the shared 2-core machine (a real run: store, 4 steps, 2 validations)

@@ -166,6 +166,40 @@ def test_marker_recognises_jpeg_and_tiff_outputs(fmt, ext, photos, capsys):
     assert {k: v for k, v in tree(photos).items() if k in before} == before
 
 
+def test_marker_is_written_into_every_png_kind(tmp_path):
+    """8/16-bit, gray/colour, with and without alpha: every PNG srtool writes carries the marker."""
+    import numpy as np
+
+    for dtype in (np.uint8, np.uint16):
+        for shape in ((6, 5), (6, 5, 2), (6, 5, 3), (6, 5, 4)):
+            data = imageio.encode_image(np.full(shape, 7, dtype), "png", software=SOFTWARE_MARKER)
+            path = tmp_path / "m.png"
+            path.write_bytes(data)
+            assert imageio.read_software(path) == SOFTWARE_MARKER, (dtype, shape)
+
+
+def test_output_file_format_decides_whether_frames_fit_before_any_work(tmp_path, capsys, monkeypatch):
+    """`-o big.jpg` on an animation: refused without upscaling the frames (JPEG holds one image)."""
+    import srtool.upscale as upscale_module
+
+    upscaled = []
+    real = upscale_module.upscale_pixels
+    monkeypatch.setattr(upscale_module, "upscale_pixels", lambda *a, **k: upscaled.append(1) or real(*a, **k))
+    frames = [Image.new("RGB", (8, 8), (40 * i, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    code, err = run_cli(["upscale", str(tmp_path / "anim.gif"), "-o", str(tmp_path / "big.jpg"), "--model", "bicubic"], capsys)
+    assert code != 0 and "3 frames" in err and not (tmp_path / "big.jpg").exists(), err
+    assert not upscaled  # the refusal came before any frame was upscaled
+
+
+def test_bicubic_still_validates_precision():
+    from srtool.errors import UserError
+    from srtool.loading import load_model
+
+    with pytest.raises(UserError, match="precision"):
+        load_model("bicubic", precision="fp17")
+
+
 def test_eval_refuses_a_device_that_cannot_compute(benchmarks_dir, tmp_path, capsys):
     import torch
 

@@ -323,6 +323,11 @@ class Trainer:
                     self.ema = EMA(self.generator, t.ema_decay)
             else:
                 self._load_state(found[1])
+                if self.iteration > self.total:  # e.g. --resume RUN --set train.epochs=1 on a longer run
+                    raise UserError(
+                        f"--resume {self.run_dir}: the run is at iteration {self.iteration}, past the {self.total} "
+                        "iterations its schedule would now have; a run can be shortened only down to where it is"
+                    )
             resumed_from = self.iteration
         self.monitor = None
         if self.dist.is_main:

@@ -39,6 +39,8 @@ def plan_validation(preset: Preset, warn: Callable[[str], None], device: str = "
     metrics = list(v.metrics)
     notes: list[str] = []
     wanted = v.select if v.select != "auto" else ("lpips" if preset.stage == "gan" else "psnr")
+    if v.select == "auto" and wanted != "lpips" and wanted not in metrics:  # e.g. metrics = ["ssim"]
+        wanted = metrics[0]
     if wanted == "lpips" and "lpips" not in metrics:
         metrics.append("lpips")
     scorer = None
