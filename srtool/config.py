@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .tomlio import parse_toml, toml_value
-from .models.registry import DISCRIMINATORS, GENERATORS, AnyDiscriminatorConfig, GeneratorConfig
+from .models.registry import DISCRIMINATORS, GENERATORS, AnyDiscriminatorConfig, GeneratorConfig, describe_problem
 
 
 class Strict(BaseModel):
@@ -316,14 +316,11 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
         shown = [str(p) for i, p in enumerate(loc)
                  if not (p in ARCHITECTURES and i > 0 and loc[i - 1] in ("generator", "discriminator"))]
         path = ".".join(shown) or "(top level)"
-        msg = err["msg"]
         if err["type"] == "extra_forbidden":
             allowed = _fields_at(loc[:-1])
             msg = "unknown field" + (f"; allowed fields: {', '.join(allowed)}" if allowed else "")
-        elif err["type"] == "union_tag_invalid":
-            msg = f"unknown architecture; allowed: {', '.join(DISCRIMINATORS if 'discriminator' in loc else GENERATORS)}"
-        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
+        else:
+            msg = describe_problem(err)
         lines.append(f"{source}: {path}: {msg}{_HINTS.get(path, '') if err['type'] not in ('extra_forbidden', 'value_error') else ''}")
     return "\n".join(lines)
 

@@ -55,13 +55,18 @@ def generator_config_from_dict(data: dict[str, Any], source: str = "config") -> 
 def _format_config_error(exc: ValidationError, source: str) -> str:
     """One line per problem, ``source: field: message (got value)``, for a bare generator config (presets
     get :func:`srtool.config.format_validation_error`, which knows the whole preset's schema)."""
-    lines = []
-    for err in exc.errors():
-        path = ".".join(str(p) for p in err["loc"] if p not in GENERATORS) or "(top level)"
-        msg = err["msg"]
-        if err["type"] == "union_tag_invalid":
-            msg = f"unknown architecture; allowed: {', '.join(GENERATORS)}"
-        elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-            msg += f" (got {err['input']!r})"
-        lines.append(f"{source}: {path}: {msg}")
-    return "\n".join(lines)
+    return "\n".join(
+        f"{source}: {'.'.join(str(p) for p in err['loc'] if p not in GENERATORS) or '(top level)'}: {describe_problem(err)}"
+        for err in exc.errors()
+    )
+
+
+def describe_problem(err: dict[str, Any]) -> str:
+    """Pydantic's message for one config error, naming the allowed architectures for an unknown one and
+    the value given otherwise (shared by preset and generator-config errors)."""
+    if err["type"] == "union_tag_invalid":
+        table = DISCRIMINATORS if "discriminator" in err["loc"] else GENERATORS
+        return f"unknown architecture; allowed: {', '.join(table)}"
+    if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+        return f"{err['msg']} (got {err['input']!r})"
+    return err["msg"]
