@@ -71,9 +71,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tiles", type=int, nargs="*", help="sweep these tile sizes (0 = untiled) instead")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved GEMM + network rounds")
     ap.add_argument("--side", type=int, default=256)
     ap.add_argument("--precision", default="fp32", help="fp32 (default), bf16, or auto (what upscale picks)")
+    ap.add_argument("--no-shuffle-fusion", action="store_true",
+                    help="ablation: the PixelShuffle as aten::pixel_shuffle (set SRTOOL_RETAIN_FREED_MEMORY=0 "
+                         "for the other ablation)")
     args = ap.parse_args()
+    if args.no_shuffle_fusion:
+        import srtool.fusion
+
+        srtool.fusion._fuse_pixel_shuffles = lambda *_args: 0
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         model = load_model("default", device="cpu", precision=args.precision)
@@ -91,15 +99,25 @@ def main() -> None:
             tile_sweep(model, img, flops_per_lr_px, args.tiles, args.reps)
             return
         model(img)  # warm-up (oneDNN primitive creation)
-        times = [_timed(lambda: model(img)) for _ in range(5)]
-        gemm = gemm_rate(dtype=NET_DTYPES[model.precision])
-    median = statistics.median(times)
+        # Interleaved rounds: the VM's GEMM rate itself moves by +-20 % from one second to the next, so
+        # each round measures the reference right before the network; the efficiency is read as
+        # best network time against the best GEMM rate (both the machine at its best) and per round.
+        times, gemms = [], []
+        for _ in range(args.rounds):
+            gemms.append(max(gemm_rate(n, reps=3, dtype=NET_DTYPES[model.precision]) for n in (1024, 2048)))
+            times.append(_timed(lambda: model(img)))
+    best, median = min(times), statistics.median(times)
+    gemm = max(gemms)
     out_mp = (side * 4) ** 2 / 1e6
-    achieved = flops_per_lr_px * side * side / median
+    work = flops_per_lr_px * side * side
+    per_round = sorted(work / t / g for t, g in zip(times, gemms))
     print(f"bundled model {model.name}: {model.info['generator']['n_blocks']} blocks, {flops_per_lr_px / 16 / 1e6:.3f} MFLOP per output pixel")
-    print(f"  {side}x{side} -> {side * 4}x{side * 4}: median {median:.3f} s = {out_mp / median:.2f} output MP/s (target >= 0.4)")
-    print(f"  {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / gemm:.0f}% of {model.precision} GEMM {gemm / 1e9:.1f} "
-          f"GFLOP/s (1024^3, same run); load average {os.getloadavg()[0]:.1f}")
+    print(f"  {side}x{side} -> {side * 4}x{side * 4}: best {best:.3f} s, median {median:.3f} s = "
+          f"{out_mp / median:.2f} output MP/s (target >= 0.4)")
+    print(f"  best {work / best / 1e9:.1f} GFLOP/s = {100 * work / best / gemm:.0f}% of the best {model.precision} GEMM "
+          f"{gemm / 1e9:.1f} GFLOP/s (1024^3 and 2048^3, {args.rounds} interleaved rounds); per round "
+          f"{100 * per_round[0]:.0f}-{100 * per_round[-1]:.0f}%, median {100 * statistics.median(per_round):.0f}%; "
+          f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -386,16 +386,17 @@ def upscale(
 
     from .loading import load_model
     from .sharding import current_shard
-    from .upscale import UpscaleOptions, default_workers, plan_jobs, run_batch_sharded
+    from .upscale import UpscaleOptions, check_request, default_workers, plan_jobs, run_batch_sharded
 
+    options = UpscaleOptions(
+        output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,
+        outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
+    )
+    check_request(inputs, options)  # a mistyped path or option fails before the model loads
     shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
     sr_model = load_model(
         model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
-    )
-    options = UpscaleOptions(
-        output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,
-        outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
     jobs = plan_jobs(inputs, options, sr_model)
     todo = len(shard.take([job for job in jobs if job.status == "pending"]))

@@ -43,6 +43,7 @@ from torch import nn
 
 from .devices import NET_DTYPES, available_memory
 from .errors import UserError
+from .memory import retain_freed_memory
 from .resize import imresize
 
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
@@ -257,10 +258,17 @@ def auto_tile(model: SRModel) -> tuple[int, int]:
     tile = max(MIN_TILE, min(512, fit // 16 * 16))
     if model.device.type == "cpu":
         tile = min(tile, cpu_cache_tile(model.network, model.precision, model.tile_pad))
-    batch = 1
-    if model.device.type == "cuda":
-        batch = int(max(1, min(16, budget // (per_px * (tile + 2 * model.tile_pad) ** 2))))
-    return tile, batch
+    return tile, gpu_batch(model, tile)
+
+
+def gpu_batch(model: SRModel, tile: int) -> int:
+    """Tiles per GPU call for ``tile`` (the automatic one or the user's ``--tile``): as many as fit in
+    60 % of free memory, at most 16; 1 on the CPU (one cache-sized tile at a time)."""
+    if model.device.type != "cuda":
+        return 1
+    per_px = activation_bytes_per_pixel(model.network, model.scale, model.precision)
+    budget = available_memory(model.device) * 0.6
+    return int(max(1, min(16, budget // (per_px * (tile + 2 * model.tile_pad) ** 2))))
 
 
 # ------------------------------------------------------------------------------------- the engine
@@ -379,14 +387,14 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -
         raise UserError(f"empty image of shape {image.shape}")
     if model.is_bicubic:
         return imresize(image, float(model.scale))
+    if model.device.type == "cpu":
+        retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
     alpha_mode = alpha or model.alpha
     if alpha_mode not in ALPHA_MODES:
         raise UserError(f"--alpha: unknown mode {alpha_mode!r}; use one of {', '.join(ALPHA_MODES)}")
     squeeze = image.ndim == 2
     img3 = image[..., None] if squeeze else image
-    tile, batch = (model.tile, 1) if model.tile else auto_tile(model)
-    if model.tile and model.device.type == "cuda":
-        batch = auto_tile(model)[1]
+    tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
     while True:
         try:
             out = _run_tiled(model, img3, alpha_mode, tile, batch)

@@ -733,8 +733,20 @@ def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
         write_markdown(report, outputs.markdown)
 
 
-def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer) -> EvalReport:
-    """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves."""
+def _gathered(shard, report: EvalReport) -> EvalReport | None:
+    """This rank's report with every rank's per-image results in input order (rank 0); None elsewhere."""
+    parts = shard.gather([r.images for r in report.results])
+    if parts is None:
+        return None
+    for k, result in enumerate(report.results):
+        result.images = shard.interleave([part[k] for part in parts])
+    return report
+
+
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard) -> EvalReport | None:
+    """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
+
+    Sharded like a model evaluation: each torchrun rank scores a slice, rank 0 gathers and writes."""
     if not all(is_plain_image_folder(d) for d in datasets):
         raise UserError("--data: give either benchmark datasets (with HR/) or plain folders of images, not both")
     for option, value in (("--figure", outputs.figure), ("--save-images", outputs.save_images)):
@@ -744,7 +756,14 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer) -> EvalRep
     _unique_dataset_names(opened)
     _check_outputs(outputs, [], [])
     check_niqe_sizes(opened)
-    report = score_images(opened, scorer, protocol, progress)
+    if shard.enabled:
+        mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
+        report = _gathered(shard, shard.run_everywhere(
+            lambda: score_images(mine, scorer, protocol, progress if shard.is_main else False)))
+        if report is None:
+            return None
+    else:
+        report = score_images(opened, scorer, protocol, progress)
     _write_reports(report, outputs)
     return report
 
@@ -798,7 +817,7 @@ def run_eval(
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
-        return _run_as_is(datasets, protocol, outputs, progress, scorer)
+        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard)
     models = load_models(model_specs, shard.device(device), tile, scale)
     for model, label in zip(models, labels or []):
         model.name = label
@@ -825,13 +844,10 @@ def run_eval(
     if shard.enabled:
         shard.barrier()  # every rank has checked the outputs before any rank writes one
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
-        report = evaluate(models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine,
-                          scorer=scorer)
-        parts = shard.gather([r.images for r in report.results])
-        if parts is None:
+        report = _gathered(shard, shard.run_everywhere(lambda: evaluate(
+            models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine, scorer=scorer)))
+        if report is None:
             return None
-        for k, result in enumerate(report.results):
-            result.images = shard.interleave([part[k] for part in parts])
     else:
         report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer)
     _write_reports(report, outputs)

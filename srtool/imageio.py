@@ -86,16 +86,18 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def exif_orientation(img: Image.Image, label: str) -> tuple[int, Image.Exif]:
+def exif_orientation(img: Image.Image, label: str, header_only: bool = False) -> tuple[int, Image.Exif]:
     """(EXIF orientation 1..8, EXIF block) of an opened image.
 
     A broken EXIF block or orientation tag (unparseable IFD, a tag of the wrong type, a value out of
     1..8) means "no orientation": the image is read as stored, with an :class:`ImageWarning`.
+    ``header_only``: the caller knows that every metadata chunk was parsed at open (a PNG without
+    metadata after its pixels), so PIL must not decode the image to look for more.
     """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL's own "Corrupt EXIF data" chatter; we say it once, below
-            exif = img.getexif()
+            exif = Image.Image.getexif(img) if header_only else img.getexif()
             value = exif.get(ORIENTATION_TAG, 1)
             orientation = 1 if value is None else int(value)
         if orientation not in range(1, 9):
@@ -142,7 +144,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
             warnings.simplefilter("ignore")
             with Image.open(fh) as img:
                 width, height = img.size
-                orientation, _ = exif_orientation(img, label)
+                header_only = img.format == "PNG" and not _png_metadata_after_pixels(fh)
+                orientation, _ = exif_orientation(img, label, header_only)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
@@ -155,6 +158,31 @@ def image_size(path: str | Path) -> tuple[int, int]:
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_PNG_METADATA_CHUNKS = (b"eXIf", b"tEXt", b"zTXt", b"iTXt")  # where PIL finds EXIF (and XMP) orientation
+
+
+def _png_metadata_after_pixels(fh) -> bool:
+    """True if a PNG holds an EXIF or text chunk after its first IDAT (or its chunks cannot be walked).
+
+    Why: PIL reads such chunks only by decoding the whole image, so asking a PNG for its EXIF
+    orientation costs a full decode (as much as reading the pixels: ``srtool eval``'s up-front checks
+    decoded every image twice). Walking the chunk headers costs a few seeks; when nothing follows the
+    pixels, everything PIL would find was parsed when the file was opened.
+    """
+    fh.seek(8)
+    seen_pixels = False
+    while True:
+        header = fh.read(8)
+        if len(header) < 8:
+            return True  # truncated: let PIL's own path decide (and fail with its message)
+        length, kind = int.from_bytes(header[:4], "big"), header[4:]
+        if kind == b"IEND":
+            return False
+        if kind == b"IDAT":
+            seen_pixels = True
+        elif seen_pixels and kind in _PNG_METADATA_CHUNKS:
+            return True
+        fh.seek(length + 4, os.SEEK_CUR)  # data and CRC
 
 
 def check_complete(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
@@ -475,9 +503,28 @@ def encode_png16(
     return _png_file(w, h, 16, colour_type, rows.tobytes(), 6, icc_profile, exif, software)
 
 
-def _png_file(w: int, h: int, depth: int, colour_type: int, rows: bytes | memoryview, compress_level: int,
+def fast_deflate(data: bytes | memoryview) -> bytes:
+    """A zlib stream of ``data`` at the lowest CPU cost for a size near zlib level 1.
+
+    Why: on a machine the network keeps busy, every millisecond of encoding is taken from the network.
+    Intel's ISA-L (the ``isal`` package) at its level 3 compresses upscaled photos' filtered rows 3.7x
+    faster than zlib level 1 with run-only search and to the same size (4 Set14 outputs: 8.6 vs 32 ms,
+    1.3805 vs 1.3808 MB; benchmarks/bench_png.py). Without ``isal`` (a platform it has no wheel for),
+    zlib level 1 with ``Z_RLE``: 22 % faster than level 1's default search, 2.6 % smaller files there.
+    """
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
+        return deflate.compress(data) + deflate.flush()
+    return isal_zlib.compress(data, 3)
+
+
+def _png_file(w: int, h: int, depth: int, colour_type: int, rows: bytes | memoryview, compress_level: int | None,
               icc_profile: bytes | None, exif: bytes | None, software: str | None = None) -> bytes:
-    """PNG signature, IHDR, optional iCCP/eXIf/Software text, the zlib-compressed filtered rows, IEND."""
+    """PNG signature, IHDR, optional iCCP/eXIf/Software text, the compressed filtered rows, IEND.
+
+    ``compress_level`` None: :func:`fast_deflate`; 0-9: zlib at that level (reproducible bytes)."""
     out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))]
     if icc_profile:
         out.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
@@ -485,19 +532,18 @@ def _png_file(w: int, h: int, depth: int, colour_type: int, rows: bytes | memory
         out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
     if software:
         out.append(_png_chunk(b"tEXt", b"Software\x00" + software.encode("latin-1", "replace")))
-    out += [_png_chunk(b"IDAT", zlib.compress(rows, compress_level)), _png_chunk(b"IEND", b"")]
+    idat = fast_deflate(rows) if compress_level is None else zlib.compress(rows, compress_level)
+    out += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
     return b"".join(out)
 
 
-UPSCALE_PNG_LEVEL = 1  # zlib level of upscale's 8-bit PNGs: see encode_image
-
-
-def encode_png8(array: np.ndarray, compress_level: int = 1, icc_profile: bytes | None = None,
+def encode_png8(array: np.ndarray, compress_level: int | None = 1, icc_profile: bytes | None = None,
                 exif: bytes | None = None, software: str | None = None) -> bytes:
     """An 8-bit PNG of a uint8 (H, W[, C]) array, C = 1..4, rows with PNG's 'Up' filter (+ ICC/EXIF).
 
     About twice as fast as PIL's encoder at the same zlib level for nearly the same size (PIL tries
     every filter per row); ``srtool prepare`` writes its datasets with it (benchmarks/bench_prepare.py).
+    ``compress_level`` None compresses with :func:`fast_deflate` (what ``srtool upscale`` writes).
     """
     if array.dtype != np.uint8:
         raise ValueError(f"encode_png8 takes uint8 arrays, got {array.dtype}")
@@ -552,9 +598,10 @@ def encode_image(
         if array.dtype == np.uint16:  # gray too: the same writer carries the output marker
             return encode_png16(array, icc_profile, exif, software)
         if array.dtype == np.uint8:
-            # zlib level 1 with the 'Up' filter: about 8x less CPU than PIL at level 6 for ~18 % larger
-            # files, so that encoding stays a few percent of the network's time (issue 13)
-            return encode_png8(array, UPSCALE_PNG_LEVEL, icc_profile, exif, software)
+            # the 'Up' filter and fast_deflate: ~35x less CPU than PIL at level 6 for ~15 % larger files,
+            # so that encoding stays a few percent of the network's time on a machine the network keeps
+            # busy (issue 13, benchmarks/README.md)
+            return encode_png8(array, None, icc_profile, exif, software)
         pil_from_array(array).save(buf, format="PNG", compress_level=6, **extra)
     elif fmt == "tiff":
         if array.dtype == np.uint16 and array.ndim == 3:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import torch
 
@@ -61,6 +61,36 @@ class Shard:
         parts: list[Any] | None = [None] * self.info.world_size if self.is_main else None
         dist.gather_object(value, parts, dst=0, group=self.info.cpu_group)
         return parts
+
+    def run_everywhere(self, work: Callable[[], T]) -> T:
+        """This rank's part of a sharded step; if any rank fails, every rank fails with the same message.
+
+        Why: the step ends in a collective (gather), so a rank that stopped on a bad image would leave
+        the others waiting for it until gloo's timeout (30 minutes). Each rank reports its outcome to all
+        (one small all-gather); a user error anywhere becomes one line naming the rank, on every rank.
+        A bug (not a :class:`UserError`) is re-raised with its traceback on the rank that hit it.
+        """
+        if not self.enabled:
+            return work()
+        import torch.distributed as dist
+
+        from .errors import UserError
+
+        failure: BaseException | None = None
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 -- reported to the other ranks, then re-raised
+            failure = exc
+        message = None if failure is None else str(failure) if isinstance(failure, UserError) \
+            else f"{type(failure).__name__}: {failure}"
+        messages: list[str | None] = [None] * self.info.world_size
+        dist.all_gather_object(messages, message, group=self.info.cpu_group)
+        if failure is not None and not isinstance(failure, UserError):
+            raise failure
+        failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
+        if failed:
+            raise UserError("; ".join(f"rank {rank}: {text}" for rank, text in failed))
+        return result
 
     def barrier(self) -> None:
         if self.enabled:

@@ -225,14 +225,9 @@ def _output_file(options: UpscaleOptions) -> Path | None:
     return path
 
 
-def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> list[Job]:
-    """Jobs with output paths; skips and refusals are decided here, before any work.
-
-    srtool's own outputs found among the inputs (an earlier run's ``photo_x4.png`` beside
-    ``photo.png``) are skipped, never upscaled again: those that are the planned output of another
-    input, and those carrying srtool's marker under the output suffix. So running the same command
-    twice does nothing the second time.
-    """
+def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path | None, Path]]:
+    """The checks that need no model (options, inputs that exist, output shape): run before the model
+    loads, so a mistyped path costs no model load. Returns the input images found."""
     if options.format not in FORMAT_CHOICES:
         raise UserError(f"--format: unknown value {options.format!r}; use one of {', '.join(FORMAT_CHOICES)}")
     if not 1 <= options.quality <= 100:
@@ -243,8 +238,6 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> lis
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
         raise UserError("'-' (stdin) can be given only once")
-    suffix = options.suffix if options.suffix is not None else default_suffix(model, options.outscale)
-    check_suffix(suffix, beside_inputs=options.output is None and inputs != [STDIO])
     out_file = _output_file(options)
     if out_file is not None and options.format not in ("png", "keep", format_for_suffix(out_file.suffix)):
         raise UserError(f"-o {options.output}: the extension does not match --format {options.format}")
@@ -254,9 +247,31 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> lis
             f"-o {options.output}: names one output file, but the inputs name {len(sources)} images; "
             "give an output folder (without an image extension)"
         )
-    to_stdout = options.output == STDIO or (options.output is None and sources == [(None, Path("stdin"))])
-    if to_stdout and len(sources) != 1:
-        raise UserError(f"-o -: stdout takes exactly one image, but the inputs name {len(sources)}")
+    if _writes_stdout(options, sources):
+        if len(sources) != 1:
+            raise UserError(f"-o -: stdout takes exactly one image, but the inputs name {len(sources)}")
+        if sys.stdout.isatty():
+            raise UserError("-o -: standard output is a terminal; redirect it (> out.png) or pipe it to a program")
+    return sources
+
+
+def _writes_stdout(options: UpscaleOptions, sources: list[tuple[Path | None, Path]]) -> bool:
+    return options.output == STDIO or (options.output is None and sources == [(None, Path("stdin"))])
+
+
+def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> list[Job]:
+    """Jobs with output paths; skips and refusals are decided here, before any work.
+
+    srtool's own outputs found among the inputs (an earlier run's ``photo_x4.png`` beside
+    ``photo.png``) are skipped, never upscaled again: those that are the planned output of another
+    input, and those carrying srtool's marker under the output suffix. So running the same command
+    twice does nothing the second time.
+    """
+    sources = check_request(inputs, options)
+    suffix = options.suffix if options.suffix is not None else default_suffix(model, options.outscale)
+    check_suffix(suffix, beside_inputs=options.output is None and inputs != [STDIO])
+    out_file = _output_file(options)
+    to_stdout = _writes_stdout(options, sources)
     out_dir = None if options.output in (None, STDIO) or out_file is not None else Path(options.output).expanduser()
     if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"-o {options.output}: exists and is not a folder")
@@ -421,7 +436,7 @@ def run_batch(
             nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes
             writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), nbytes))
             del sr, decoded
-            settle(workers)
+            settle(max(2, workers))  # never wait on the previous encode right after the network
         settle(0)
     finally:
         # On Ctrl-C: drop queued work; writes already running finish (atomically) before we return.
@@ -454,7 +469,7 @@ def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, 
     shard.barrier()
     pending = [job for job in jobs if job.status == "pending"]
     mine = shard.take(pending)
-    result = run_batch(model, mine, options, progress if shard.is_main else None)
+    result = shard.run_everywhere(lambda: run_batch(model, mine, options, progress if shard.is_main else None))
     parts = shard.gather(([(job.status, job.message, job.megapixels) for job in mine], result.seconds))
     if parts is None:
         return None

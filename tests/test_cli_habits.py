@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_runner import run_cli
+from cli_runner import run_cli, run_cli_err
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -136,6 +136,7 @@ def test_scale_mismatch_suggests_outscale(tmp_path, capsys):
     from srtool.models.export import save_export
 
     model = save_export(tmp_path / "tiny.safetensors", RRDBNet(RRDBNetConfig(n_blocks=1, n_feats=8, growth=4)))
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "x.png")
     assert run_cli("upscale", str(tmp_path / "x.png"), "-m", str(model), "--scale", "2") == 2
     assert "use --outscale 2, or -s 2" in capsys.readouterr().err
 
@@ -197,3 +198,24 @@ def test_shell_completion_installs(tmp_path):
     installed = list(tmp_path.rglob("*srtool*"))
     assert installed and "complete" in installed[0].read_text()
     assert "srtool" in (tmp_path / ".bashrc").read_text()
+
+
+def test_a_missing_input_is_named_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """A mistyped path fails at once: the model (here one that cannot even be found) is never loaded."""
+    import srtool.loading
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(srtool.loading, "load_model", never)
+    code, err = run_cli_err(capsys, "upscale", str(tmp_path / "no-such-photo.png"), "-m", str(tmp_path / "no.pth"))
+    assert code != 0 and "no-such-photo.png" in err and "Traceback" not in err
+
+
+def test_binary_output_to_a_terminal_is_refused(photo, tmp_path, capsys, monkeypatch):
+    """`srtool upscale photo.png -o -` typed at a terminal would print a PNG into it: refused, like gzip."""
+    import sys
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    code, err = run_cli_err(capsys, "upscale", str(photo), "-o", "-")
+    assert code != 0 and "standard output is a terminal" in err

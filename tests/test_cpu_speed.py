@@ -117,6 +117,101 @@ def test_prelu_convolutions_and_residual_adds_fuse_and_follow_their_weights():
         torch.testing.assert_close(fused(x), net(x), rtol=0, atol=1e-6)
 
 
+def test_pixel_shuffle_after_a_convolution_becomes_a_run_copy_with_identical_values():
+    """conv -> PixelShuffle (module or function, with or without an activation) emits its channels in the
+    order whose shuffle is a copy of contiguous runs; the values equal the eager network bit for bit, the
+    state dict keeps its keys, and weights changed in place after fusion are used (no stale copy)."""
+    import torch.nn.functional as F
+
+    from srtool.fusion import fuse_conv_activations
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+
+    class Upsampler(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = torch.nn.Conv2d(8, 8 * 4, 3, padding=1)
+            self.shuffle = torch.nn.PixelShuffle(2)
+            self.act = torch.nn.PReLU()
+            self.conv2 = torch.nn.Conv2d(8, 8 * 9, 3, padding=1)
+            self.conv3 = torch.nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x):
+            x = self.act(self.shuffle(self.conv1(x)))
+            x = F.pixel_shuffle(self.conv2(x), 3)  # no activation, functional form, factor 3
+            return self.conv3(x)
+
+    torch.manual_seed(0)
+    net = Upsampler().eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    net.act.weight.fill_(0.3)
+    fused = fuse_conv_activations(net)
+    shuffles = [m.shuffle for m in fused.modules() if type(m).__name__ == "_FusedConvActivation"]
+    assert sorted(shuffles) == [2, 3]
+    assert not any(n.op == "call_function" and n.target is F.pixel_shuffle for n in fused.graph.nodes)
+    assert list(fused.state_dict()) == list(net.state_dict())
+    x = torch.rand(2, 8, 13, 17).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = fused(x)
+        assert torch.equal(out, net(x))
+        net.conv2.weight.mul_(-1.5)  # e.g. a validation pass after training steps
+        net.conv1.bias.add_(0.25)
+        assert torch.equal(fused(x), net(x))
+        assert not torch.equal(fused(x), out)
+        # an input in NCHW memory still gives pixel_shuffle's values
+        torch.testing.assert_close(fused(x.contiguous()), net(x.contiguous()), rtol=0, atol=1e-6)
+
+
+def test_scaled_dense_block_residuals_fuse_into_the_convolution():
+    """ESRGAN's ``x + 0.2 * conv5(...)`` runs as one convolution with a fused add (the 0.2 folded into
+    the weights at call time): one fused add per dense block and one for the trunk, values within
+    float rounding of the eager network."""
+    from srtool.fusion import prepare_network
+    from srtool.models import RRDBNet, RRDBNetConfig
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("no oneDNN in this torch build")
+    torch.manual_seed(0)
+    net = RRDBNet(RRDBNetConfig(n_blocks=2, n_feats=16, growth=8)).eval()
+    eager = RRDBNet(RRDBNetConfig(n_blocks=2, n_feats=16, growth=8)).eval().requires_grad_(False)
+    eager.load_state_dict(net.state_dict())
+    fused = prepare_network(net, torch.device("cpu"), "fp32")
+    adds = [m for m in fused.modules() if type(m).__name__ == "_FusedConvAdd"]
+    assert sorted(m.scale for m in adds) == [0.2] * 6 + [1.0]  # 2 RRDBs x 3 dense blocks, and the trunk
+    x = torch.rand(1, 3, 21, 18)
+    with torch.inference_mode():
+        want = eager(x)
+        got = fused(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_freed_feature_maps_stay_in_the_process_for_reuse(tmp_path):
+    """The CPU engine switches glibc to heap-only allocation without trimming (no page faults per layer);
+    SRTOOL_RETAIN_FREED_MEMORY=0 keeps the system default. Checked in fresh processes: a 32 MB feature
+    map allocated where a 64 MB one was freed costs no new page faults under the policy and 8k without."""
+    import subprocess
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the policy is glibc-specific")
+    probe = (
+        "import resource, torch; from srtool.memory import retain_freed_memory as r\n"
+        "on = r(); assert r() == on\n"
+        "t = torch.ones(16 << 20); del t\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "t = torch.ones(8 << 20)\n"
+        "print(on, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n"
+    )
+    results = {}
+    for value in ("1", "0"):
+        env = {**os.environ, "SRTOOL_RETAIN_FREED_MEMORY": value}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+        on, faults = done.stdout.split()
+        results[value] = (on, int(faults))
+    assert results["0"][0] == "False" and results["0"][1] > 8_000  # 32 MB = 8,192 fresh 4 KiB pages
+    assert results["1"][0] == "True" and results["1"][1] < 1_000
+
+
 def test_upscale_png_encoder_is_lossless_and_keeps_icc_and_exif(tmp_path):
     """upscale's fast 8-bit PNG path (zlib level 1, 'Up' filter) against PIL's decoder."""
     from PIL import Image
@@ -135,3 +230,25 @@ def test_upscale_png_encoder_is_lossless_and_keeps_icc_and_exif(tmp_path):
         assert np.array_equal(decoded.array.reshape(array.shape), array)
         assert decoded.icc_profile == icc
         assert b"srtool-test-camera" in (decoded.exif or b"")
+
+
+def test_fast_deflate_is_a_valid_zlib_stream_with_or_without_isal(monkeypatch):
+    """upscale's PNGs are compressed by ISA-L when installed, else by zlib (level 1, run-only search):
+    both are standard zlib streams of the same rows, and the PNG decodes to the same pixels."""
+    import io
+    import sys
+    import zlib
+
+    from PIL import Image
+
+    from srtool.imageio import encode_png8, fast_deflate
+
+    rng = np.random.default_rng(0)
+    photo = np.cumsum(rng.integers(-3, 4, (96, 80, 3)), axis=1).clip(0, 255).astype(np.uint8)
+    data = photo.tobytes()
+    with_isal = fast_deflate(data)
+    monkeypatch.setitem(sys.modules, "isal", None)  # as on a platform without an isal wheel
+    without = fast_deflate(data)
+    assert zlib.decompress(with_isal) == zlib.decompress(without) == data
+    assert len(without) < len(data) and len(with_isal) < len(data)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png8(photo, None)))), photo)

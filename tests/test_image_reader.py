@@ -235,3 +235,46 @@ def test_dataset_reader_refuses_several_frames(shared_data, tmp_path):
     frames[0].save(tmp_path / "pages.tif", save_all=True, append_images=frames[1:])
     with pytest.raises(ImageReadError, match="pages.tif.*3 frames"):
         open_image(tmp_path / "pages.tif")
+
+
+def _move_chunk_after_pixels(data: bytes, kind: bytes) -> bytes:
+    """The same PNG with its ``kind`` chunk moved after the pixel data (before IEND)."""
+    import struct
+
+    pos, chunks = 8, []
+    while pos < len(data):
+        length, name = struct.unpack(">I4s", data[pos : pos + 8])
+        chunks.append((name, data[pos : pos + 12 + length]))
+        pos += 12 + length
+    moved = [c for n, c in chunks if n == kind]
+    assert moved, f"no {kind!r} chunk"
+    body = [c for n, c in chunks if n not in (kind, b"IEND")]
+    return data[:8] + b"".join(body) + b"".join(moved) + chunks[-1][1]
+
+
+def test_png_size_reads_headers_only_unless_metadata_follows_the_pixels(tmp_path, monkeypatch):
+    """`image_size` (eval's up-front checks) no longer decodes PNGs to look for EXIF: when no metadata
+    chunk follows IDAT it never calls PIL's load; an eXIf chunk after the pixels is still found (PIL decodes
+    then), so a rotated PNG reports the rotated size either way."""
+    import io
+
+    from PIL import Image, ImageFile
+
+    from srtool.imageio import image_size
+
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: viewers show 20 wide, 30 high
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG", exif=exif.tobytes())
+    (tmp_path / "before.png").write_bytes(buf.getvalue())
+    (tmp_path / "after.png").write_bytes(_move_chunk_after_pixels(buf.getvalue(), b"eXIf"))
+    Image.fromarray(pixels).save(tmp_path / "plain.png")
+    assert image_size(tmp_path / "after.png") == (20, 30)
+
+    def no_decoding(self):
+        raise AssertionError("decoded the pixels to read a header")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_decoding)
+    assert image_size(tmp_path / "plain.png") == (30, 20)
+    assert image_size(tmp_path / "before.png") == (20, 30)

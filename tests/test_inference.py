@@ -337,7 +337,31 @@ def test_cpu_fusion_keeps_function_and_state_dict(photo):
         eager = net(x)
     fused = prepare_network(net, torch.device("cpu"), "fp32")
     assert sum(isinstance(m, _FusedConvActivation) for m in fused.modules()) == 3 * 4 + 3
-    assert fused.code.count("torch.add") == 3 + 1  # x + 0.2 * y -> one add with alpha, per RDB and RRDB
+    # x + 0.2 * conv5(...) -> one convolution with a fused add, per RDB; x + 0.2 * y -> one add, per RRDB
+    assert sum(type(m).__name__ == "_FusedConvAdd" and m.scale == 0.2 for m in fused.modules()) == 3
+    assert fused.code.count("torch.add") == 1
     with torch.no_grad():
         torch.testing.assert_close(fused(x.contiguous(memory_format=torch.channels_last)), eager, atol=1e-5, rtol=1e-4)
     assert list(fused.state_dict()) == keys and fused.config == net.config
+
+
+def test_gpu_batch_follows_the_users_tile(monkeypatch):
+    """With --tile on a GPU the tiles per call are sized for that tile, not for the automatic one
+    (a 1024-px --tile with the 512-px tile's batch of 16 would run out of memory first and retry)."""
+    import torch
+
+    from srtool import engine
+    from srtool.loading import load_model
+
+    model = load_model("default", device="cpu", precision="fp16")
+    model.device = torch.device("cuda")  # only the sizing is exercised: no CUDA call is made
+    monkeypatch.setattr(engine, "available_memory", lambda _device: 40 << 30)
+    auto_tile, auto_batch = engine.auto_tile(model)
+    assert auto_tile == 512 and auto_batch == engine.gpu_batch(model, 512) > 4
+    assert 1 <= engine.gpu_batch(model, 1024) <= auto_batch // 3  # ~4x the pixels per tile
+    assert engine.gpu_batch(model, 4096) == 1
+    per_px = engine.activation_bytes_per_pixel(model.network, model.scale, model.precision)
+    window = (1024 + 2 * model.tile_pad) ** 2
+    assert engine.gpu_batch(model, 1024) * per_px * window <= 0.6 * (40 << 30)
+    model.device = torch.device("cpu")
+    assert engine.gpu_batch(model, 1024) == 1

@@ -75,3 +75,89 @@ def test_two_ranks_evaluate_like_one_process_and_rank0_writes_the_table(benchmar
                [(i["name"], i["psnr"], i["ssim"]) for i in rb["images"]]
         assert (ra["psnr"], ra["ssim"], ra["n_images"]) == (rb["psnr"], rb["ssim"], rb["n_images"])
     assert two.stdout.count("Set5") == one.stdout.count("Set5") > 0  # the table is printed once, by rank 0
+
+
+RUN_EVERYWHERE = r"""
+import sys
+from srtool.errors import UserError
+from srtool.sharding import current_shard
+
+shard = current_shard()
+rank = shard.info.rank
+out = open(f"{sys.argv[1]}/rank{rank}.txt", "w")  # one file per rank: their stdout lines would interleave
+
+def user_error_on_rank_1():
+    if rank == 1:
+        raise UserError("photos/bad.png: corrupt or truncated image")
+    return "fine"
+
+def bug_on_rank_0():
+    if rank == 0:
+        raise ZeroDivisionError("a bug")
+    return "fine"
+
+for work in (user_error_on_rank_1, bug_on_rank_0):
+    try:
+        print(f"rank {rank} {work.__name__}: returned {shard.run_everywhere(work)}", file=out)
+    except UserError as exc:
+        print(f"rank {rank} {work.__name__}: UserError {exc}", file=out)
+    except ZeroDivisionError as exc:
+        print(f"rank {rank} {work.__name__}: ZeroDivisionError {exc}", file=out)
+print(f"rank {rank} {shard.run_everywhere(lambda: 'all well')}", file=out)
+out.close()
+"""
+
+
+@pytest.mark.slow
+def test_a_failure_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path, env):
+    """A sharded step ends in a gather: a rank that stopped on a bad image would leave the others waiting
+    until gloo's 30-minute timeout. With run_everywhere every rank learns of the failure and raises the
+    same one-line UserError naming the rank; a bug keeps its own exception (and traceback) where it
+    happened. Two real gloo processes."""
+    script = tmp_path / "run_everywhere.py"
+    script.write_text(RUN_EVERYWHERE)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = {line for rank in (0, 1) for line in (tmp_path / f"rank{rank}.txt").read_text().splitlines()}
+    for rank in (0, 1):
+        assert f"rank {rank} user_error_on_rank_1: UserError rank 1: photos/bad.png: corrupt or truncated image" in lines
+        assert f"rank {rank} all well" in lines  # the group is still usable afterwards
+    assert "rank 0 bug_on_rank_0: ZeroDivisionError a bug" in lines
+    assert "rank 1 bug_on_rank_0: UserError rank 0: ZeroDivisionError: a bug" in lines
+
+
+@pytest.mark.slow
+def test_a_bad_image_stops_every_rank_with_its_name(benchmarks_dir, tmp_path, env):
+    """A garbled dataset image under torchrun: every rank refuses it up front, in one line each, no hang."""
+    data = tmp_path / "Set5"
+    shutil.copytree(benchmarks_dir / "Set5", data)
+    head = data / "HR" / "head.png"
+    raw = head.read_bytes()
+    n = len(raw)  # start and end markers intact, pixel data garbled
+    head.write_bytes(raw[: n // 3] + bytes(b ^ 0x5A for b in raw[n // 3 : n // 2]) + raw[n // 2 :])
+    two = srtool("eval", "-d", str(data), "-m", "bicubic", "--json", str(tmp_path / "r.json"), env=env, ranks=2)
+    assert two.returncode != 0
+    assert two.stderr.count("head.png: corrupt or truncated image") == 2, two.stderr[-3000:]
+    assert not any(line.strip().startswith("File") and "/srtool/" in line for line in two.stderr.splitlines())
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.slow
+def test_two_ranks_score_plain_folders_like_one_process(benchmarks_dir, tmp_path, env):
+    """`srtool eval --metric niqe -d FOLDER` without a model (images as they are) is sharded too."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("baby", "bird", "butterfly", "head", "woman"):
+        shutil.copy(benchmarks_dir / "Set5" / "HR" / f"{name}.png", folder / f"{name}.png")
+    common = ["eval", "-d", str(folder), "--metric", "niqe"]
+    one = srtool(*common, "--json", str(tmp_path / "one.json"), env=env)
+    assert one.returncode == 0, one.stderr
+    two = srtool(*common, "--json", str(tmp_path / "two.json"), env=env, ranks=2)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert [(i["name"], i["niqe"]) for i in a["results"][0]["images"]] == \
+           [(i["name"], i["niqe"]) for i in b["results"][0]["images"]]
+    assert len(b["results"][0]["images"]) == 5
+    assert two.stdout.count("photos") == one.stdout.count("photos") > 0
