@@ -118,6 +118,12 @@ def main() -> None:
           f"{gemm / 1e9:.1f} GFLOP/s (1024^3 and 2048^3, {args.rounds} interleaved rounds); per round "
           f"{100 * per_round[0]:.0f}-{100 * per_round[-1]:.0f}%, median {100 * statistics.median(per_round):.0f}%; "
           f"load average {os.getloadavg()[0]:.1f}")
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(f"  process: {usage.ru_minflt / 1e6:.2f} M page faults, system time {usage.ru_stime:.2f} s, "
+          f"peak RSS {usage.ru_maxrss / 1e6:.2f} GB (allocator policy: SRTOOL_RETAIN_FREED_MEMORY="
+          f"{os.environ.get('SRTOOL_RETAIN_FREED_MEMORY', '1')})")
 
 
 if __name__ == "__main__":

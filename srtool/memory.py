@@ -5,13 +5,13 @@ gives it back with ``munmap`` on free. A super-resolution network allocates feat
 per layer, so every layer page-faults its output into existence again (the kernel zeroes each 4 KiB
 page first). Serving all allocations from the heap (``M_MMAP_MAX = 0``) and never trimming it
 (``M_TRIM_THRESHOLD``) lets the next layer reuse the pages of the previous ones. Measured on the 2-core
-machine, bundled model, 256x256 input, six passes in one process: page faults 1.24-1.32 M -> 0.35-0.41 M,
-system time 2.5-3.2 s -> 0.9-1.2 s, forward 1.21-1.44 s -> 1.03-1.11 s (benchmarks/README.md). Not
+machine, bundled model, 256x256 input, six passes in one process: page faults 1.02-1.32 M -> 0.35-0.45 M,
+system time 2.5-3.2 s -> 0.9-1.3 s, forward 1.21-1.44 s -> 1.03-1.11 s (benchmarks/README.md). Not
 every fault goes: torch asks for 64-byte-aligned blocks, and an aligned request does not fit the exact
 hole its predecessor of the same size left.
 
-The cost: the process keeps its peak heap until it exits (peak RSS for one 256x256 image 1.35 GB ->
-1.65-1.89 GB), which suits the CLI and batch jobs. Long-running library users who prefer the memory back
+The cost: the process keeps its peak heap until it exits (peak RSS for one 256x256 image 1.35-1.72 GB
+-> 1.65-2.02 GB), which suits the CLI and batch jobs. Long-running library users who prefer the memory back
 set ``SRTOOL_RETAIN_FREED_MEMORY=0`` before the first upscale.
 """
 
