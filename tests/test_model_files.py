@@ -106,24 +106,29 @@ def test_tiny_export_describing_a_big_network_allocates_nothing(tmp_path):
     assert model.stat().st_size < 2048
     script = (
         "import resource, sys\n"
+        # VmHWM is this process's own high-water mark; ru_maxrss can carry the (large) pytest parent's RSS
+        # over a vfork+exec, which made this test flaky late in a full run
+        "def peak_mb():\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+        "    return int(hwm[0].split()[1]) // 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024\n"
+        "import torch\n"
         "from srtool.errors import UserError\n"
         "from srtool.loading import load_model\n"
+        "print('IMPORTED_MB', peak_mb())\n"
         "try:\n"
         f"    load_model({str(model)!r}, device='cpu')\n"
         "    print('LOADED')\n"
         "except UserError as exc:\n"
         "    print('ERROR', exc)\n"
-        # VmHWM is this process's own high-water mark; ru_maxrss can carry the (large) pytest parent's RSS
-        # over a vfork+exec, which made this test flaky late in a full run
-        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
-        "print('PEAK_MB', int(hwm[0].split()[1]) // 1024 if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        "print('PEAK_MB', peak_mb())\n"
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     lines = dict(line.split(" ", 1) for line in res.stdout.strip().splitlines())
     assert "big.safetensors" in lines["ERROR"] and "lacks" in lines["ERROR"], res.stdout
-    # torch + srtool import alone is a few hundred MB; building the described network took 2 GB.
-    assert int(lines["PEAK_MB"]) < 900, res.stdout
+    # The imports alone are 0.5-0.75 GB depending on which CUDA libraries torch finds installed; building
+    # the described network took 2 GB more. Loading the file may add little beyond the imports.
+    assert int(lines["PEAK_MB"]) - int(lines["IMPORTED_MB"]) < 200, res.stdout
 
 
 # ----------------------------------------------------------------- 13. malformed exports, one line each
