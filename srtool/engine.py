@@ -43,9 +43,10 @@ from torch import nn
 
 from .devices import NET_DTYPES, available_memory
 from .errors import UserError
-from .memory import retain_freed_memory
+from .memory import release_freed_memory, retain_freed_memory
 from .resize import imresize
 
+RELEASE_AFTER_OUTPUT_BYTES = 64 << 20  # see srtool.memory.release_freed_memory
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16
@@ -414,6 +415,8 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -
                     "free memory or use --device cpu"
                 ) from None
             print(f"notice: out of memory; retrying with tile {tile}, batch {batch}", file=sys.stderr)
+    if model.device.type == "cpu" and out.nbytes >= RELEASE_AFTER_OUTPUT_BYTES:
+        release_freed_memory()  # a large image's free pages go back before its output is encoded
     return out[..., 0] if squeeze else out
 
 

@@ -250,7 +250,7 @@ def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path
     if _writes_stdout(options, sources):
         if len(sources) != 1:
             raise UserError(f"-o -: stdout takes exactly one image, but the inputs name {len(sources)}")
-        if sys.stdout.isatty():
+        if sys.stdout is not None and sys.stdout.isatty():
             raise UserError("-o -: standard output is a terminal; redirect it (> out.png) or pipe it to a program")
     return sources
 

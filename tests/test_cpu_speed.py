@@ -252,3 +252,22 @@ def test_fast_deflate_is_a_valid_zlib_stream_with_or_without_isal(monkeypatch):
     assert zlib.decompress(with_isal) == zlib.decompress(without) == data
     assert len(without) < len(data) and len(with_isal) < len(data)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(encode_png8(photo, None)))), photo)
+
+
+def test_freed_memory_goes_back_after_large_images_only(monkeypatch):
+    """After an image whose output reaches RELEASE_AFTER_OUTPUT_BYTES the engine hands free pages back
+    (before the caller encodes the output); small images keep them for the next one."""
+    from srtool.engine import RELEASE_AFTER_OUTPUT_BYTES, SRModel
+    from srtool.fusion import prepare_network
+    from srtool.models import SRResNet, SRResNetConfig
+
+    calls = []
+    monkeypatch.setattr(engine, "release_freed_memory", lambda: calls.append(1))
+    torch.manual_seed(0)
+    net = SRResNet(SRResNetConfig(n_blocks=1, n_feats=8, head_kernel=3, tail_kernel=3))
+    model = SRModel("tiny", 4, prepare_network(net, torch.device("cpu"), "fp32"))
+    model(np.zeros((64, 64, 3), np.uint8))
+    assert calls == []
+    side = int((RELEASE_AFTER_OUTPUT_BYTES / 3) ** 0.5 / 4) + 1  # the smallest square input at the threshold
+    model(np.zeros((side, side, 3), np.uint8))
+    assert calls == [1]
