@@ -392,13 +392,13 @@ def upscale(
         output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,
         outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
-    check_request(inputs, options)  # a mistyped path or option fails before the model loads
+    sources = check_request(inputs, options)  # a mistyped path or option fails before the model loads
     shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
     sr_model = load_model(
         model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
     )
-    jobs = plan_jobs(inputs, options, sr_model)
+    jobs = plan_jobs(inputs, options, sr_model, sources)
     todo = len(shard.take([job for job in jobs if job.status == "pending"]))
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),

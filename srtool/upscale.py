@@ -259,15 +259,18 @@ def _writes_stdout(options: UpscaleOptions, sources: list[tuple[Path | None, Pat
     return options.output == STDIO or (options.output is None and sources == [(None, Path("stdin"))])
 
 
-def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel) -> list[Job]:
+def plan_jobs(inputs: list[str], options: UpscaleOptions, model: SRModel,
+              sources: list[tuple[Path | None, Path]] | None = None) -> list[Job]:
     """Jobs with output paths; skips and refusals are decided here, before any work.
 
     srtool's own outputs found among the inputs (an earlier run's ``photo_x4.png`` beside
     ``photo.png``) are skipped, never upscaled again: those that are the planned output of another
     input, and those carrying srtool's marker under the output suffix. So running the same command
-    twice does nothing the second time.
+    twice does nothing the second time. ``sources``: what :func:`check_request` already returned for
+    these inputs (the folders are not walked twice).
     """
-    sources = check_request(inputs, options)
+    if sources is None:
+        sources = check_request(inputs, options)
     suffix = options.suffix if options.suffix is not None else default_suffix(model, options.outscale)
     check_suffix(suffix, beside_inputs=options.output is None and inputs != [STDIO])
     out_file = _output_file(options)
