@@ -22,7 +22,7 @@ with every run; compare the ratios, not the seconds. Holds /tmp/srtool-cpu.lock 
 CPU benchmarks.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--repeats 3] [--jobs 1 2 4]
-    .venv/bin/python benchmarks/bench_pipeline.py --in-process --repeats 8 --copies 8 --jobs 1 4
+    .venv/bin/python benchmarks/bench_pipeline.py --in-process --repeats 15 --copies 8 --jobs 1 2 4 [--io both]
 """
 
 from __future__ import annotations
@@ -85,14 +85,22 @@ runpy.run_module("srtool", run_name="__main__")
 
 
 # --in-process: the bare loop and the CLI's run_batch alternate in ONE process on the same model and
-# decoded inputs, so the machine's drift between processes (2x on the shared VM) cannot enter the ratio.
+# decoded inputs, so the machine's drift between processes (2x on the shared VM) cannot enter the ratio;
+# each run_batch is read against the mean of the bare runs just before and after it, because the VM also
+# switches between a fast and a slow state every few seconds (the same 4-image loop: 0.16 or 0.33 s).
 IN_PROCESS = r"""
 import json, sys, time
 from pathlib import Path
 import srtool.upscale as up
 from srtool.imageio import read_image
 from srtool.loading import load_model
-folder, out, model_name, precision, workers, rounds = sys.argv[1:7]
+folder, out, model_name, precision, workers, rounds, io_mode = sys.argv[1:8]
+srtools_choice = up.io_between_images
+modes = ["between", "beside"] if io_mode == "both" else [io_mode]
+
+def place_io(mode):  # where run_batch puts image I/O: srtool's choice, or forced either way
+    up.io_between_images = srtools_choice if mode == "auto" else (lambda model: mode == "between")
+
 model = load_model(model_name, device="cpu", precision=precision)
 arrays = [read_image(p).array for p in sorted(Path(folder).iterdir())]
 options = up.UpscaleOptions(output=out, suffix=None, format="png", quality=95, recursive=False, overwrite=True,
@@ -104,17 +112,22 @@ def bare():
         model(a)
     return time.perf_counter() - t0, time.process_time() - c0
 
-def pipeline():
+def pipeline(mode):
+    place_io(mode)
     jobs = up.plan_jobs([folder], options, model)
     t0, c0 = time.perf_counter(), time.process_time()
     up.run_batch(model, jobs, options)
     assert all(job.status == "written" for job in jobs)
     return time.perf_counter() - t0, time.process_time() - c0
 
-bare(); pipeline()  # warm-up: oneDNN primitives, page cache
-for _ in range(int(rounds)):
-    (b, bc), (p, pc) = bare(), pipeline()
-    print(json.dumps({"bare": b, "bare_cpu": bc, "cli": p, "cli_cpu": pc}), flush=True)
+bare(); [pipeline(mode) for mode in modes]  # warm-up: oneDNN primitives, page cache
+before = bare()
+for _ in range(int(rounds)):  # bare, pipeline, bare, ...: each pipeline run is read against the bare runs around it
+    for mode in modes:
+        (p, pc), after = pipeline(mode), bare()
+        print(json.dumps({"mode": mode, "bare": before[0], "bare_cpu": before[1], "bare_after": after[0], "cli": p,
+                          "cli_cpu": pc}), flush=True)
+        before = after
 """
 
 STARTUP = "import srtool.cli, sys; from srtool.loading import load_model; load_model(sys.argv[1], device='cpu')"
@@ -169,6 +182,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=SET14_LR)
     ap.add_argument("--in-process", action="store_true",
                     help="bare loop and run_batch alternating in one process (drift-free ratio) instead of subprocesses")
+    ap.add_argument("--io", choices=("auto", "between", "beside", "both"), default="auto",
+                    help="--in-process only: image I/O between the network's calls or beside them (auto: srtool's "
+                         "choice; both: the two alternating in one process)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -218,14 +234,17 @@ def in_process(folder: Path, out: Path, args) -> None:
     for j in args.jobs:
         j = j or 4
         _wall, text = _timed_child([sys.executable, "-c", IN_PROCESS, str(folder), str(out), args.model,
-                                    args.precision, str(j), str(args.repeats)])
-        rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
-        ratios = [r["bare"] / r["cli"] for r in rows]
-        cpu = [r["bare_cpu"] / r["cli_cpu"] for r in rows]
-        print(f"-j {j}: bare loop {statistics.median(r['bare'] for r in rows):.2f} s, run_batch "
-              f"{statistics.median(r['cli'] for r in rows):.2f} s (medians of {len(rows)}); throughput ratio per round "
-              f"{', '.join(f'{x:.3f}' for x in ratios)}: median {statistics.median(ratios):.3f}; CPU ratio median "
-              f"{statistics.median(cpu):.3f}  load {load_average()}", flush=True)
+                                    args.precision, str(j), str(args.repeats), args.io])
+        all_rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+        for mode in dict.fromkeys(r["mode"] for r in all_rows):
+            rows = [r for r in all_rows if r["mode"] == mode]
+            ratios = [(r["bare"] + r["bare_after"]) / 2 / r["cli"] for r in rows]
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+            print(f"-j {j} (I/O {mode}): bare loop {statistics.median(r['bare'] for r in rows):.2f} s, run_batch "
+                  f"{statistics.median(r['cli'] for r in rows):.2f} s (medians of {len(rows)}); throughput ratio "
+                  f"(run_batch against the mean of the bare runs before and after it) median "
+                  f"{statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}  load {load_average()}",
+                  flush=True)
 
 
 if __name__ == "__main__":

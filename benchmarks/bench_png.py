@@ -3,6 +3,7 @@
 The images are what upscale really encodes: the bundled model's x4 outputs of four Set14 LR images
 (baboon, comic, lenna, zebra; computed first, not timed). Each encoder runs on all four, best of
 ``--reps``; the reference in the same run is a plain copy of the same raw bytes (memory speed).
+"2 threads": the caller and one helper share the parts, as in ``srtool upscale`` on a 2-core CPU.
 
     .venv/bin/python benchmarks/bench_png.py
 """
@@ -10,14 +11,17 @@ The images are what upscale really encodes: the bundled model's x4 outputs of fo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from srtool import png_writer
 from srtool.imageio import encode_png8, read_image
 from srtool.loading import load_model
 
@@ -31,34 +35,45 @@ def pil_png(array: np.ndarray, level: int) -> bytes:
     return buf.getvalue()
 
 
-def _png_with(array: np.ndarray, strategy: int) -> bytes:
-    """encode_png8's file with zlib level 1 and another match-search ``strategy``."""
-    import srtool.imageio as imageio
-
-    def deflate(data):
-        stream = zlib.compressobj(1, zlib.DEFLATED, 15, 8, strategy)
-        return stream.compress(data) + stream.flush()
-
-    saved, imageio.fast_deflate = imageio.fast_deflate, deflate
+@contextlib.contextmanager
+def _deflate_with(factory):
+    """encode_png8's fast path with another raw-deflate compressor (``factory()`` -> compressobj)."""
+    saved = png_writer._codec
+    png_writer._codec = lambda: (factory, zlib.adler32, zlib)
     try:
-        return encode_png8(array, None)
+        yield
     finally:
-        imageio.fast_deflate = saved
+        png_writer._codec = saved
+
+
+def _fast_png(array: np.ndarray, factory=None, helpers=None) -> bytes:
+    if factory is None:
+        return encode_png8(array, None, helpers=helpers, helper_count=1 if helpers else 0)
+    with _deflate_with(factory):
+        return encode_png8(array, None, helpers=helpers, helper_count=1 if helpers else 0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5)
     args = ap.parse_args()
+    from isal import isal_zlib
+
     model = load_model("default", device="cpu")
     outputs = [model(read_image(SET14_LR / f"{name}.png").array) for name in IMAGES]
     raw = sum(a.nbytes for a in outputs)
+    helper = ThreadPoolExecutor(1)
+    isal3 = lambda: isal_zlib.compressobj(3, isal_zlib.DEFLATED, -15)  # noqa: E731
+    zlib_rle = lambda: zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_RLE)  # noqa: E731
+    zlib_huffman = lambda: zlib.compressobj(1, zlib.DEFLATED, -15, 8, zlib.Z_HUFFMAN_ONLY)  # noqa: E731
     encoders = {
-        "upscale: Up filter, fast_deflate (ISA-L 3)": lambda a: encode_png8(a, None),
-        "Up filter, zlib 1, Z_RLE (without isal)": lambda a: _png_with(a, zlib.Z_RLE),
-        "Up filter, zlib 1, default search (before)": lambda a: encode_png8(a, 1),
+        f"upscale: Up filter, ISA-L {png_writer.ISAL_LEVEL}, 1 thread": lambda a: _fast_png(a),
+        f"upscale: Up filter, ISA-L {png_writer.ISAL_LEVEL}, 2 threads": lambda a: _fast_png(a, helpers=helper),
+        "Up filter, ISA-L 3, 1 thread (round 3)": lambda a: _fast_png(a, isal3),
+        "Up filter, zlib 1, Z_RLE (without isal)": lambda a: _fast_png(a, zlib_rle),
+        "Up filter, zlib 1, default search": lambda a: encode_png8(a, 1),
         "Up filter, zlib 6": lambda a: encode_png8(a, 6),
-        "Up filter, zlib Huffman only": lambda a: _png_with(a, zlib.Z_HUFFMAN_ONLY),
+        "Up filter, zlib Huffman only": lambda a: _fast_png(a, zlib_huffman),
         "PIL, level 6 (all filters per row)": lambda a: pil_png(a, 6),
         "reference: copy of the raw bytes": lambda a: a.copy().data,
     }

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import io
 import os
-import struct
+from concurrent.futures import Executor
 import warnings
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .atomic import atomic_path
 from .errors import ImageWarning, UserError
+from .png_writer import encode_png8, encode_png16
 
 DEFAULT_MAX_PIXELS = 100_000_000  # 100 megapixels; --max-pixels raises it
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
@@ -485,79 +485,6 @@ def _portable_exif_bytes(exif: Image.Exif) -> bytes | None:
     return out.tobytes() if len(out) or any(out.get_ifd(i) for i in (_EXIF_IFD, _GPS_IFD)) else None
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
-
-
-def encode_png16(
-    array: np.ndarray, icc_profile: bytes | None = None, exif: bytes | None = None, software: str | None = None,
-) -> bytes:
-    """A 16-bit PNG of a uint16 (H, W[, C]) array (C = 1..4), rows with PNG's 'Up' filter."""
-    h, w = array.shape[:2]
-    c = 1 if array.ndim == 2 else array.shape[2]
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    raw = np.ascontiguousarray(array, dtype=">u2").view(np.uint8).reshape(h, w * c * 2)
-    filtered = raw.copy()
-    filtered[1:] -= raw[:-1]  # 'Up' filter, modulo 256
-    rows = np.concatenate([np.full((h, 1), 2, np.uint8), filtered], axis=1)
-    return _png_file(w, h, 16, colour_type, rows.tobytes(), 6, icc_profile, exif, software)
-
-
-def fast_deflate(data: bytes | memoryview) -> bytes:
-    """A zlib stream of ``data`` at the lowest CPU cost for a size near zlib level 1.
-
-    Why: on a machine the network keeps busy, every millisecond of encoding is taken from the network.
-    Intel's ISA-L (the ``isal`` package) at its level 3 compresses upscaled photos' filtered rows 3.7x
-    faster than zlib level 1 with run-only search and to the same size (4 Set14 outputs: 8.6 vs 32 ms,
-    1.3805 vs 1.3808 MB; benchmarks/bench_png.py). Without ``isal`` (a platform it has no wheel for),
-    zlib level 1 with ``Z_RLE``: 22 % faster than level 1's default search, 2.6 % smaller files there.
-    """
-    try:
-        from isal import isal_zlib
-    except ImportError:
-        deflate = zlib.compressobj(1, zlib.DEFLATED, 15, 8, zlib.Z_RLE)
-        return deflate.compress(data) + deflate.flush()
-    return isal_zlib.compress(data, 3)
-
-
-def _png_file(w: int, h: int, depth: int, colour_type: int, rows: bytes | memoryview, compress_level: int | None,
-              icc_profile: bytes | None, exif: bytes | None, software: str | None = None) -> bytes:
-    """PNG signature, IHDR, optional iCCP/eXIf/Software text, the compressed filtered rows, IEND.
-
-    ``compress_level`` None: :func:`fast_deflate`; 0-9: zlib at that level (reproducible bytes)."""
-    out = [b"\x89PNG\r\n\x1a\n", _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, colour_type, 0, 0, 0))]
-    if icc_profile:
-        out.append(_png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
-    if exif:
-        out.append(_png_chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\x00\x00") else exif))
-    if software:
-        out.append(_png_chunk(b"tEXt", b"Software\x00" + software.encode("latin-1", "replace")))
-    idat = fast_deflate(rows) if compress_level is None else zlib.compress(rows, compress_level)
-    out += [_png_chunk(b"IDAT", idat), _png_chunk(b"IEND", b"")]
-    return b"".join(out)
-
-
-def encode_png8(array: np.ndarray, compress_level: int | None = 1, icc_profile: bytes | None = None,
-                exif: bytes | None = None, software: str | None = None) -> bytes:
-    """An 8-bit PNG of a uint8 (H, W[, C]) array, C = 1..4, rows with PNG's 'Up' filter (+ ICC/EXIF).
-
-    About twice as fast as PIL's encoder at the same zlib level for nearly the same size (PIL tries
-    every filter per row); ``srtool prepare`` writes its datasets with it (benchmarks/bench_prepare.py).
-    ``compress_level`` None compresses with :func:`fast_deflate` (what ``srtool upscale`` writes).
-    """
-    if array.dtype != np.uint8:
-        raise ValueError(f"encode_png8 takes uint8 arrays, got {array.dtype}")
-    h, w = array.shape[:2]
-    c = 1 if array.ndim == 2 else array.shape[2]
-    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
-    raw = np.ascontiguousarray(array).reshape(h, w * c)
-    rows = np.empty((h, w * c + 1), np.uint8)
-    rows[:, 0] = 2  # 'Up' filter
-    rows[0, 1:] = raw[0]
-    np.subtract(raw[1:], raw[:-1], out=rows[1:, 1:])  # modulo 256
-    return _png_file(w, h, 8, colour_type, rows.data, compress_level, icc_profile, exif, software)
-
-
 def _to_8bit(array: np.ndarray) -> np.ndarray:
     if array.dtype == np.uint16:
         return np.floor(array.astype(np.float64) / 257.0 + 0.5).astype(np.uint8)
@@ -574,7 +501,7 @@ def _flatten_alpha(array: np.ndarray) -> np.ndarray:
 
 def encode_image(
     array: np.ndarray, fmt: str, quality: int = 95, icc_profile: bytes | None = None, exif: bytes | None = None,
-    software: str | None = None,
+    software: str | None = None, helpers: Executor | None = None, helper_count: int = 0,
 ) -> bytes:
     """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp, gif).
 
@@ -582,7 +509,8 @@ def encode_image(
     and BMP have no alpha, so alpha images are composited over white. ICC and EXIF are embedded
     where the format allows (16-bit colour TIFF keeps the ICC profile but not EXIF). ``software``
     is recorded as the PNG ``Software`` text, the TIFF Software tag or the JPEG comment (see
-    :func:`read_software`); WebP and BMP do not carry it.
+    :func:`read_software`); WebP and BMP do not carry it. ``helpers``/``helper_count``: threads that
+    may share an 8-bit PNG's compression with the caller (:func:`srtool.png_writer.encode_png8`).
     """
     if fmt not in OUTPUT_FORMATS:
         raise UserError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
@@ -601,7 +529,7 @@ def encode_image(
             # the 'Up' filter and fast_deflate: ~35x less CPU than PIL at level 6 for ~15 % larger files,
             # so that encoding stays a few percent of the network's time on a machine the network keeps
             # busy (issue 13, benchmarks/README.md)
-            return encode_png8(array, None, icc_profile, exif, software)
+            return encode_png8(array, None, icc_profile, exif, software, helpers, helper_count)
         pil_from_array(array).save(buf, format="PNG", compress_level=6, **extra)
     elif fmt == "tiff":
         if array.dtype == np.uint16 and array.ndim == 3:

@@ -4,8 +4,11 @@
 paths, deciding up front what is skipped (output exists, no ``--overwrite``; srtool's own earlier
 outputs found among the inputs) or refused (an output that would overwrite an input, two inputs
 mapping to the same output, an output path outside ``-o`` or its input's folder). :func:`run_batch` then runs
-them: worker threads decode the next images and encode/write finished ones while the main thread
-runs the model, one image at a time. Each job carries its own output path from start to finish, so
+them, one image at a time. With a network on the CPU, each image is encoded right after its network
+call, in parts shared by the main thread and the spare cores' helpers, while the next image decodes
+and a writer thread puts earlier outputs on disk (:func:`io_between_images` says why); on a GPU (and
+for bicubic) worker threads decode the next images and encode/write finished ones while the main
+thread runs the model. Each job carries its own output path from start to finish, so
 outputs cannot be mixed up however the threads interleave. A file that fails (corrupt, unsupported,
 over ``--max-pixels``) is reported and skipped; the rest of the batch goes on. Every write is atomic
 (temp file + rename): an interrupted run (Ctrl-C) leaves complete outputs or none, never a partial one.
@@ -32,7 +35,7 @@ from .imageio import (
 )
 from .engine import SRModel, upscale_array
 from .resize import imresize
-from .threads import lower_thread_priority
+from .threads import lower_thread_priority, usable_cores
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
@@ -371,21 +374,43 @@ def _job_format(job: Job, options: UpscaleOptions, decoded_format: str | None) -
     return fmt or _output_format(options, job.source, decoded_format)
 
 
-def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:
-    from .atomic import atomic_path
-
+def _encode(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions,
+            helpers: ThreadPoolExecutor | None = None, helper_count: int = 0) -> bytes:
     fmt = _job_format(job, options, decoded.format)
     if isinstance(sr, list):
-        data = encode_frames(sr, fmt, options.quality, decoded.durations, decoded.loop, decoded.icc_profile, decoded.exif,
-                             software=SOFTWARE_MARKER)
-    else:
-        data = encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER)
+        return encode_frames(sr, fmt, options.quality, decoded.durations, decoded.loop, decoded.icc_profile,
+                             decoded.exif, software=SOFTWARE_MARKER)
+    return encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER,
+                        helpers=helpers, helper_count=helper_count)
+
+
+def _write(job: Job, data: bytes) -> None:
+    """The encoded image to its output (atomically: temp file, fsync, rename), or to stdout."""
+    from .atomic import atomic_path
+
     if job.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     with atomic_path(job.output) as tmp:
         tmp.write_bytes(data)
+
+
+def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:
+    _write(job, _encode(job, sr, decoded, options))
+
+
+def io_between_images(model: SRModel) -> bool:
+    """Whether image I/O runs between the network's calls (a network on the CPU) or beside them.
+
+    A network on the CPU keeps every core busy with torch's OpenMP threads, which wait for each other
+    at the end of every layer: an encode thread that takes a core for a moment stalls the layer on all
+    of them, so overlapping cost the network about twice the encode's CPU time (measured: 7-10 % of a
+    batch for 3.4 % of CPU, benchmarks/README.md). Encoding in parts on every core between two network
+    calls costs only its own time. On a GPU the CPU is free while the device computes, and the bicubic
+    baseline is I/O-bound itself: there decoding and encoding overlap the upscaling.
+    """
+    return model.device.type == "cpu" and not model.is_bicubic
 
 
 def run_batch(
@@ -396,28 +421,45 @@ def run_batch(
     todo = [job for job in jobs if job.status == "pending"]
     start = time.perf_counter()
     workers = max(1, options.workers)
+    between = io_between_images(model)
+    # encode helpers besides the main thread when I/O runs between network calls: one per spare core
+    helper_count = max(0, min(workers, usable_cores()) - 1) if between else 0
     done_mp = 0.0
-    # decode/encode threads yield the cores to the network's threads (srtool/threads.py)
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io", initializer=lower_thread_priority)
+    # Threads that run beside the network yield the cores to its threads (srtool/threads.py). Between
+    # network calls the decode/encode helpers never overlap the network (the next decode is waited for
+    # before it starts, encode parts before the encode returns), so they keep normal priority there: a
+    # niced helper would lose its core to the network's idle OpenMP thread, which spins ~10 ms after
+    # every call. Files are then written (fsync, rename) by a niced thread of their own, which waits on
+    # the disk, not on a core, and holds up no encode.
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srtool-io",
+                              initializer=None if between else lower_thread_priority)
+    writer = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtool-write", initializer=lower_thread_priority)
+              if between else pool)
     decodes: deque[tuple[Job, Future]] = deque()
     writes: deque[tuple[Job, Future, int]] = deque()
     pending = deque(todo)
+    ahead = 1 if between else workers + 1  # decodes in flight
 
     def prefetch() -> None:
-        while pending and len(decodes) < workers + 1:
+        while pending and len(decodes) < ahead:
             job = pending.popleft()
             decodes.append((job, pool.submit(_decode, job, options)))
 
+    def fail(job: Job, exc: Exception) -> None:
+        job.status, job.message = "failed", _describe(exc)
+        if progress:
+            progress(job, done_mp, time.perf_counter() - start)
+
     def settle(limit: int) -> None:
-        """Wait for finished writes: at most ``limit`` in flight, and their pixels within WRITE_BUDGET."""
-        nonlocal done_mp
+        """Wait for finished writes: at most ``limit`` in flight, and their bytes within WRITE_BUDGET."""
         while len(writes) > limit or (len(writes) > 1 and sum(b for _, _, b in writes) > WRITE_BUDGET):
             job, fut, _ = writes.popleft()
             try:
                 fut.result()
                 job.status = "written"
             except Exception as exc:  # noqa: BLE001 -- one bad file must not end the batch
-                job.status, job.message = "failed", _describe(exc)
+                fail(job, exc)
+                continue
             if progress:
                 progress(job, done_mp, time.perf_counter() - start)
 
@@ -425,25 +467,38 @@ def run_batch(
         prefetch()
         while decodes:
             job, fut = decodes.popleft()
-            prefetch()
+            if not between:
+                prefetch()
             try:
                 decoded = fut.result()
                 job.megapixels = decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
                 sr = upscale_decoded(model, decoded, options, _job_format(job, options, decoded.format))
             except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
-                job.status, job.message = "failed", _describe(exc)
-                if progress:
-                    progress(job, done_mp, time.perf_counter() - start)
+                prefetch()
+                fail(job, exc)
                 continue
             done_mp += job.megapixels
-            nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes
-            writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), nbytes))
-            del sr, decoded
-            settle(max(2, workers))  # never wait on the previous encode right after the network
+            if between:
+                prefetch()  # the next image decodes beside this one's encoding
+                try:
+                    data = _encode(job, sr, decoded, options, pool, helper_count)
+                except Exception as exc:  # noqa: BLE001
+                    fail(job, exc)
+                    continue
+                finally:
+                    del sr, decoded
+                writes.append((job, writer.submit(_write, job, data), len(data)))
+                settle(4)
+            else:
+                nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes
+                writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), nbytes))
+                del sr, decoded
+                settle(max(2, workers))  # never wait on the previous encode right after the network
         settle(0)
     finally:
         # On Ctrl-C: drop queued work; writes already running finish (atomically) before we return.
         pool.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
     result.seconds = time.perf_counter() - start
     return result
 
@@ -455,7 +510,7 @@ def _describe(exc: BaseException) -> str:
 
 
 def default_workers() -> int:
-    return max(1, min(4, os.cpu_count() or 1))
+    return min(4, usable_cores())
 
 
 def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None) -> BatchResult | None:

@@ -241,7 +241,7 @@ def test_fast_deflate_is_a_valid_zlib_stream_with_or_without_isal(monkeypatch):
 
     from PIL import Image
 
-    from srtool.imageio import encode_png8, fast_deflate
+    from srtool.png_writer import encode_png8, fast_deflate
 
     rng = np.random.default_rng(0)
     photo = np.cumsum(rng.integers(-3, 4, (96, 80, 3)), axis=1).clip(0, 255).astype(np.uint8)

@@ -319,13 +319,59 @@ def test_stdin_to_stdout(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_leaves_no_partial_file(tmp_path):
+def test_io_between_network_calls_writes_what_overlapped_io_writes(tmp_path, monkeypatch):
+    """A network on the CPU encodes each image between network calls, in parts shared with helper
+    threads (srtool.upscale.io_between_images); its files are byte-identical to the overlapped path's
+    at any -j, and a write that fails fails only its own image."""
+    from srtool import upscale
+
+    model = nearest_model(tile=64)
+    assert upscale.io_between_images(model) and not upscale.io_between_images(SRModel("bicubic", 4))
+    arrays = {"rgb": RNG.integers(0, 256, (90, 70, 3)).astype(np.uint8), "gray": RNG.integers(0, 256, (64, 33)).astype(np.uint8),
+              "rgba": RNG.integers(0, 256, (40, 50, 4)).astype(np.uint8), "small": RNG.integers(0, 256, (3, 2, 3)).astype(np.uint8)}
+    for name, array in arrays.items():
+        _write(tmp_path / "in" / f"{name}.png", array)
+    _write(tmp_path / "in" / "deep.png", RNG.integers(0, 256, (30, 20, 3)).astype(np.uint8))
+    (tmp_path / "in" / "deep16.png").write_bytes(png16_bytes(RNG.integers(0, 65536, (30, 20, 3)).astype(np.uint16)))
+
+    def outputs(folder: str, workers: int) -> dict[str, bytes]:
+        opts = UpscaleOptions(output=str(tmp_path / folder), workers=workers)
+        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
+        assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
+        return {p.name: p.read_bytes() for p in sorted((tmp_path / folder).iterdir())}
+
+    between = {j: outputs(f"between{j}", j) for j in (1, 2, 4)}
+    monkeypatch.setattr(upscale, "io_between_images", lambda model: False)
+    overlapped = outputs("overlapped", 2)
+    assert between[1] == between[2] == between[4] == overlapped
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "between2" / "rgb_x4.png"))[::4, ::4], arrays["rgb"])
+
+    monkeypatch.undo()
+    (tmp_path / "between1" / "gray_x4.png").unlink()
+    (tmp_path / "between1" / "gray_x4.png").mkdir()  # the rename onto it fails
+    opts = UpscaleOptions(output=str(tmp_path / "between1"), workers=2, overwrite=True)
+    result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
+    status = {Path(j.label).name: (j.status, j.message) for j in result.jobs}
+    assert status.pop("gray.png")[0] == "failed" and {s for s, _ in status.values()} == {"written"}
+    assert not [p for p in (tmp_path / "between1").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("model_kind", ["bicubic", "network"])
+def test_ctrl_c_leaves_no_partial_file(tmp_path, model_kind):
+    """Bicubic decodes and encodes beside the upscaling, a network on the CPU between its calls:
+    either way an interrupt leaves whole images or none."""
     src = tmp_path / "in"
     for i in range(30):
         _write(src / f"{i:02d}.png", RNG.integers(0, 256, (128, 128, 3)).astype(np.uint8))
     out = tmp_path / "out"
+    model = "bicubic"
+    if model_kind == "network":
+        from srtool.models import SRResNet, SRResNetConfig
+        from srtool.models.export import save_export
+
+        model = str(save_export(tmp_path / "m.safetensors", SRResNet(SRResNetConfig(n_blocks=1, n_feats=8))))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "srtool", "upscale", str(src), "-o", str(out), "--model", "bicubic", "-j", "2"],
+        [sys.executable, "-m", "srtool", "upscale", str(src), "-o", str(out), "--model", model, "-j", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 90

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..threads import usable_cores
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 _PERM_TAG, _CROP_TAG = 0x5E9, 0xC209  # domain separation of the two seeded streams
@@ -154,14 +155,6 @@ def _ignore_sigint(_worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which is what torch's own check uses)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
 def loader_workers(requested: int) -> int:
     """``train.num_workers`` capped at the usable cores: more worker processes than cores only contend
     (and make torch warn at every run). Samples are keyed by position, so the count never changes the data."""
@@ -200,8 +193,6 @@ def _folder_key(folder: Path, scale: int) -> str:
 
 
 def default_cache_dir() -> Path:
-    import os
-
     import platformdirs
 
     override = os.environ.get("SRTOOL_CACHE_DIR")
