@@ -526,7 +526,7 @@ def encode_image(
         if array.dtype == np.uint16:  # gray too: the same writer carries the output marker
             return encode_png16(array, icc_profile, exif, software)
         if array.dtype == np.uint8:
-            # the 'Up' filter and fast_deflate: ~35x less CPU than PIL at level 6 for ~15 % larger files,
+            # the 'Up' filter and ISA-L's deflate in parts (srtool/png_writer.py): ~35x less CPU than PIL at level 6 for ~15 % larger files,
             # so that encoding stays a few percent of the network's time on a machine the network keeps
             # busy (issue 13, benchmarks/README.md)
             return encode_png8(array, None, icc_profile, exif, software, helpers, helper_count)

@@ -81,19 +81,6 @@ def _zlib_stream(parts: list[tuple[bytes, int, int]]) -> bytes:
     return b"".join([_ZLIB_HEADER, *(data for data, _, _ in parts), struct.pack(">I", adler)])
 
 
-def fast_deflate(data: bytes | memoryview, helpers: Executor | None = None, helper_count: int = 0) -> bytes:
-    """A zlib stream of ``data`` at the lowest CPU cost for a size near zlib level 1, in
-    :func:`part_count` parts shared by this thread and up to ``helper_count`` threads of ``helpers``."""
-    view = memoryview(data).cast("B")
-    n = part_count(len(view))
-    bounds = [len(view) * k // n for k in range(n + 1)]
-
-    def part(k: int) -> tuple[bytes, int, int]:
-        return _deflate_part(view[bounds[k]:bounds[k + 1]], k == n - 1)
-
-    return _zlib_stream(run_shared(part, n, helpers, helper_count))
-
-
 def _png_file(w: int, h: int, depth: int, colour_type: int, idat: bytes, icc_profile: bytes | None,
               exif: bytes | None, software: str | None = None) -> bytes:
     """PNG signature, IHDR, optional iCCP/eXIf/Software text, the compressed filtered rows, IEND."""
