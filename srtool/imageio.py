@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import io
 import os
-from concurrent.futures import Executor
 import warnings
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -488,7 +488,7 @@ def run_batch(
                 finally:
                     del sr, decoded
                 writes.append((job, writer.submit(_write, job, data), len(data)))
-                settle(4)
+                settle(4)  # files waiting for the writer: compressed bytes, a few at most
             else:
                 nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes
                 writes.append((job, pool.submit(_encode_and_write, job, sr, decoded, options), nbytes))
