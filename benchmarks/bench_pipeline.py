@@ -22,7 +22,8 @@ with every run; compare the ratios, not the seconds. Holds /tmp/srtool-cpu.lock 
 CPU benchmarks.
 
     .venv/bin/python benchmarks/bench_pipeline.py [--repeats 3] [--jobs 1 2 4]
-    .venv/bin/python benchmarks/bench_pipeline.py --in-process --repeats 15 --copies 8 --jobs 1 2 4 [--io both]
+    .venv/bin/python benchmarks/bench_pipeline.py --in-process --repeats 15 --copies 8 --jobs 1 2 4 [--io all]
+    .venv/bin/python benchmarks/bench_pipeline.py --in-process --repeats 5 --copies 1 --jobs 1 2 --resize 512
 """
 
 from __future__ import annotations
@@ -88,45 +89,70 @@ runpy.run_module("srtool", run_name="__main__")
 # decoded inputs, so the machine's drift between processes (2x on the shared VM) cannot enter the ratio;
 # each run_batch is read against the mean of the bare runs just before and after it, because the VM also
 # switches between a fast and a slow state every few seconds (the same 4-image loop: 0.16 or 0.33 s).
+# A second reference, "bare lanes", runs the same network calls in run_batch's image lanes (one thread
+# per lane, one torch thread each) without any image I/O: the pipeline against it is what the I/O costs.
 IN_PROCESS = r"""
-import json, sys, time
+import json, sys, threading, time
+from collections import deque
 from pathlib import Path
 import srtool.upscale as up
 from srtool.imageio import read_image
 from srtool.loading import load_model
+from srtool.threads import torch_threads, use_torch_threads
 folder, out, model_name, precision, workers, rounds, io_mode = sys.argv[1:8]
-srtools_choice = up.io_between_images
-modes = ["between", "beside"] if io_mode == "both" else [io_mode]
+srtools_io, srtools_lanes = up.io_between_images, up.image_lanes
+modes = ["lanes", "between", "beside"] if io_mode == "all" else [io_mode]
 
-def place_io(mode):  # where run_batch puts image I/O: srtool's choice, or forced either way
-    up.io_between_images = srtools_choice if mode == "auto" else (lambda model: mode == "between")
+def place_io(mode):  # srtool's choice, or forced: image lanes, one image at a time with I/O between calls, or beside
+    up.io_between_images = srtools_io if mode == "auto" else (lambda model: mode != "beside")
+    up.image_lanes = (lambda model, workers, pending: 1) if mode == "between" else srtools_lanes
 
 model = load_model(model_name, device="cpu", precision=precision)
 arrays = [read_image(p).array for p in sorted(Path(folder).iterdir())]
 options = up.UpscaleOptions(output=out, suffix=None, format="png", quality=95, recursive=False, overwrite=True,
                             outscale=None, max_pixels=10**8, workers=int(workers), alpha="model")
+lanes = srtools_lanes(model, int(workers), len(arrays))
+total = torch_threads()
 
 def bare():
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     for a in arrays:
         model(a)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0
+
+def bare_lanes():  # run_batch's lanes without decode, encode or write
+    queue = deque(arrays)
+    def lane():
+        use_torch_threads(max(1, total // lanes))
+        while True:
+            try:
+                a = queue.popleft()
+            except IndexError:
+                return
+            model(a)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=lane) for _ in range(lanes)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    use_torch_threads(total)
+    return time.perf_counter() - t0
 
 def pipeline(mode):
     place_io(mode)
     jobs = up.plan_jobs([folder], options, model)
-    t0, c0 = time.perf_counter(), time.process_time()
+    t0 = time.perf_counter()
     up.run_batch(model, jobs, options)
     assert all(job.status == "written" for job in jobs)
-    return time.perf_counter() - t0, time.process_time() - c0
+    return time.perf_counter() - t0
 
-bare(); [pipeline(mode) for mode in modes]  # warm-up: oneDNN primitives, page cache
-before = bare()
-for _ in range(int(rounds)):  # bare, pipeline, bare, ...: each pipeline run is read against the bare runs around it
+bare(); bare_lanes(); [pipeline(mode) for mode in modes]  # warm-up: oneDNN primitives, page cache
+before = (bare(), bare_lanes())
+for _ in range(int(rounds)):  # pipeline, bare, bare lanes, ...: each pipeline run is read against the references around it
     for mode in modes:
-        (p, pc), after = pipeline(mode), bare()
-        print(json.dumps({"mode": mode, "bare": before[0], "bare_cpu": before[1], "bare_after": after[0], "cli": p,
-                          "cli_cpu": pc}), flush=True)
+        p = pipeline(mode)
+        after = (bare(), bare_lanes())
+        print(json.dumps({"mode": mode, "lanes": lanes, "bare": before[0], "bare_after": after[0], "bare_lanes": before[1],
+                          "bare_lanes_after": after[1], "cli": p}), flush=True)
         before = after
 """
 
@@ -180,11 +206,14 @@ def main() -> None:
     ap.add_argument("--model", default="default")
     ap.add_argument("--precision", default="auto", help="both sides (auto: bf16 for the bundled model on AMX CPUs)")
     ap.add_argument("--data", type=Path, default=SET14_LR)
+    ap.add_argument("--resize", type=int, default=0,
+                    help="inputs: the four images' Set14 HR versions resized to N x N (PIL bicubic) instead of the LR ones")
     ap.add_argument("--in-process", action="store_true",
                     help="bare loop and run_batch alternating in one process (drift-free ratio) instead of subprocesses")
-    ap.add_argument("--io", choices=("auto", "between", "beside", "both"), default="auto",
-                    help="--in-process only: image I/O between the network's calls or beside them (auto: srtool's "
-                         "choice; both: the two alternating in one process)")
+    ap.add_argument("--io", choices=("auto", "lanes", "between", "beside", "all"), default="auto",
+                    help="--in-process only: where run_batch puts the work (auto: srtool's choice; lanes: one image "
+                         "per core; between: one image at a time, I/O between its network calls; beside: I/O "
+                         "overlapping them; all: the three alternating in one process)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp, open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -192,7 +221,13 @@ def main() -> None:
         folder.mkdir()
         for name in IMAGES:
             for k in range(args.copies):
-                shutil.copy(args.data / f"{name}.png", folder / f"{name}_{k}.png")
+                if args.resize:
+                    from PIL import Image
+
+                    with Image.open(args.data.parents[1] / "HR" / f"{name}.png") as hr:
+                        hr.convert("RGB").resize((args.resize, args.resize), Image.BICUBIC).save(folder / f"{name}_{k}.png")
+                else:
+                    shutil.copy(args.data / f"{name}.png", folder / f"{name}_{k}.png")
         print(f"cpus {os.cpu_count()}, precision {args.precision}, load average at start {load_average()}")
         if args.in_process:
             in_process(folder, Path(tmp) / "out", args)
@@ -238,13 +273,13 @@ def in_process(folder: Path, out: Path, args) -> None:
         all_rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
         for mode in dict.fromkeys(r["mode"] for r in all_rows):
             rows = [r for r in all_rows if r["mode"] == mode]
-            ratios = [(r["bare"] + r["bare_after"]) / 2 / r["cli"] for r in rows]
-            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
-            print(f"-j {j} (I/O {mode}): bare loop {statistics.median(r['bare'] for r in rows):.2f} s, run_batch "
-                  f"{statistics.median(r['cli'] for r in rows):.2f} s (medians of {len(rows)}); throughput ratio "
-                  f"(run_batch against the mean of the bare runs before and after it) median "
-                  f"{statistics.median(ratios):.3f}, quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}  load {load_average()}",
-                  flush=True)
+            for ref, label in (("bare", "bare loop"), ("bare_lanes", f"bare lanes ({rows[0]['lanes']})")):
+                ratios = [(r[ref] + r[ref + "_after"]) / 2 / r["cli"] for r in rows]
+                quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                print(f"-j {j} ({mode}): run_batch {statistics.median(r['cli'] for r in rows):.2f} s against {label} "
+                      f"{statistics.median(r[ref] for r in rows):.2f} s (medians of {len(rows)}): throughput ratio "
+                      f"(against the mean of the runs before and after it) median {statistics.median(ratios):.3f}, "
+                      f"quartiles {quartiles[0]:.3f}-{quartiles[2]:.3f}  load {load_average()}", flush=True)
 
 
 if __name__ == "__main__":

@@ -363,7 +363,7 @@ def upscale(
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (inputs are never replaced).")] = False,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse inputs with more pixels (decompression-bomb guard).")] = 100_000_000,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Threads that decode/encode images (default: up to 4).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Images at once on the CPU (one per core, each decoded/encoded by its own thread); decode/encode threads on a GPU (default: up to 4).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
     quiet: QuietOption = False,
 ) -> None:

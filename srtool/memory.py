@@ -4,7 +4,10 @@ Why: glibc serves every allocation above its mmap threshold (at most 32 MB) with
 gives it back with ``munmap`` on free. A super-resolution network allocates feature maps of 16-270 MB
 per layer, so every layer page-faults its output into existence again (the kernel zeroes each 4 KiB
 page first). Serving all allocations from the heap (``M_MMAP_MAX = 0``) and never trimming it
-(``M_TRIM_THRESHOLD``) lets the next layer reuse the pages of the previous ones. Measured on the 2-core
+(``M_TRIM_THRESHOLD``) lets the next layer reuse the pages of the previous ones. One arena for all
+threads (``M_ARENA_MAX = 1``) extends that to threads other than the main one (``srtool upscale``'s image
+lanes): glibc gives a thread its own arena, grown and shrunk in 64 MB heaps that fault their pages in
+again (a lane's network took 1.5x the main thread's time before, 90,000 faults per six Set14 images). Measured on the 2-core
 machine, bundled model, 256x256 input, six passes in one process: page faults 1.02-1.32 M -> 0.35-0.45 M,
 system time 2.5-3.2 s -> 0.9-1.3 s, forward 1.21-1.44 s -> 1.03-1.11 s (benchmarks/README.md). Not
 every fault goes: torch asks for 64-byte-aligned blocks, and an aligned request does not fit the exact
@@ -24,6 +27,7 @@ import sys
 
 _M_TRIM_THRESHOLD = -1  # glibc <malloc.h>
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 _applied: bool | None = None
 _libc = None
 
@@ -47,7 +51,7 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_ARENA_MAX, 1))
     if _applied and hasattr(libc, "malloc_trim"):
         global _libc
         _libc = libc

@@ -7,16 +7,20 @@ machine concurrent image I/O costs the network far more than its own CPU time. H
 therefore run at a lower scheduling priority (Linux keeps a nice value per thread): they use the idle
 moments (between layers and images, while the main thread blends tiles) and yield the cores as soon as
 the network needs them, whatever ``-j`` is. Work that runs *between* network calls instead (the CPU
-path of ``srtool upscale``) is split with :func:`run_shared` over the calling thread and helpers.
+path of ``srtool upscale`` for one image) is split with :func:`run_shared` over the calling thread and
+helpers. Several images on the CPU avoid the waits altogether: each runs on its own one-core team
+(:func:`use_torch_threads`), and :class:`CoreGate` lets a large image have all cores to itself.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -76,3 +80,105 @@ def run_shared(task: Callable[[int], T], count: int, helpers: Executor | None = 
             if not future.cancel():  # a helper that never started is not waited for
                 future.result()
     return results
+
+
+def use_torch_threads(count: int) -> None:
+    """Give torch ops called from *this* thread a team of ``count`` OpenMP threads; other threads keep theirs.
+
+    OpenMP keeps the team size per calling thread, so two image lanes can each run their network on
+    one core. ``torch.set_num_threads`` also sets the process-wide value that torch copies into a
+    thread on that thread's first op; asking for the current count first makes that copy happen now,
+    so another lane changing the process-wide value later cannot resize this thread's team.
+    """
+    import torch
+
+    torch.get_num_threads()
+    torch.set_num_threads(count)
+
+
+class CoreGate:
+    """Images that share the cores (any number at once) or need all of them (one, alone).
+
+    Image lanes hold the gate shared while their image is in flight; a large image holds it
+    exclusively, so that its memory never adds to another image's. An exclusive request waits for
+    the shared holders to finish and keeps new ones out meanwhile, so it cannot starve.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._shared = 0
+        self._exclusive = False
+        self._exclusive_waiting = 0
+
+    @contextmanager
+    def hold(self, exclusive: bool) -> Iterator[None]:
+        with self._cond:
+            if exclusive:
+                self._exclusive_waiting += 1
+                self._cond.wait_for(lambda: not self._exclusive and self._shared == 0)
+                self._exclusive_waiting -= 1
+                self._exclusive = True
+            else:
+                self._cond.wait_for(lambda: not self._exclusive and self._exclusive_waiting == 0)
+                self._shared += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                if exclusive:
+                    self._exclusive = False
+                else:
+                    self._shared -= 1
+                self._cond.notify_all()
+
+
+def torch_threads() -> int:
+    """The size of the calling thread's torch team (see :func:`use_torch_threads`)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Callable[[], None]) -> None:
+    """Run ``target()`` in ``count`` new threads; return once every one of them has returned.
+
+    Ctrl-C in the calling thread calls ``stop()`` (the targets are expected to finish soon after) and is
+    raised once every thread has returned, so no thread is left inside a torch op when the interpreter
+    shuts down (such a thread aborts the process: "terminate called without an active exception").
+    ``Thread.join`` is not used for the wait: a KeyboardInterrupt that lands inside it makes CPython
+    3.11 mark a thread that is still running as finished (``_wait_for_tstate_lock`` releases the lock
+    that the live thread holds), and interpreter shutdown then does not wait for that thread.
+    """
+    finished = threading.Semaphore(0)
+
+    def body() -> None:
+        try:
+            target()
+        finally:
+            finished.release()
+
+    started, waited = 0, 0
+    interrupt: BaseException | None = None
+    # SIGINT is held back while the threads start (they inherit the mask, so it always reaches this
+    # thread), so that the count of started threads is exact when Ctrl-C arrives
+    mask = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if mask else None
+    try:
+        for index in range(count):
+            threading.Thread(target=body, name=f"{name}-{index}").start()
+            started += 1
+    except Exception as exc:  # noqa: BLE001 -- e.g. no more threads: raised below, once the started ones return
+        stop()
+        interrupt = exc
+    finally:
+        if mask:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    while waited < started:
+        try:
+            finished.acquire()
+            waited += 1
+        except KeyboardInterrupt as exc:
+            stop()
+            interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt

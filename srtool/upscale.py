@@ -4,11 +4,12 @@
 paths, deciding up front what is skipped (output exists, no ``--overwrite``; srtool's own earlier
 outputs found among the inputs) or refused (an output that would overwrite an input, two inputs
 mapping to the same output, an output path outside ``-o`` or its input's folder). :func:`run_batch` then runs
-them, one image at a time. With a network on the CPU, each image is encoded right after its network
-call, in parts shared by the main thread and the spare cores' helpers, while the next image decodes
-and a writer thread puts earlier outputs on disk (:func:`io_between_images` says why); on a GPU (and
-for bicubic) worker threads decode the next images and encode/write finished ones while the main
-thread runs the model. Each job carries its own output path from start to finish, so
+them. With a network on the CPU and several images, each core takes its own image (an image lane:
+decode, network on a one-core team, encode) and a writer thread puts outputs on disk
+(:func:`image_lanes` says why); a single image, or ``-j 1``, runs on all cores and is encoded right after
+its network call in parts shared by the spare cores (:func:`io_between_images`); on a GPU (and for
+bicubic) worker threads decode the next images and encode/write finished ones while the main thread
+runs the model. Each job carries its own output path from start to finish, so
 outputs cannot be mixed up however the threads interleave. A file that fails (corrupt, unsupported,
 over ``--max-pixels``) is reported and skipped; the rest of the batch goes on. Every write is atomic
 (temp file + rename): an interrupted run (Ctrl-C) leaves complete outputs or none, never a partial one.
@@ -20,6 +21,7 @@ import glob
 import io
 import os
 import sys
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,14 +35,19 @@ from .imageio import (
     ANIMATION_FORMATS, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_frames, encode_image, format_for_pil,
     format_for_suffix, is_image_file, read_image, read_software,
 )
-from .engine import SRModel, upscale_array
+from .engine import RELEASE_AFTER_OUTPUT_BYTES, SRModel, upscale_array
 from .resize import imresize
-from .threads import lower_thread_priority, usable_cores
+from .threads import (
+    CoreGate, lower_thread_priority, run_in_threads, torch_threads, usable_cores, use_torch_threads,
+)
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
 WRITE_BUDGET = 1 << 30  # bytes of upscaled images waiting for their encoder threads
 SOFTWARE_MARKER = "srtool upscale"  # written into PNG/TIFF/JPEG metadata; how a re-run knows its own outputs
+# In a batch of image lanes, an image with an output this large (the size after which the engine hands
+# freed memory back) runs alone on every core, so its memory never adds to another image's.
+LARGE_OUTPUT_BYTES = RELEASE_AFTER_OUTPUT_BYTES
 
 
 @dataclass
@@ -413,18 +420,155 @@ def io_between_images(model: SRModel) -> bool:
     return model.device.type == "cpu" and not model.is_bicubic
 
 
+def image_lanes(model: SRModel, workers: int, pending: int) -> int:
+    """How many images a network on the CPU works on at once: one per core torch uses, at most ``-j``.
+
+    One image on every core makes the network's OpenMP threads wait for each other at the end of each
+    layer, and leaves the cores to spin while its image is encoded. One image per core (a lane, with
+    its own one-thread team) needs no such wait, and a lane's decode and encode hold up only that
+    lane: in one process, two one-core lanes upscaled Set14 at 1.08x the speed of the bare two-thread
+    loop (benchmarks/README.md). On a GPU and for bicubic there is one lane (:func:`io_between_images`).
+    """
+    if not io_between_images(model):
+        return 1
+    return max(1, min(workers, torch_threads(), pending))
+
+
+class _Tally:
+    """The batch's clock, megapixels upscaled and the progress callback, shared by its threads."""
+
+    def __init__(self, progress) -> None:
+        self.progress = progress
+        self.start = time.perf_counter()
+        self.megapixels = 0.0
+        self._lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def upscaled(self, job: Job) -> None:
+        with self._lock:
+            self.megapixels += job.megapixels
+
+    def finished(self, job: Job, error: Exception | None = None) -> None:
+        """The job's outcome: written, or failed with ``error`` (one bad file never ends the batch)."""
+        with self._lock:
+            if error is None:
+                job.status = "written"
+            else:
+                job.status, job.message = "failed", _describe(error)
+            if self.progress:
+                self.progress(job, self.megapixels, self.elapsed())
+
+    def settle(self, job: Job, write: Future) -> None:
+        try:
+            write.result()
+        except Exception as exc:  # noqa: BLE001 -- e.g. disk full: this file fails, the batch goes on
+            self.finished(job, exc)
+        else:
+            self.finished(job)
+
+
+def _decoded_megapixels(decoded: DecodedImage) -> float:
+    return decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
+
+
+def _output_bytes(decoded: DecodedImage, scale: int) -> int:
+    """Bytes of the network's output for this image (every frame of an animation)."""
+    return decoded.array.size * decoded.array.itemsize * scale**2 * len(decoded.frames or [0])
+
+
 def run_batch(
     model: SRModel, jobs: list[Job], options: UpscaleOptions, progress=None,
 ) -> BatchResult:
     """Run ``jobs`` (see the module docstring). ``progress(job, megapixels_done, seconds)`` is called per image."""
-    result = BatchResult(jobs=jobs)
     todo = [job for job in jobs if job.status == "pending"]
-    start = time.perf_counter()
+    tally = _Tally(progress)
+    lanes = image_lanes(model, max(1, options.workers), len(todo))
+    if lanes > 1:
+        _run_in_lanes(model, todo, options, lanes, tally)
+    else:
+        _run_in_order(model, todo, options, tally)
+    return BatchResult(jobs=jobs, seconds=tally.elapsed())
+
+
+def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lanes: int, tally: _Tally) -> None:
+    """``lanes`` threads each take the next image and decode, upscale (on their share of torch's
+    threads) and encode it; one niced thread writes the files.
+
+    An image whose output reaches :data:`LARGE_OUTPUT_BYTES` runs alone, on all of torch's threads, and
+    is encoded in PNG parts shared with ``lanes - 1`` helper threads: peak memory stays that of one
+    large image. Ctrl-C (or a lane's unexpected error) stops every lane after its current
+    network call; no new file is started, the ones being written finish atomically.
+    """
+    total_threads = torch_threads()
+    per_lane = max(1, total_threads // lanes)
+    queue = deque(todo)
+    queue_lock = threading.Lock()
+    gate = CoreGate()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtool-write", initializer=lower_thread_priority)
+    helpers = ThreadPoolExecutor(max_workers=lanes - 1, thread_name_prefix="srtool-io")
+
+    def next_job() -> Job | None:
+        with queue_lock:
+            return queue.popleft() if queue and not stop.is_set() else None
+
+    def lane() -> None:
+        use_torch_threads(per_lane)
+        previous: tuple[Job, Future] | None = None
+        try:
+            while (job := next_job()) is not None:
+                try:
+                    decoded = _decode(job, options)
+                    job.megapixels = _decoded_megapixels(decoded)
+                    fmt = _job_format(job, options, decoded.format)
+                    alone = _output_bytes(decoded, model.scale) >= LARGE_OUTPUT_BYTES
+                    with gate.hold(exclusive=alone):
+                        if alone:
+                            use_torch_threads(total_threads)
+                        try:
+                            sr = upscale_decoded(model, decoded, options, fmt)
+                        finally:
+                            if alone:
+                                use_torch_threads(per_lane)
+                        if stop.is_set():
+                            return
+                        tally.upscaled(job)
+                        data = _encode(job, sr, decoded, options, helpers if alone else None, lanes - 1 if alone else 0)
+                    del sr, decoded
+                except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
+                    sr = decoded = None  # noqa: F841 -- its memory is not held while the next image decodes
+                    tally.finished(job, exc)
+                    continue
+                if previous is not None:
+                    tally.settle(*previous)  # at most one file per lane waits for the writer
+                previous = (job, writer.submit(_write, job, data))
+        except BaseException as exc:  # noqa: BLE001 -- raised again in the calling thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            if previous is not None:
+                tally.settle(*previous)
+
+    try:
+        run_in_threads(lane, lanes, "srtool-lane", stop.set)
+    finally:
+        writer.shutdown(wait=True, cancel_futures=True)
+        helpers.shutdown(wait=True, cancel_futures=True)
+        use_torch_threads(total_threads)  # the process-wide value the lanes changed, for threads started later
+    if errors:
+        raise errors[0]
+
+
+def _run_in_order(model: SRModel, todo: list[Job], options: UpscaleOptions, tally: _Tally) -> None:
+    """One image at a time on all of torch's threads: a single image on the CPU (its I/O between the
+    network's calls, encoded in parts by every core), or a GPU / bicubic batch (I/O beside the calls)."""
     workers = max(1, options.workers)
     between = io_between_images(model)
     # encode helpers besides the main thread when I/O runs between network calls: one per spare core
     helper_count = max(0, min(workers, usable_cores()) - 1) if between else 0
-    done_mp = 0.0
     # Threads that run beside the network yield the cores to its threads (srtool/threads.py). Between
     # network calls the decode/encode helpers never overlap the network (the next decode is waited for
     # before it starts, encode parts before the encode returns), so they keep normal priority there: a
@@ -445,23 +589,11 @@ def run_batch(
             job = pending.popleft()
             decodes.append((job, pool.submit(_decode, job, options)))
 
-    def fail(job: Job, exc: Exception) -> None:
-        job.status, job.message = "failed", _describe(exc)
-        if progress:
-            progress(job, done_mp, time.perf_counter() - start)
-
     def settle(limit: int) -> None:
         """Wait for finished writes: at most ``limit`` in flight, and their bytes within WRITE_BUDGET."""
         while len(writes) > limit or (len(writes) > 1 and sum(b for _, _, b in writes) > WRITE_BUDGET):
             job, fut, _ = writes.popleft()
-            try:
-                fut.result()
-                job.status = "written"
-            except Exception as exc:  # noqa: BLE001 -- one bad file must not end the batch
-                fail(job, exc)
-                continue
-            if progress:
-                progress(job, done_mp, time.perf_counter() - start)
+            tally.settle(job, fut)
 
     try:
         prefetch()
@@ -471,19 +603,19 @@ def run_batch(
                 prefetch()
             try:
                 decoded = fut.result()
-                job.megapixels = decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
+                job.megapixels = _decoded_megapixels(decoded)
                 sr = upscale_decoded(model, decoded, options, _job_format(job, options, decoded.format))
             except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
                 prefetch()
-                fail(job, exc)
+                tally.finished(job, exc)
                 continue
-            done_mp += job.megapixels
+            tally.upscaled(job)
             if between:
                 prefetch()  # the next image decodes beside this one's encoding
                 try:
                     data = _encode(job, sr, decoded, options, pool, helper_count)
                 except Exception as exc:  # noqa: BLE001
-                    fail(job, exc)
+                    tally.finished(job, exc)
                     continue
                 finally:
                     del sr, decoded
@@ -499,8 +631,6 @@ def run_batch(
         # On Ctrl-C: drop queued work; writes already running finish (atomically) before we return.
         pool.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    result.seconds = time.perf_counter() - start
-    return result
 
 
 def _describe(exc: BaseException) -> str:

@@ -192,7 +192,8 @@ def test_prepare_summary_fits_80_columns(shared_data, tmp_path):
 
 
 def test_shell_completion_installs(tmp_path):
-    env = {"HOME": str(tmp_path), "SHELL": "/bin/bash"}
+    # the shell named on the line, not guessed from the parent processes (a detached run has no shell above it)
+    env = {"HOME": str(tmp_path), "SHELL": "/bin/bash", "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
     res = srtool("--install-completion", "bash", env=env)
     assert res.returncode == 0, res.stderr + res.stdout
     installed = list(tmp_path.rglob("*srtool*"))

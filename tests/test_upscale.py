@@ -319,20 +319,36 @@ def test_stdin_to_stdout(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_io_between_network_calls_writes_what_overlapped_io_writes(tmp_path, monkeypatch):
-    """A network on the CPU encodes each image between network calls, in parts shared with helper
-    threads (srtool.upscale.io_between_images); its files are byte-identical to the overlapped path's
-    at any -j, and a write that fails fails only its own image."""
+def _mixed_inputs(folder: Path) -> dict[str, np.ndarray]:
+    arrays = {"rgb": RNG.integers(0, 256, (90, 70, 3)).astype(np.uint8), "gray": RNG.integers(0, 256, (64, 33)).astype(np.uint8),
+              "rgba": RNG.integers(0, 256, (40, 50, 4)).astype(np.uint8), "small": RNG.integers(0, 256, (3, 2, 3)).astype(np.uint8)}
+    for name, array in arrays.items():
+        _write(folder / f"{name}.png", array)
+    _write(folder / "deep.png", RNG.integers(0, 256, (30, 20, 3)).astype(np.uint8))
+    (folder / "deep16.png").write_bytes(png16_bytes(RNG.integers(0, 65536, (30, 20, 3)).astype(np.uint16)))
+    return arrays
+
+
+@pytest.fixture
+def two_torch_threads():
+    """torch sized for two cores (whatever this machine has), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_lanes_in_order_and_overlapped_io_write_the_same_files(tmp_path, monkeypatch, two_torch_threads):
+    """A network on the CPU runs one image per core in lanes (-j 2, 4), or one image at a time encoded
+    between its calls (-j 1); bicubic/GPU overlap I/O with the upscaling. All three write byte-identical
+    files, and a write that fails fails only its own image."""
     from srtool import upscale
 
     model = nearest_model(tile=64)
     assert upscale.io_between_images(model) and not upscale.io_between_images(SRModel("bicubic", 4))
-    arrays = {"rgb": RNG.integers(0, 256, (90, 70, 3)).astype(np.uint8), "gray": RNG.integers(0, 256, (64, 33)).astype(np.uint8),
-              "rgba": RNG.integers(0, 256, (40, 50, 4)).astype(np.uint8), "small": RNG.integers(0, 256, (3, 2, 3)).astype(np.uint8)}
-    for name, array in arrays.items():
-        _write(tmp_path / "in" / f"{name}.png", array)
-    _write(tmp_path / "in" / "deep.png", RNG.integers(0, 256, (30, 20, 3)).astype(np.uint8))
-    (tmp_path / "in" / "deep16.png").write_bytes(png16_bytes(RNG.integers(0, 65536, (30, 20, 3)).astype(np.uint16)))
+    assert [upscale.image_lanes(model, j, 6) for j in (1, 2, 4)] == [1, 2, 2]
+    assert upscale.image_lanes(model, 4, 1) == 1 and upscale.image_lanes(SRModel("bicubic", 4), 4, 6) == 1
+    arrays = _mixed_inputs(tmp_path / "in")
 
     def outputs(folder: str, workers: int) -> dict[str, bytes]:
         opts = UpscaleOptions(output=str(tmp_path / folder), workers=workers)
@@ -341,19 +357,66 @@ def test_io_between_network_calls_writes_what_overlapped_io_writes(tmp_path, mon
         return {p.name: p.read_bytes() for p in sorted((tmp_path / folder).iterdir())}
 
     between = {j: outputs(f"between{j}", j) for j in (1, 2, 4)}
+    assert torch.get_num_threads() == 2
     monkeypatch.setattr(upscale, "io_between_images", lambda model: False)
     overlapped = outputs("overlapped", 2)
     assert between[1] == between[2] == between[4] == overlapped
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "between2" / "rgb_x4.png"))[::4, ::4], arrays["rgb"])
 
     monkeypatch.undo()
-    (tmp_path / "between1" / "gray_x4.png").unlink()
-    (tmp_path / "between1" / "gray_x4.png").mkdir()  # the rename onto it fails
-    opts = UpscaleOptions(output=str(tmp_path / "between1"), workers=2, overwrite=True)
-    result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
-    status = {Path(j.label).name: (j.status, j.message) for j in result.jobs}
-    assert status.pop("gray.png")[0] == "failed" and {s for s, _ in status.values()} == {"written"}
-    assert not [p for p in (tmp_path / "between1").iterdir() if p.name.endswith(".tmp")]
+    for workers in (1, 2):
+        (tmp_path / f"between{workers}" / "gray_x4.png").unlink()
+        (tmp_path / f"between{workers}" / "gray_x4.png").mkdir()  # the rename onto it fails
+        opts = UpscaleOptions(output=str(tmp_path / f"between{workers}"), workers=workers, overwrite=True)
+        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
+        status = {Path(j.label).name: (j.status, j.message) for j in result.jobs}
+        assert status.pop("gray.png")[0] == "failed" and {s for s, _ in status.values()} == {"written"}
+        assert not [p for p in (tmp_path / f"between{workers}").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypatch, two_torch_threads):
+    """Two lanes each run a network call on a one-thread team at the same time (a barrier inside the
+    network call proves it); an image whose output reaches the large-image size runs alone on both
+    threads; afterwards the main thread and threads started later get two threads again."""
+    import threading
+
+    from srtool import upscale
+
+    model = nearest_model(tile=64)
+    _mixed_inputs(tmp_path / "in")
+    large = 90 * 70 * 3 * 16  # rgb's output bytes: it is the large image here
+    monkeypatch.setattr(upscale, "LARGE_OUTPUT_BYTES", large)
+    meet = threading.Barrier(2, timeout=30)
+    lock, inside, calls = threading.Lock(), [0], []
+    real = upscale.upscale_decoded
+
+    def watched(model, decoded, options, fmt):
+        with lock:
+            inside[0] += 1
+            calls.append((decoded.array.shape, torch.get_num_threads(), inside[0], threading.current_thread().name))
+        try:
+            if decoded.array.shape[:2] in ((3, 2), (40, 50)):
+                meet.wait()  # both small images must be in their network calls at once
+            return real(model, decoded, options, fmt)
+        finally:
+            with lock:
+                inside[0] -= 1
+
+    monkeypatch.setattr(upscale, "upscale_decoded", watched)
+    opts = UpscaleOptions(output=str(tmp_path / "out"), workers=2)
+    jobs = plan_jobs([str(tmp_path / "in")], opts, model)
+    result = run_batch(model, jobs, opts)
+    assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
+    by_shape = {shape: (threads, concurrent, name) for shape, threads, concurrent, name in calls}
+    assert len(calls) == 6 and {name for *_, name in calls} == {"srtool-lane-0", "srtool-lane-1"}
+    assert by_shape[(90, 70, 3)][:2] == (2, 1)  # alone, on both threads
+    assert {threads for shape, (threads, _, _) in by_shape.items() if shape != (90, 70, 3)} == {1}
+    assert torch.get_num_threads() == 2
+    later = []
+    thread = threading.Thread(target=lambda: (torch.ones(1) + 1, later.append(torch.get_num_threads())))
+    thread.start()
+    thread.join()
+    assert later == [2]
 
 
 @pytest.mark.parametrize("model_kind", ["bicubic", "network"])
