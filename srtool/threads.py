@@ -160,9 +160,10 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
     started, waited = 0, 0
     interrupt: BaseException | None = None
     # SIGINT is held back while the threads start (they inherit the mask, so it always reaches this
-    # thread), so that the count of started threads is exact when Ctrl-C arrives
-    mask = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if mask else None
+    # thread), so that the count of started threads is exact when Ctrl-C arrives; it is let through
+    # inside the wait below, where a pending one is raised and handled like any other
+    masked = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}) if masked else None
     try:
         for index in range(count):
             threading.Thread(target=body, name=f"{name}-{index}").start()
@@ -170,11 +171,13 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
     except Exception as exc:  # noqa: BLE001 -- e.g. no more threads: raised below, once the started ones return
         stop()
         interrupt = exc
-    finally:
-        if mask:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    while waited < started:
+    while True:
         try:
+            if masked:
+                masked = False
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            if waited == started:
+                break
             finished.acquire()
             waited += 1
         except KeyboardInterrupt as exc:
@@ -182,3 +185,4 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
             interrupt = interrupt or exc
     if interrupt is not None:
         raise interrupt
+

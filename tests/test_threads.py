@@ -16,6 +16,8 @@ from srtool.threads import CoreGate, run_in_threads, use_torch_threads
 def test_ctrl_c_while_waiting_stops_every_thread_and_waits_for_it():
     """A real SIGINT to the waiting thread: stop() is called, KeyboardInterrupt is raised only after
     every thread has returned (none is left running into interpreter shutdown)."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, signal.getsignal(signal.SIGINT)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     stop = threading.Event()
     started = threading.Barrier(3, timeout=30)
     returned = []
