@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -373,11 +374,18 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
-def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -> np.ndarray:
+class Cancelled(Exception):
+    """Raised by :func:`upscale_array` between tiles once its ``cancel`` event is set."""
+
+
+def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
+                  cancel: threading.Event | None = None) -> np.ndarray:
     """Upscale an (H, W) or (H, W, C) array (C = 1..4; uint8, uint16 or float in [0, 1]) by ``model``.
 
     Returns the same dtype and channel count. The bicubic model is MATLAB ``imresize`` on all
-    channels (integer images rounded after each pass, exactly as MATLAB does).
+    channels (integer images rounded after each pass, exactly as MATLAB does). ``cancel``: an event
+    checked before every tile; once it is set the call raises :class:`Cancelled` (how a batch running
+    in threads stops on Ctrl-C, which only the main thread receives).
     """
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
@@ -398,7 +406,7 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -
     tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
     while True:
         try:
-            out = _run_tiled(model, img3, alpha_mode, tile, batch)
+            out = _run_tiled(model, img3, alpha_mode, tile, batch, cancel)
             break
         except Exception as exc:  # noqa: BLE001 -- only out-of-memory is retried
             if not _is_oom(exc):
@@ -420,7 +428,8 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None) -
     return out[..., 0] if squeeze else out
 
 
-def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int) -> np.ndarray:
+def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int,
+               cancel: threading.Event | None = None) -> np.ndarray:
     """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
     network, s = model.network, model.scale
     h, w, channels = image.shape
@@ -469,6 +478,8 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         if plan.has_alpha:  # premultiply colour by alpha
             window_rows[..., : plan.colour] *= window_rows[..., plan.colour :]
         for j0 in range(0, len(cols), batch):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
             group = cols[j0 : j0 + batch]
             outs = forward([window_rows[:, ct.win0 : ct.win1] for ct in group])
             for k, ct in enumerate(group):

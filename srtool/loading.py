@@ -15,6 +15,7 @@ from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
 from .engine import ALPHA_MODES, MIN_TILE, SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
+from .memory import retain_freed_memory
 from .models.integrity import check_model_path
 
 BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -87,6 +88,10 @@ def load_model(
         raise UserError(f"--scale: unsupported value {scale}; supported: 1 (restoration models), 2, 3, 4, 8")
     dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
     resolve_precision(precision, dev)  # and a bad --precision, even for bicubic (which runs no network)
+    if dev.type == "cpu":
+        # before srtool (or the caller) starts threads: glibc gives a thread its own malloc arena on its
+        # first allocation, and one arena for all threads only holds for arenas made after this
+        retain_freed_memory()
     spec_str = str(spec)
     if scale == 1 and spec_str in ("bicubic", "default"):
         raise UserError("--scale 1 is for 1x restoration checkpoints (--model FILE); bicubic and the default model upscale")

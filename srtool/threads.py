@@ -171,18 +171,22 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
     except Exception as exc:  # noqa: BLE001 -- e.g. no more threads: raised below, once the started ones return
         stop()
         interrupt = exc
+    stopping = False
     while True:
         try:
             if masked:
                 masked = False
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+            if stopping:
+                stop()
+                stopping = False
             if waited == started:
                 break
             finished.acquire()
             waited += 1
-        except KeyboardInterrupt as exc:
-            stop()
+        except KeyboardInterrupt as exc:  # stop() runs in the try above, so a second Ctrl-C cannot skip the wait
             interrupt = interrupt or exc
+            stopping = True
     if interrupt is not None:
         raise interrupt
 

@@ -35,7 +35,8 @@ from .imageio import (
     ANIMATION_FORMATS, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_frames, encode_image, format_for_pil,
     format_for_suffix, is_image_file, read_image, read_software,
 )
-from .engine import RELEASE_AFTER_OUTPUT_BYTES, SRModel, upscale_array
+from .engine import RELEASE_AFTER_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
+from .memory import retain_freed_memory
 from .resize import imresize
 from .threads import (
     CoreGate, lower_thread_priority, run_in_threads, torch_threads, usable_cores, use_torch_threads,
@@ -342,28 +343,32 @@ def _plan_output(job: Job, options: UpscaleOptions, suffix: str, out_dir: Path |
 # ------------------------------------------------------------------------------------------- running
 
 
-def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = None, alpha: str | None = None) -> np.ndarray:
-    """Model output, then MATLAB bicubic to ``outscale`` x the input size when it differs from the model's scale."""
-    sr = upscale_array(model, array, alpha=alpha)
+def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = None, alpha: str | None = None,
+                   cancel: threading.Event | None = None) -> np.ndarray:
+    """Model output, then MATLAB bicubic to ``outscale`` x the input size when it differs from the model's scale.
+
+    ``cancel``: once set, the engine stops at its next tile (:class:`srtool.engine.Cancelled`)."""
+    sr = upscale_array(model, array, alpha=alpha, cancel=cancel)
     if outscale is not None and outscale != model.scale:
         h, w = array.shape[:2]
         sr = imresize(sr, output_shape=(max(1, round(h * outscale)), max(1, round(w * outscale))))
     return sr
 
 
-def upscale_decoded(model: SRModel, decoded: DecodedImage, options: UpscaleOptions, fmt: str) -> np.ndarray | list[np.ndarray]:
+def upscale_decoded(model: SRModel, decoded: DecodedImage, options: UpscaleOptions, fmt: str,
+                    cancel: threading.Event | None = None) -> np.ndarray | list[np.ndarray]:
     """The upscaled image, or every upscaled frame of an animation / multi-page file (a list).
 
     Frames are never dropped: an output format that holds one image is refused before any work.
     """
     if not decoded.frames:
-        return upscale_pixels(model, decoded.array, options.outscale, options.alpha)
+        return upscale_pixels(model, decoded.array, options.outscale, options.alpha, cancel)
     if fmt not in ANIMATION_FORMATS:
         raise UserError(
             f"{len(decoded.frames)} frames, but {fmt} holds a single image: use --format "
             f"{', '.join(ANIMATION_FORMATS)} (or keep) to keep every frame"
         )
-    return [upscale_pixels(model, frame, options.outscale, options.alpha) for frame in decoded.frames]
+    return [upscale_pixels(model, frame, options.outscale, options.alpha, cancel) for frame in decoded.frames]
 
 
 def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
@@ -426,8 +431,9 @@ def image_lanes(model: SRModel, workers: int, pending: int) -> int:
     One image on every core makes the network's OpenMP threads wait for each other at the end of each
     layer, and leaves the cores to spin while its image is encoded. One image per core (a lane, with
     its own one-thread team) needs no such wait, and a lane's decode and encode hold up only that
-    lane: in one process, two one-core lanes upscaled Set14 at 1.08x the speed of the bare two-thread
-    loop (benchmarks/README.md). On a GPU and for bicubic there is one lane (:func:`io_between_images`).
+    lane: in one process on two cores, two lanes upscaled Set14 LR images (I/O included) at 1.08-1.31x
+    the throughput of the bare two-thread loop, 512x512 inputs at 1.45x (benchmarks/README.md, round 5).
+    On a GPU and for bicubic there is one lane (:func:`io_between_images`).
     """
     if not io_between_images(model):
         return 1
@@ -473,9 +479,9 @@ def _decoded_megapixels(decoded: DecodedImage) -> float:
     return decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
 
 
-def _output_bytes(decoded: DecodedImage, scale: int) -> int:
-    """Bytes of the network's output for this image (every frame of an animation)."""
-    return decoded.array.size * decoded.array.itemsize * scale**2 * len(decoded.frames or [0])
+def _output_bytes(decoded: DecodedImage, scale: float) -> int:
+    """Bytes of this image's output at ``scale`` (every frame of an animation)."""
+    return int(decoded.array.size * decoded.array.itemsize * scale**2 * len(decoded.frames or [0]))
 
 
 def run_batch(
@@ -501,8 +507,9 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
     large image. Ctrl-C (or a lane's unexpected error) stops every lane after its current
     network call; no new file is started, the ones being written finish atomically.
     """
+    retain_freed_memory()  # one malloc arena for the lanes too (a no-op after load_model on the CPU)
     total_threads = torch_threads()
-    per_lane = max(1, total_threads // lanes)
+    teams = [total_threads // lanes + (k < total_threads % lanes) for k in range(lanes)]  # every core used
     queue = deque(todo)
     queue_lock = threading.Lock()
     gate = CoreGate()
@@ -516,7 +523,9 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
             return queue.popleft() if queue and not stop.is_set() else None
 
     def lane() -> None:
-        use_torch_threads(per_lane)
+        with queue_lock:
+            team = teams.pop()
+        use_torch_threads(team)
         previous: tuple[Job, Future] | None = None
         try:
             while (job := next_job()) is not None:
@@ -524,20 +533,22 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
                     decoded = _decode(job, options)
                     job.megapixels = _decoded_megapixels(decoded)
                     fmt = _job_format(job, options, decoded.format)
-                    alone = _output_bytes(decoded, model.scale) >= LARGE_OUTPUT_BYTES
+                    alone = _output_bytes(decoded, max(model.scale, options.outscale or 0)) >= LARGE_OUTPUT_BYTES
                     with gate.hold(exclusive=alone):
+                        if stop.is_set():
+                            return
                         if alone:
                             use_torch_threads(total_threads)
                         try:
-                            sr = upscale_decoded(model, decoded, options, fmt)
+                            sr = upscale_decoded(model, decoded, options, fmt, cancel=stop)
                         finally:
                             if alone:
-                                use_torch_threads(per_lane)
-                        if stop.is_set():
-                            return
+                                use_torch_threads(team)
                         tally.upscaled(job)
                         data = _encode(job, sr, decoded, options, helpers if alone else None, lanes - 1 if alone else 0)
                     del sr, decoded
+                except Cancelled:
+                    return
                 except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
                     sr = decoded = None  # noqa: F841 -- its memory is not held while the next image decodes
                     tally.finished(job, exc)

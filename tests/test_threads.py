@@ -51,32 +51,52 @@ def test_run_in_threads_returns_after_all_and_keeps_signal_mask():
 
 
 def test_core_gate_lets_shared_holders_overlap_and_an_exclusive_one_run_alone():
+    """Shared holders overlap (a barrier inside proves it); while an exclusive holder is inside, nobody
+    else is, checked at entry, half-way and at exit of every hold."""
     gate = CoreGate()
     lock = threading.Lock()
-    inside, log = [0], []
+    inside = {"shared": 0, "exclusive": 0}
+    violations, entered = [], []
     both_shared = threading.Barrier(2, timeout=30)
 
-    def holder(exclusive, meet):
+    def check(exclusive):
+        with lock:
+            if exclusive and (inside["shared"] or inside["exclusive"] != 1):
+                violations.append(dict(inside))
+            if not exclusive and inside["exclusive"]:
+                violations.append(dict(inside))
+
+    exclusive_inside = threading.Event()
+
+    def holder(exclusive, meet, late=False):
+        kind = "exclusive" if exclusive else "shared"
+        if late:
+            exclusive_inside.wait(30)  # asks while an exclusive holder is inside
         with gate.hold(exclusive):
             with lock:
-                inside[0] += 1
-                log.append((exclusive, inside[0]))
+                inside[kind] += 1
+                entered.append(kind)
+            if exclusive:
+                exclusive_inside.set()
+            check(exclusive)
             if meet:
                 both_shared.wait()  # two shared holders at once, or this times out
-            time.sleep(0.05)
+            time.sleep(0.03)
+            check(exclusive)
+            time.sleep(0.03)
+            check(exclusive)
             with lock:
-                inside[0] -= 1
+                inside[kind] -= 1
 
     threads = [threading.Thread(target=holder, args=(False, True)) for _ in range(2)]
-    threads += [threading.Thread(target=holder, args=(True, False)) for _ in range(2)]
-    threads += [threading.Thread(target=holder, args=(False, False)) for _ in range(3)]
+    threads += [threading.Thread(target=holder, args=(exclusive, False)) for exclusive in (True, False, True, False, False)]
+    threads += [threading.Thread(target=holder, args=(False, False, True)) for _ in range(2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert len(log) == 7
-    assert all(count == 1 for exclusive, count in log if exclusive)  # nobody else inside
-    assert max(count for _, count in log) >= 2
+    assert not any(thread.is_alive() for thread in threads)
+    assert len(entered) == 9 and not violations, violations
 
 
 def test_torch_team_size_is_per_thread():

@@ -387,17 +387,20 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
     large = 90 * 70 * 3 * 16  # rgb's output bytes: it is the large image here
     monkeypatch.setattr(upscale, "LARGE_OUTPUT_BYTES", large)
     meet = threading.Barrier(2, timeout=30)
-    lock, inside, calls = threading.Lock(), [0], []
+    lock, inside, calls, alone_at_end = threading.Lock(), [0], [], []
     real = upscale.upscale_decoded
 
-    def watched(model, decoded, options, fmt):
+    def watched(model, decoded, options, fmt, cancel=None):
         with lock:
             inside[0] += 1
             calls.append((decoded.array.shape, torch.get_num_threads(), inside[0], threading.current_thread().name))
         try:
             if decoded.array.shape[:2] in ((3, 2), (40, 50)):
                 meet.wait()  # both small images must be in their network calls at once
-            return real(model, decoded, options, fmt)
+            if decoded.array.shape[:2] == (90, 70):
+                time.sleep(0.2)
+                alone_at_end.append(inside[0])  # still alone at the end of its call
+            return real(model, decoded, options, fmt, cancel)
         finally:
             with lock:
                 inside[0] -= 1
@@ -409,7 +412,7 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
     assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
     by_shape = {shape: (threads, concurrent, name) for shape, threads, concurrent, name in calls}
     assert len(calls) == 6 and {name for *_, name in calls} == {"srtool-lane-0", "srtool-lane-1"}
-    assert by_shape[(90, 70, 3)][:2] == (2, 1)  # alone, on both threads
+    assert by_shape[(90, 70, 3)][:2] == (2, 1) and alone_at_end == [1]  # alone, on both threads
     assert {threads for shape, (threads, _, _) in by_shape.items() if shape != (90, 70, 3)} == {1}
     assert torch.get_num_threads() == 2
     later = []
@@ -417,6 +420,56 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
     thread.start()
     thread.join()
     assert later == [2]
+
+
+def test_cancel_stops_the_engine_between_tiles():
+    """How lanes stop on Ctrl-C: the engine checks the event before every tile."""
+    import threading
+
+    from srtool.engine import Cancelled, upscale_array
+
+    model = nearest_model(tile=16)
+    image = RNG.integers(0, 256, (40, 40, 3)).astype(np.uint8)  # 9 tiles
+    cancel = threading.Event()
+    np.testing.assert_array_equal(upscale_array(model, image, cancel=cancel)[::4, ::4], image)
+    cancel.set()
+    with pytest.raises(Cancelled):
+        upscale_array(model, image, cancel=cancel)
+
+
+def test_lanes_share_one_malloc_arena_in_a_fresh_process(tmp_path):
+    """load_model on the CPU applies the allocator policy before any thread allocates, so image lanes
+    started later (and a progress-bar-like thread started before them) use the main arena: their
+    feature maps reuse freed pages instead of faulting them in (srtool/memory.py)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc's malloc_info")
+    for i in range(4):
+        _write(tmp_path / "in" / f"{i}.png", RNG.integers(0, 256, (48, 48, 3)).astype(np.uint8))
+    probe = (
+        "import ctypes, re, sys, threading, time, torch\n"
+        "from srtool.loading import load_model\n"
+        "from srtool.upscale import UpscaleOptions, plan_jobs, run_batch\n"
+        "torch.set_num_threads(2)\n"
+        "libc = ctypes.CDLL('libc.so.6'); libc.open_memstream.restype = ctypes.c_void_p\n"
+        "def arenas():\n"
+        "    buf, size = ctypes.c_char_p(), ctypes.c_size_t()\n"
+        "    f = libc.open_memstream(ctypes.byref(buf), ctypes.byref(size))\n"
+        "    libc.malloc_info(0, ctypes.c_void_p(f)); libc.fclose(ctypes.c_void_p(f))\n"
+        "    return len(re.findall(r'<heap nr=', buf.value.decode()))\n"
+        "model = load_model('default', device='cpu', precision='fp32')\n"
+        "stop = threading.Event()\n"
+        "def refresher():\n"
+        "    while not stop.is_set(): [bytearray(4000) for _ in range(50)]; time.sleep(0.005)\n"
+        "threading.Thread(target=refresher, daemon=True).start()\n"
+        "opts = UpscaleOptions(output=sys.argv[2], workers=2)\n"
+        "result = run_batch(model, plan_jobs([sys.argv[1]], opts, model), opts)\n"
+        "assert [j.status for j in result.jobs] == ['written'] * 4, [j.message for j in result.jobs]\n"
+        "print(arenas())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(tmp_path / "in"), str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1", done.stdout
 
 
 @pytest.mark.parametrize("model_kind", ["bicubic", "network"])
