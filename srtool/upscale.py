@@ -431,7 +431,7 @@ def image_lanes(model: SRModel, workers: int, pending: int) -> int:
     One image on every core makes the network's OpenMP threads wait for each other at the end of each
     layer, and leaves the cores to spin while its image is encoded. One image per core (a lane, with
     its own one-thread team) needs no such wait, and a lane's decode and encode hold up only that
-    lane: in one process on two cores, two lanes upscaled Set14 LR images (I/O included) at 1.08-1.31x
+    lane: in one process on two cores, two lanes upscaled Set14 LR images (I/O included) at 1.08-1.40x
     the throughput of the bare two-thread loop, 512x512 inputs at 1.45x (benchmarks/README.md, round 5).
     On a GPU and for bicubic there is one lane (:func:`io_between_images`).
     """
