@@ -5,7 +5,7 @@ paths, deciding up front what is skipped (output exists, no ``--overwrite``; srt
 outputs found among the inputs) or refused (an output that would overwrite an input, two inputs
 mapping to the same output, an output path outside ``-o`` or its input's folder). :func:`run_batch` then runs
 them. With a network on the CPU and several images, each core takes its own image (an image lane:
-decode, network on a one-core team, encode) and a writer thread puts outputs on disk
+decode, network on its share of torch's threads, encode) and a writer thread puts outputs on disk
 (:func:`image_lanes` says why); a single image, or ``-j 1``, runs on all cores and is encoded right after
 its network call in parts shared by the spare cores (:func:`io_between_images`); on a GPU (and for
 bicubic) worker threads decode the next images and encode/write finished ones while the main thread
@@ -430,7 +430,7 @@ def image_lanes(model: SRModel, workers: int, pending: int) -> int:
 
     One image on every core makes the network's OpenMP threads wait for each other at the end of each
     layer, and leaves the cores to spin while its image is encoded. One image per core (a lane, with
-    its own one-thread team) needs no such wait, and a lane's decode and encode hold up only that
+    its own team of threads: one each when there are no more cores than lanes) needs no such wait, and a lane's decode and encode hold up only that
     lane: in one process on two cores, two lanes upscaled Set14 LR images (I/O included) at 1.08-1.40x
     the throughput of the bare two-thread loop, 512x512 inputs at 1.45x (benchmarks/README.md, round 5).
     On a GPU and for bicubic there is one lane (:func:`io_between_images`).
