@@ -15,7 +15,7 @@ hole its predecessor of the same size left.
 
 The cost: free pages stay in the process between images (peak RSS for one 256x256 image 1.35-1.72 GB
 -> 1.65-2.02 GB) unless an image was large (:func:`release_freed_memory`). Long-running library users who
-prefer the memory back set ``SRTOOL_RETAIN_FREED_MEMORY=0`` before the first upscale.
+prefer the memory back set ``SRTOOL_RETAIN_FREED_MEMORY=0`` before loading a model.
 """
 
 from __future__ import annotations
