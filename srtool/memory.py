@@ -7,8 +7,8 @@ page first). Serving all allocations from the heap (``M_MMAP_MAX = 0``) and neve
 (``M_TRIM_THRESHOLD``) lets the next layer reuse the pages of the previous ones. One arena for all
 threads (``M_ARENA_MAX = 1``) extends that to threads other than the main one (``srtool upscale``'s image
 lanes): glibc gives a thread its own arena, grown and shrunk in 64 MB heaps that fault their pages in
-again (a lane's network took 1.5x the main thread's time before, 90,000 faults per six Set14 images). Measured on the 2-core
-machine, bundled model, 256x256 input, six passes in one process: page faults 1.02-1.32 M -> 0.35-0.45 M,
+again (a lane's network took 1.5x the main thread's time before, 90,000 faults per six Set14 images).
+Measured on the 2-core machine, bundled model, 256x256 input, six passes in one process: page faults 1.02-1.32 M -> 0.35-0.45 M,
 system time 2.5-3.2 s -> 0.9-1.3 s, forward 1.21-1.44 s -> 1.03-1.11 s (benchmarks/README.md). Not
 every fault goes: torch asks for 64-byte-aligned blocks, and an aligned request does not fit the exact
 hole its predecessor of the same size left.
@@ -51,7 +51,8 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _applied = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1)) and bool(mallopt(_M_ARENA_MAX, 1))
+    _applied = all(mallopt(option, value) for option, value in
+                   ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1), (_M_ARENA_MAX, 1)))
     if _applied and hasattr(libc, "malloc_trim"):
         global _libc
         _libc = libc

@@ -504,8 +504,8 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
 
     An image whose output reaches :data:`LARGE_OUTPUT_BYTES` runs alone, on all of torch's threads, and
     is encoded in PNG parts shared with ``lanes - 1`` helper threads: peak memory stays that of one
-    large image. Ctrl-C (or a lane's unexpected error) stops every lane after its current
-    network call; no new file is started, the ones being written finish atomically.
+    large image. Ctrl-C (or a lane's unexpected error) stops every lane before its next tile (the
+    engine's ``cancel`` event); no new file is started, the ones being written finish atomically.
     """
     retain_freed_memory()  # one malloc arena for the lanes too (a no-op after load_model on the CPU)
     total_threads = torch_threads()
