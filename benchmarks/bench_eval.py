@@ -3,6 +3,7 @@
 Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not polluted by other runs):
 
     .venv/bin/python benchmarks/bench_eval.py [--repeats 5] [--metric-repeats 11]
+    .venv/bin/python benchmarks/bench_eval.py --lanes 8 [--models default bicubic] [--jobs 2]   # section 3 only
 
 1. ``srtool eval --model bicubic --data ../shared/data/benchmarks/Set14`` as a fresh process, wall-clock
    (target <= 5 s). Read against, measured in the same run: a bare ``python -c pass``, ``import torch``
@@ -13,6 +14,8 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
    ``structural_similarity`` with the matching arguments and a plain separable ``scipy.ndimage``
    filter (same values, checked), a float64 GEMM rate and a memory-copy bandwidth -- with the FLOPs and
    bytes involved.
+3. (``--lanes``) image lanes: ``evaluate_models`` at ``-j 1`` and ``-j N`` alternating in one process, against
+   the bare network loop on the same LR images; then ``srtool eval -j 1`` / ``-j N`` as fresh processes.
 """
 
 from __future__ import annotations
@@ -170,14 +173,70 @@ def bench_metrics(repeats: int) -> None:
           f"skimage takes {statistics.median(rows[6][1]) / statistics.median(rows[3][1]):.1f}x our SSIM time")
 
 
+def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
+    """Image lanes: evaluate_models at -j 1 and -j JOBS alternating in one process, each -j JOBS run read
+    against the mean of the -j 1 runs around it (the machine's speed drifts); the bare network loop
+    (``model(lr)`` over the LR images on all threads, no reading or scoring) is the engine reference.
+    Then the user's path: ``srtool eval -j 1`` and ``-j JOBS`` as fresh processes, alternating."""
+    set14 = SHARED / "benchmarks" / "Set14"
+    print(f"== 3. image lanes: evaluate_models -j 1 vs -j {jobs} on Set14, models {', '.join(model_specs)}")
+    if not set14.is_dir():
+        print(f"   skipped: {set14} not present")
+        return
+    from srtool.evaluate import evaluate_models, load_models, open_dataset
+
+    models = load_models(model_specs, device="cpu")
+    data = open_dataset(set14, models[0].scale)
+    lrs = [data.load(pair)[1] for pair in data.pairs]
+
+    def run(workers: int) -> float:
+        t = time.perf_counter()
+        evaluate_models(models, data, progress=False, workers=workers)
+        return time.perf_counter() - t
+
+    def bare() -> float:
+        t = time.perf_counter()
+        for lr in lrs:
+            for model in models:
+                model(lr)
+        return time.perf_counter() - t
+
+    run(1), run(jobs), bare()  # warm-up: oneDNN primitives, page cache
+    speedups, versus_bare, one = [], [], run(1)
+    for _ in range(rounds):
+        lanes, reference, after = run(jobs), bare(), run(1)
+        speedups.append((one + after) / 2 / lanes)
+        versus_bare.append(reference / lanes)
+        print(f"   -j 1 {one:.2f} / {after:.2f} s, -j {jobs} {lanes:.2f} s, bare network loop {reference:.2f} s", flush=True)
+        one = after
+    q = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else [speedups[0]] * 3
+    print(f"   speed-up of -j {jobs} over -j 1: median {statistics.median(speedups):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); "
+          f"-j {jobs} against the bare network loop: median {statistics.median(versus_bare):.3f}")
+    py = sys.executable
+    command = [py, "-m", "srtool", "eval", "--data", str(set14), "--no-progress"]
+    for spec in model_specs:
+        command += ["--model", spec]
+    pairs = []
+    for _ in range(max(1, rounds // 2)):
+        pairs.append((run_process(command + ["-j", "1"]), run_process(command + ["-j", str(jobs)])))
+    print("   srtool eval (fresh processes, wall s, -j 1 / -j %d): %s" % (jobs, ", ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="process runs per command")
     parser.add_argument("--metric-repeats", type=int, default=11)
+    parser.add_argument("--lanes", type=int, default=0, metavar="ROUNDS",
+                        help="only section 3: image lanes, ROUNDS bracketed rounds")
+    parser.add_argument("--models", nargs="+", default=["default"], help="section 3's models")
+    parser.add_argument("--jobs", type=int, default=2, help="section 3's -j")
     args = parser.parse_args()
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"srtool eval benchmark, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+        if args.lanes:
+            bench_lanes(args.lanes, args.models, args.jobs)
+            return
         bench_cli(args.repeats)
         bench_metrics(args.metric_repeats)
 

@@ -48,6 +48,9 @@ from .memory import release_freed_memory, retain_freed_memory
 from .resize import imresize
 
 RELEASE_AFTER_OUTPUT_BYTES = 64 << 20  # see srtool.memory.release_freed_memory
+# In a batch of image lanes (srtool upscale, srtool eval on the CPU), an image with an output this large
+# runs alone on every core, so that its memory never adds to another image's.
+LARGE_OUTPUT_BYTES = RELEASE_AFTER_OUTPUT_BYTES
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
 ALPHA_MODES = ("model", "bicubic")
 MIN_TILE = 16

@@ -32,7 +32,6 @@ but takes 2-4x longer; see ``benchmarks/bench_eval.py``): the Gaussian window is
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
@@ -140,7 +139,8 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = PEAK, threads: int | None =
     y^2, xy, then the SSIM formula), organised for speed: the image is walked in strips of 32 output
     rows; the five moment planes of a strip are stacked and the separable window is applied as two
     small banded matrix products (float64 BLAS) while the strip is in cache. Strips are dealt out to
-    ``threads`` Python threads (default: the CPU count, at most 4, and at least 8 strips each), each
+    ``threads`` Python threads (default: the calling thread's torch threads, i.e. its share of the
+    cores in an image lane of ``srtool eval``; at most 4, and at least 8 strips each), each
     running single-threaded products: the tiles are far too small to split inside BLAS, whose
     worker threads would only spin (10x slower on a loaded machine). Results agree with a direct
     filter to ~1e-16; ``benchmarks/bench_eval.py`` times it against scikit-image.
@@ -154,27 +154,32 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = PEAK, threads: int | None =
     b = np.asarray(b, dtype=np.float64)
     out_h, out_w = height - (SSIM_WINDOW - 1), width - (SSIM_WINDOW - 1)
     starts = list(range(0, out_h, _STRIP_ROWS))
-    workers = threads or min(os.cpu_count() or 1, 4)
-    workers = max(1, min(workers, len(starts) // _MIN_STRIPS_PER_THREAD))
     import torch
 
     previous = torch.get_num_threads()
+    workers = threads or min(previous, 4)
+    workers = max(1, min(workers, len(starts) // _MIN_STRIPS_PER_THREAD))
     torch.set_num_threads(1)
     try:
         if workers == 1:
-            total = _ssim_strips(a, b, starts, peak)
+            sums = _ssim_strips(a, b, starts, peak)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(workers) as pool:
-                total = sum(pool.map(lambda k: _ssim_strips(a, b, starts[k::workers], peak), range(workers)))
+            sums = [0.0] * len(starts)
+            # one torch thread per helper, set by the helper itself: the process-wide value that a new
+            # thread would copy may be another image lane's team size by now
+            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                for k, part in enumerate(pool.map(lambda k: _ssim_strips(a, b, starts[k::workers], peak), range(workers))):
+                    sums[k::workers] = part
     finally:
         torch.set_num_threads(previous)
-    return total / (out_h * out_w)
+    # strip by strip in image order, whatever the thread count: the same value with any -j on any machine
+    return sum(sums) / (out_h * out_w)
 
 
-def _ssim_strips(a: np.ndarray, b: np.ndarray, starts: list[int], peak: float) -> float:
-    """Sum of the SSIM map over the strips of output rows beginning at ``starts``."""
+def _ssim_strips(a: np.ndarray, b: np.ndarray, starts: list[int], peak: float) -> list[float]:
+    """Sums of the SSIM map over each strip of output rows beginning at ``starts``."""
     import torch
 
     height, width = a.shape
@@ -190,7 +195,7 @@ def _ssim_strips(a: np.ndarray, b: np.ndarray, starts: list[int], peak: float) -
     across = torch.empty(((strip + halo) * 5, out_w), dtype=torch.float64)
     local = np.empty((strip, 5 * out_w))
     moments_t, local_t = torch.from_numpy(moments), torch.from_numpy(local)
-    total = 0.0
+    sums = []
     for r0 in starts:
         rows = min(strip, out_h - r0)
         xa, xb = a[r0 : r0 + rows + halo], b[r0 : r0 + rows + halo]
@@ -210,8 +215,8 @@ def _ssim_strips(a: np.ndarray, b: np.ndarray, starts: list[int], peak: float) -
         mu_aa, mu_bb, mu_ab = mu_a * mu_a, mu_b * mu_b, mu_a * mu_b
         numerator = (2.0 * mu_ab + c1) * (2.0 * (moment[:, 4] - mu_ab) + c2)
         denominator = (mu_aa + mu_bb + c1) * ((moment[:, 2] - mu_aa) + (moment[:, 3] - mu_bb) + c2)
-        total += float(np.sum(numerator / denominator))
-    return total
+        sums.append(float(np.sum(numerator / denominator)))
+    return sums
 
 
 def prepare_pair(sr: np.ndarray, hr: np.ndarray, scale: int, protocol: str = "y") -> tuple[np.ndarray, np.ndarray]:

@@ -378,9 +378,13 @@ class LPIPSMetric:
         if sr.shape != hr.shape:
             raise ValueError(f"SR shape {sr.shape} differs from HR shape {hr.shape}")
         with torch.inference_mode():
-            if self._reference is None or self._reference[0] is not hr:
-                self._reference = (hr, self.module.embed(self._tensor(hr)))
-            return float(self.module.distance(self.module.embed(self._tensor(sr)), self._reference[1])[0])
+            # the HR embedding is cached for the next model on the same image; read into a local, since
+            # srtool eval's image lanes share this metric and another lane may replace the cache meanwhile
+            reference = self._reference
+            if reference is None or reference[0] is not hr:
+                reference = (hr, self.module.embed(self._tensor(hr)))
+                self._reference = reference
+            return float(self.module.distance(self.module.embed(self._tensor(sr)), reference[1])[0])
 
 
 def load_lpips(net: str = "alex", weights: str | Path | None = None, device: str = "cpu",

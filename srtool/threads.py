@@ -132,6 +132,62 @@ class CoreGate:
                 self._cond.notify_all()
 
 
+class LaneCores:
+    """The cores of :func:`run_lanes`'s lanes: one image per lane on the lane's own team of torch threads,
+    or a large image alone on all of them (:class:`CoreGate`), so two large images never share memory."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.gate = CoreGate()
+
+    @contextmanager
+    def image(self, alone: bool, team: int) -> Iterator[None]:
+        """Hold the cores for one image: shared on the lane's ``team``, or (``alone``) all ``total`` threads."""
+        with self.gate.hold(exclusive=alone):
+            if alone:
+                use_torch_threads(self.total)
+            try:
+                yield
+            finally:
+                if alone:
+                    use_torch_threads(team)
+
+
+def run_lanes(lane: Callable[[int, LaneCores], None], count: int, name: str, stop: threading.Event) -> None:
+    """Run ``lane(team, cores)`` in ``count`` threads, each on its own team of ``team`` torch threads.
+
+    The calling thread's torch threads are dealt out so that every core is used (when they do not divide
+    evenly, some lanes get one more; ``count`` is at most the calling thread's torch threads). A lane's unexpected exception, or Ctrl-C (see :func:`run_in_threads`), sets
+    ``stop``; lanes are expected to check it before each item (and pass it to the engine as its
+    ``cancel`` event) and return. The first such exception is raised here once every lane has
+    returned, and the calling thread's torch thread count is restored (also the process-wide value
+    that threads started later copy).
+    """
+    total = torch_threads()
+    count = max(1, min(count, total))
+    cores = LaneCores(total)
+    teams = [total // count + (k < total % count) for k in range(count)]
+    teams_lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        with teams_lock:
+            team = teams.pop()
+        use_torch_threads(team)
+        try:
+            lane(team, cores)
+        except BaseException as exc:  # noqa: BLE001 -- raised again in the calling thread
+            errors.append(exc)
+            stop.set()
+
+    try:
+        run_in_threads(body, count, name, stop.set)
+    finally:
+        use_torch_threads(total)
+    if errors:
+        raise errors[0]
+
+
 def torch_threads() -> int:
     """The size of the calling thread's torch team (see :func:`use_torch_threads`)."""
     import torch

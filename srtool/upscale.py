@@ -35,20 +35,17 @@ from .imageio import (
     ANIMATION_FORMATS, DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, DecodedImage, encode_frames, encode_image, format_for_pil,
     format_for_suffix, is_image_file, read_image, read_software,
 )
-from .engine import RELEASE_AFTER_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
+from .engine import LARGE_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
 from .memory import retain_freed_memory
 from .resize import imresize
 from .threads import (
-    CoreGate, lower_thread_priority, run_in_threads, torch_threads, usable_cores, use_torch_threads,
+    LaneCores, lower_thread_priority, run_lanes, torch_threads, usable_cores,
 )
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
 WRITE_BUDGET = 1 << 30  # bytes of upscaled images waiting for their encoder threads
 SOFTWARE_MARKER = "srtool upscale"  # written into PNG/TIFF/JPEG metadata; how a re-run knows its own outputs
-# In a batch of image lanes, an image with an output this large (the size after which the engine hands
-# freed memory back) runs alone on every core, so its memory never adds to another image's.
-LARGE_OUTPUT_BYTES = RELEASE_AFTER_OUTPUT_BYTES
 
 
 @dataclass
@@ -499,8 +496,8 @@ def run_batch(
 
 
 def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lanes: int, tally: _Tally) -> None:
-    """``lanes`` threads each take the next image and decode, upscale (on their share of torch's
-    threads) and encode it; one niced thread writes the files.
+    """``lanes`` threads (:func:`srtool.threads.run_lanes`) each take the next image and decode, upscale
+    (on their share of torch's threads) and encode it; one niced thread writes the files.
 
     An image whose output reaches :data:`LARGE_OUTPUT_BYTES` runs alone, on all of torch's threads, and
     is encoded in PNG parts shared with ``lanes - 1`` helper threads: peak memory stays that of one
@@ -508,13 +505,9 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
     engine's ``cancel`` event); no new file is started, the ones being written finish atomically.
     """
     retain_freed_memory()  # one malloc arena for the lanes too (a no-op after load_model on the CPU)
-    total_threads = torch_threads()
-    teams = [total_threads // lanes + (k < total_threads % lanes) for k in range(lanes)]  # every core used
     queue = deque(todo)
     queue_lock = threading.Lock()
-    gate = CoreGate()
     stop = threading.Event()
-    errors: list[BaseException] = []
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="srtool-write", initializer=lower_thread_priority)
     helpers = ThreadPoolExecutor(max_workers=lanes - 1, thread_name_prefix="srtool-io")
 
@@ -522,10 +515,7 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
         with queue_lock:
             return queue.popleft() if queue and not stop.is_set() else None
 
-    def lane() -> None:
-        with queue_lock:
-            team = teams.pop()
-        use_torch_threads(team)
+    def lane(team: int, cores: LaneCores) -> None:
         previous: tuple[Job, Future] | None = None
         try:
             while (job := next_job()) is not None:
@@ -534,16 +524,10 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
                     job.megapixels = _decoded_megapixels(decoded)
                     fmt = _job_format(job, options, decoded.format)
                     alone = _output_bytes(decoded, max(model.scale, options.outscale or 0)) >= LARGE_OUTPUT_BYTES
-                    with gate.hold(exclusive=alone):
+                    with cores.image(alone, team):
                         if stop.is_set():
                             return
-                        if alone:
-                            use_torch_threads(total_threads)
-                        try:
-                            sr = upscale_decoded(model, decoded, options, fmt, cancel=stop)
-                        finally:
-                            if alone:
-                                use_torch_threads(team)
+                        sr = upscale_decoded(model, decoded, options, fmt, cancel=stop)
                         tally.upscaled(job)
                         data = _encode(job, sr, decoded, options, helpers if alone else None, lanes - 1 if alone else 0)
                     del sr, decoded
@@ -556,21 +540,18 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
                 if previous is not None:
                     tally.settle(*previous)  # at most one file per lane waits for the writer
                 previous = (job, writer.submit(_write, job, data))
-        except BaseException as exc:  # noqa: BLE001 -- raised again in the calling thread
-            errors.append(exc)
-            stop.set()
+        except BaseException:
+            stop.set()  # the other lanes stop now, not after this lane's last write has settled
+            raise
         finally:
             if previous is not None:
                 tally.settle(*previous)
 
     try:
-        run_in_threads(lane, lanes, "srtool-lane", stop.set)
+        run_lanes(lane, lanes, "srtool-lane", stop)
     finally:
         writer.shutdown(wait=True, cancel_futures=True)
         helpers.shutdown(wait=True, cancel_futures=True)
-        use_torch_threads(total_threads)  # the process-wide value the lanes changed, for threads started later
-    if errors:
-        raise errors[0]
 
 
 def _run_in_order(model: SRModel, todo: list[Job], options: UpscaleOptions, tally: _Tally) -> None:

@@ -27,3 +27,14 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def benchmarks_dir(shared_data: Path) -> Path:
     return shared_data / "benchmarks"
+
+
+@pytest.fixture
+def two_torch_threads():
+    """torch sized for two cores (whatever this machine has), restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)

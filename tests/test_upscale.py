@@ -329,15 +329,6 @@ def _mixed_inputs(folder: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-@pytest.fixture
-def two_torch_threads():
-    """torch sized for two cores (whatever this machine has), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_lanes_in_order_and_overlapped_io_write_the_same_files(tmp_path, monkeypatch, two_torch_threads):
     """A network on the CPU runs one image per core in lanes (-j 2, 4), or one image at a time encoded
     between its calls (-j 1); bicubic/GPU overlap I/O with the upscaling. All three write byte-identical

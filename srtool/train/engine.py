@@ -543,8 +543,10 @@ class Trainer:
         scores = {}
         for dataset in self.val_datasets:
             # strict: a network failing on a validation image must stop the run, not shrink the mean silently
+            # one image at a time: the network is the training's own module, and its cores are shared with
+            # the data loader's workers
             result = evaluate_dataset(model, dataset, protocol=self.preset.validation.protocol, progress=False,
-                                      strict=True, scorer=self.val_scorer)
+                                      strict=True, scorer=self.val_scorer, workers=1)
             scores[result.name] = {m: float(result.mean(m)) for m in self.val_plan.metrics}
         self.last_scores = scores
         return scores
