@@ -173,6 +173,35 @@ def bench_metrics(repeats: int) -> None:
           f"skimage takes {statistics.median(rows[6][1]) / statistics.median(rows[3][1]):.1f}x our SSIM time")
 
 
+def gemm_rate(n: int) -> float:
+    """Best fp32 n x n x n matmul rate of 3 (FLOP/s), on all of torch's threads."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / min(timed(lambda: a @ b, 3))
+
+
+def network_flops(models, lrs) -> float:
+    """FLOPs of the models' networks on the LR images (srtool exports only: counted on the network as
+    trained, since the prepared network's fused oneDNN calls are invisible to torch's counter)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from srtool.models.export import load_export
+
+    pixels = sum(lr.shape[0] * lr.shape[1] for lr in lrs)
+    total = 0.0
+    for model in models:
+        if model.is_bicubic or not str(model.source).endswith(".safetensors"):
+            continue
+        plain, _ = load_export(model.source)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            plain.eval()(torch.rand(1, 3, 64, 64))
+        total += counter.get_total_flops() / (64 * 64) * pixels
+    return total
+
+
 def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
     """Image lanes: evaluate_models at -j 1 and -j JOBS alternating in one process, each -j JOBS run read
     against the mean of the -j 1 runs around it (the machine's speed drifts); the bare network loop
@@ -188,6 +217,7 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
     models = load_models(model_specs, device="cpu")
     data = open_dataset(set14, models[0].scale)
     lrs = [data.load(pair)[1] for pair in data.pairs]
+    flops = network_flops(models, lrs)
 
     def run(workers: int) -> float:
         t = time.perf_counter()
@@ -202,16 +232,26 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
         return time.perf_counter() - t
 
     run(1), run(jobs), bare()  # warm-up: oneDNN primitives, page cache
-    speedups, versus_bare, one = [], [], run(1)
+    print(f"   network work: {flops / 1e12:.3f} TFLOP for the {len(lrs)} images" if flops else
+          "   network work: not counted (no srtool export among the models)")
+    speedups, versus_bare, one, gemms, lane_times, bare_times = [], [], run(1), [], [], []
     for _ in range(rounds):
+        gemm = max(gemm_rate(n) for n in (1024, 2048))
+        gemms.append(gemm)
         lanes, reference, after = run(jobs), bare(), run(1)
         speedups.append((one + after) / 2 / lanes)
         versus_bare.append(reference / lanes)
-        print(f"   -j 1 {one:.2f} / {after:.2f} s, -j {jobs} {lanes:.2f} s, bare network loop {reference:.2f} s", flush=True)
+        rates = f"; GFLOP/s -j {jobs} {flops / lanes / 1e9:.0f}, bare {flops / reference / 1e9:.0f}" if flops else ""
+        print(f"   -j 1 {one:.2f} / {after:.2f} s, -j {jobs} {lanes:.2f} s, bare network loop {reference:.2f} s; "
+              f"fp32 GEMM {gemm / 1e9:.0f} GFLOP/s{rates}", flush=True)
+        lane_times.append(lanes)
+        bare_times.append(reference)
         one = after
     q = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else [speedups[0]] * 3
     print(f"   speed-up of -j {jobs} over -j 1: median {statistics.median(speedups):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); "
-          f"-j {jobs} against the bare network loop: median {statistics.median(versus_bare):.3f}")
+          f"-j {jobs} against the bare network loop: median {statistics.median(versus_bare):.3f}"
+          + (f"; best -j {jobs} run at {flops / min(lane_times) / max(gemms):.0%} of the best GEMM rate, best bare loop at "
+             f"{flops / min(bare_times) / max(gemms):.0%}" if flops else ""))
     py = sys.executable
     command = [py, "-m", "srtool", "eval", "--data", str(set14), "--no-progress"]
     for spec in model_specs:

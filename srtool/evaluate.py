@@ -439,8 +439,8 @@ def eval_lanes(models: Sequence[SRModel], workers: int, pending: int) -> int:
     """How many images :func:`evaluate_models` works on at once: one per core torch uses, at most
     ``workers``, when every model runs on the CPU (a GPU model: one image at a time).
 
-    On two cores, two lanes evaluated Set14 with the bundled model 1.15-1.18x as fast as one image on
-    both cores, with the same values (benchmarks/README.md, "eval in image lanes").
+    On two cores, two lanes evaluated Set14 with the bundled model 1.15-1.20x as fast as one image on
+    both cores, with the same values (benchmarks/README.md, "srtool eval in image lanes").
     """
     from .threads import torch_threads
 
