@@ -294,7 +294,7 @@ def eval_(
     metric: Annotated[Optional[list[str]], typer.Option("--metric", metavar="LIST", help="Metrics, comma-separated or repeated: psnr, ssim, lpips, niqe (default psnr,ssim). LPIPS and NIQE: lower is better. --metric niqe alone also scores a folder of images without HR/ (no --model).")] = None,
     lpips_net: Annotated[str, typer.Option("--lpips-net", metavar="alex|vgg", help="LPIPS backbone.")] = "alex",
     lpips_weights: Annotated[Optional[str], typer.Option("--lpips-weights", metavar="FILE", help="torchvision ImageNet weights of the LPIPS backbone for offline machines (default: $SRTOOL_LPIPS_WEIGHTS, then the torch hub cache or a download).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Images at once when the models run on the CPU (one per core; default: up to 4). PSNR/SSIM do not depend on it.")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Images at once when the models run on the CPU (one per core; default: up to 4). PSNR/SSIM tested equal at any -j.")] = None,
 ) -> None:
     """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 

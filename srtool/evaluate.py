@@ -314,7 +314,7 @@ def evaluate_models(
 
     ``on_image(name, hr, lr, outputs)`` is called after each image with the SR output of every model
     that succeeded on it (keyed by model index), e.g. to save the images; with image lanes it is called
-    from the lanes, one call at a time, in the order images finish. ``labels`` name the models in the
+    from the lanes, one call at a time, in the order images finish (as is ``progress``'s advance). ``labels`` name the models in the
     results (default: :func:`model_labels`). A model failing on an image is recorded in that image's
     result; with ``strict`` the exception propagates instead (e.g. for training validation, where a
     partial mean would be misleading). ``scorer`` chooses the metrics (default: PSNR and SSIM).
@@ -348,6 +348,8 @@ def evaluate_models(
             outputs: dict[int, np.ndarray] = {}
             row: list[ImageResult] = []
             for model_index, model in enumerate(models):
+                if stop.is_set():  # Ctrl-C or another lane's error: neither scored nor passed to on_image
+                    raise Cancelled("cancelled")
                 started = time.perf_counter()
                 try:
                     sr = _run_model(model, lr, hr.shape, stop)
@@ -359,7 +361,10 @@ def evaluate_models(
                     row.append(ImageResult(name, None, None, time.perf_counter() - started, _describe_failure(exc)))
                     continue
                 row.append(_scored(name, started, scorer.score(sr, hr)))
-                outputs[model_index] = sr
+                if on_image is not None:  # every model's output is held for it, else one at a time
+                    outputs[model_index] = sr
+            if stop.is_set():
+                raise Cancelled("cancelled")
             rows[index] = row
             with one_at_a_time:
                 if on_image is not None:
@@ -370,7 +375,7 @@ def evaluate_models(
             for index, pair in enumerate(data.pairs):
                 evaluate_pair(index, *data.load(pair))
         else:
-            _evaluate_in_lanes(data, evaluate_pair, lanes, stop)
+            _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1)
     if None in rows:  # every image has its row, or an exception was raised above
         raise RuntimeError(f"{data.name}: {rows.count(None)} image(s) were not evaluated")
     for row in rows:
@@ -380,11 +385,12 @@ def evaluate_models(
 
 
 def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int, np.ndarray, np.ndarray], None], lanes: int,
-                       stop: threading.Event) -> None:
+                       stop: threading.Event, held_outputs: int = 1) -> None:
     """Pairs (largest first, results still in dataset order) each read and evaluated by the next free lane (:func:`srtool.threads.run_lanes`):
     one image per core, so the network's threads never wait for each other at the end of a layer and
-    one image's reading and scoring overlap another's network. A pair whose HR (the size of each SR
-    output) reaches :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and evaluated alone, on all cores.
+    one image's reading and scoring overlap another's network. A pair whose SR outputs held at once
+    (``held_outputs``, each the size of its HR) reach :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and
+    evaluated alone, on all cores.
     Ctrl-C or a lane's error stops the others at their next tile."""
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
     from .threads import LaneCores, run_lanes
@@ -400,8 +406,8 @@ def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int, np.ndarray, 
         while (taken := next_pair()) is not None:
             index, pixels = taken
             # decided from the header and taken before the image is read: a large pair's memory never
-            # adds to another's (8-bit RGB assumed for the size; a 16-bit image counts half)
-            with cores.image(pixels * 3 >= LARGE_OUTPUT_BYTES, team):
+            # adds to another's (3 bytes a pixel: dataset images are read as 8-bit RGB or gray)
+            with cores.image(pixels * 3 * held_outputs >= LARGE_OUTPUT_BYTES, team):
                 if stop.is_set():
                     return
                 try:

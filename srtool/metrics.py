@@ -156,24 +156,28 @@ def ssim(a: np.ndarray, b: np.ndarray, peak: float = PEAK, threads: int | None =
     starts = list(range(0, out_h, _STRIP_ROWS))
     import torch
 
+    from .threads import use_torch_threads
+
     previous = torch.get_num_threads()
     workers = threads or min(previous, 4)
     workers = max(1, min(workers, len(starts) // _MIN_STRIPS_PER_THREAD))
-    torch.set_num_threads(1)
     try:
+        if previous != 1:
+            use_torch_threads(1)
         if workers == 1:
             sums = _ssim_strips(a, b, starts, peak)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             sums = [0.0] * len(starts)
-            # one torch thread per helper, set by the helper itself: the process-wide value that a new
-            # thread would copy may be another image lane's team size by now
-            with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            # every helper sizes its own torch team to one thread (a new thread's team would otherwise be
+            # all cores, or whatever another image lane last set process-wide)
+            with ThreadPoolExecutor(workers, initializer=use_torch_threads, initargs=(1,)) as pool:
                 for k, part in enumerate(pool.map(lambda k: _ssim_strips(a, b, starts[k::workers], peak), range(workers))):
                     sums[k::workers] = part
     finally:
-        torch.set_num_threads(previous)
+        if previous != 1:
+            use_torch_threads(previous)
     # strip by strip in image order, whatever the thread count: the same value with any -j on any machine
     return sum(sums) / (out_h * out_w)
 

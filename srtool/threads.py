@@ -18,6 +18,7 @@ import itertools
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ from typing import TypeVar
 T = TypeVar("T")
 
 HELPER_NICENESS = 10  # added to the process's nice value for I/O helper threads
+WAIT_POLL_SECONDS = 0.02  # how often run_in_threads looks whether its threads have returned
 
 
 def usable_cores() -> int:
@@ -203,17 +205,21 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
     shuts down (such a thread aborts the process: "terminate called without an active exception").
     ``Thread.join`` is not used for the wait: a KeyboardInterrupt that lands inside it makes CPython
     3.11 mark a thread that is still running as finished (``_wait_for_tstate_lock`` releases the lock
-    that the live thread holds), and interpreter shutdown then does not wait for that thread.
+    that the live thread holds), and interpreter shutdown then does not wait for that thread. Nor is a
+    blocking lock or semaphore: an interrupt can land after such a wait has taken its count (a count
+    lost for good), and in one CI run a SIGINT sent while the main thread waited on a semaphore was only
+    seen 30 s later. The calling thread polls a list the threads append to instead, in short sleeps that
+    Ctrl-C always interrupts (:data:`WAIT_POLL_SECONDS`).
     """
-    finished = threading.Semaphore(0)
+    finished: list[None] = []  # list.append is atomic: no lock for the waiting thread to hold or lose
 
     def body() -> None:
         try:
             target()
         finally:
-            finished.release()
+            finished.append(None)
 
-    started, waited = 0, 0
+    started = 0
     interrupt: BaseException | None = None
     # SIGINT is held back while the threads start (they inherit the mask, so it always reaches this
     # thread), so that the count of started threads is exact when Ctrl-C arrives; it is let through
@@ -236,10 +242,9 @@ def run_in_threads(target: Callable[[], None], count: int, name: str, stop: Call
             if stopping:
                 stop()
                 stopping = False
-            if waited == started:
+            if len(finished) == started:
                 break
-            finished.acquire()
-            waited += 1
+            time.sleep(WAIT_POLL_SECONDS)
         except KeyboardInterrupt as exc:  # stop() runs in the try above, so a second Ctrl-C cannot skip the wait
             interrupt = interrupt or exc
             stopping = True

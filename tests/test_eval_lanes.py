@@ -87,16 +87,31 @@ def test_lanes_run_images_at_once_and_a_large_one_alone(tmp_path, monkeypatch, t
     monkeypatch.setattr(engine, "LARGE_OUTPUT_BYTES", 160 * 120 * 3)
     model = _watched()
     in_callback, overlaps, seen = [0], [], []
+    data = open_dataset(folder, 4)
+    real_load, in_flight, beside_big = data.load, set(), []
+
+    def load(pair):  # a small image loads slowly: time enough to be read beside the large one, were it allowed
+        with model.lock:
+            if pair.name == "big" or "big" in in_flight:
+                beside_big.extend(sorted((in_flight | {pair.name}) - {"big"}))
+            in_flight.add(pair.name)
+        if pair.name != "big":
+            time.sleep(0.2)
+        return real_load(pair)
 
     def on_image(name, hr, lr, outputs):
         in_callback[0] += 1
         overlaps.append(in_callback[0])
         time.sleep(0.05)
         seen.append(name)
+        with model.lock:
+            in_flight.discard(name)
         in_callback[0] -= 1
 
-    results = evaluate_models([model], folder, progress=False, on_image=on_image, workers=2)
+    data.load = load
+    results = evaluate_models([model], data, progress=False, on_image=on_image, workers=2)
     assert [i.name for i in results[0].images] == ["a", "big", "c"] and results[0].complete, results[0].images
+    assert beside_big == []  # the large pair is read only once it has the cores (and memory) to itself
     teams = {shape: (threads, inside) for shape, threads, inside in model.calls}
     assert teams[(40, 30)] == (2, 1) and model.alone_at_end == [1]  # the large image: alone, on both threads
     assert teams[(16, 12)][0] == teams[(12, 16)][0] == 1
@@ -133,12 +148,16 @@ def test_lanes_only_when_every_model_runs_on_the_cpu():
 def test_ssim_is_the_same_with_any_thread_count(benchmarks_dir):
     """Strips are summed in image order whatever the thread count, so a table does not depend on -j or
     on the machine's cores (before, the sums of each thread's strips were added: last-digit changes)."""
-    for name in ("monarch", "pepper"):  # the two Set14 images whose value changed with the thread count
+    for name in ("monarch", "pepper", "comic"):  # monarch and pepper changed between 1 and 2 threads
         hr = read_dataset_image(benchmarks_dir / "Set14" / "HR" / f"{name}.png")
         lr = read_dataset_image(benchmarks_dir / "Set14" / "LR_bicubic" / "X4" / f"{name}.png")
         a, b = rgb_to_y(hr), rgb_to_y(upscale(lr, 4))
-        values = {ssim(a, b, threads=threads) for threads in (1, 2, 3, 4)}
+        values = {ssim(a, b, threads=threads) for threads in (1, 2, 3, 4)}  # 16 strips: 1 or 2 workers
         assert len(values) == 1, (name, values)
+        # three times as tall (image, flipped, image): 3 and 4 workers deal the strips out too
+        tall_a, tall_b = np.vstack([a, a[::-1], a]), np.vstack([b, b[::-1], b])
+        values = {ssim(tall_a, tall_b, threads=threads) for threads in (1, 2, 3, 4)}
+        assert len(values) == 1, (name, "tall", values)
 
 
 def test_cli_jobs_option(benchmarks_dir, capsys):
@@ -165,3 +184,21 @@ def test_lpips_in_lanes_equals_one_image_at_a_time(benchmarks_dir, weights_dir, 
     assert None not in lpips(two) and lpips(two) == pytest.approx(lpips(one), rel=1e-6, abs=1e-9)
     psnr = lambda report: [i.psnr for r in report.results for i in r.images]  # noqa: E731
     assert psnr(one) == psnr(two)  # bit for bit
+
+
+def test_a_model_raising_cancelled_itself_is_a_failure_not_a_stop(benchmarks_dir, two_torch_threads):
+    """Only srtool's own stop (Ctrl-C, another lane's error) ends a lane quietly; a model (a user's
+    wrapper) that raises srtool's Cancelled on one image fails that image, and every other is scored."""
+    from srtool.engine import Cancelled
+
+    class CancelsOnBird(SRModel):
+        def __call__(self, image):
+            if image.shape[:2] == (72, 72):
+                raise Cancelled("its own reason")
+            return super().__call__(image)
+
+    for workers in (1, 2):
+        result = evaluate_models([CancelsOnBird(name="c", scale=4, identity="c")], benchmarks_dir / "Set5",
+                                 progress=False, workers=workers)[0]
+        assert [i.name for i in result.images] == ["baby", "bird", "butterfly", "head", "woman"]
+        assert [i.name for i in result.failed] == ["bird"] and "Cancelled" in result.failed[0].error
