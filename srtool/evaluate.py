@@ -314,10 +314,11 @@ def evaluate_models(
 
     ``on_image(name, hr, lr, outputs)`` is called after each image with the SR output of every model
     that succeeded on it (keyed by model index), e.g. to save the images; with image lanes it is called
-    from the lanes, one call at a time, in the order images finish (as is ``progress``'s advance). ``labels`` name the models in the
-    results (default: :func:`model_labels`). A model failing on an image is recorded in that image's
-    result; with ``strict`` the exception propagates instead (e.g. for training validation, where a
-    partial mean would be misleading). ``scorer`` chooses the metrics (default: PSNR and SSIM).
+    from the lanes, one call at a time, in the order images finish (so is ``progress``'s advance).
+    ``labels`` name the models in the results (default: :func:`model_labels`). A model failing on an
+    image is recorded in that image's result; with ``strict`` the exception propagates instead (e.g.
+    for training validation, where a partial mean would be misleading). ``scorer`` chooses the metrics
+    (default: PSNR and SSIM).
 
     ``workers``: images evaluated at once when every model runs on the CPU (:func:`eval_lanes`;
     default up to 4, one per core). Results are the same as one image at a time and keep the
@@ -386,12 +387,13 @@ def evaluate_models(
 
 def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int, np.ndarray, np.ndarray], None], lanes: int,
                        stop: threading.Event, held_outputs: int = 1) -> None:
-    """Pairs (largest first, results still in dataset order) each read and evaluated by the next free lane (:func:`srtool.threads.run_lanes`):
-    one image per core, so the network's threads never wait for each other at the end of a layer and
-    one image's reading and scoring overlap another's network. A pair whose SR outputs held at once
-    (``held_outputs``, each the size of its HR) reach :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and
-    evaluated alone, on all cores.
-    Ctrl-C or a lane's error stops the others at their next tile."""
+    """Pairs, largest first (results keep the dataset's order), each read and evaluated by the next free
+    lane (:func:`srtool.threads.run_lanes`): one image per core, so the network's threads never wait for
+    each other at the end of a layer, and one image's reading and scoring overlap another's network.
+
+    A pair whose SR outputs held at once (``held_outputs``, each the size of its HR) reach
+    :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and evaluated alone, on all cores. Ctrl-C or a
+    lane's error stops the others at their next tile."""
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
     from .threads import LaneCores, run_lanes
 

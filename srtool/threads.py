@@ -158,10 +158,11 @@ class LaneCores:
 def run_lanes(lane: Callable[[int, LaneCores], None], count: int, name: str, stop: threading.Event) -> None:
     """Run ``lane(team, cores)`` in ``count`` threads, each on its own team of ``team`` torch threads.
 
-    The calling thread's torch threads are dealt out so that every core is used (when they do not divide
-    evenly, some lanes get one more; ``count`` is at most the calling thread's torch threads). A lane's unexpected exception, or Ctrl-C (see :func:`run_in_threads`), sets
-    ``stop``; lanes are expected to check it before each item (and pass it to the engine as its
-    ``cancel`` event) and return. The first such exception is raised here once every lane has
+    The calling thread's torch threads are dealt out so that every core is used (when they do not
+    divide evenly, some lanes get one more; ``count`` is at most the calling thread's torch threads).
+    A lane's unexpected exception, or Ctrl-C (see :func:`run_in_threads`), sets ``stop``; lanes are
+    expected to check it before each item (and pass it to the engine as its ``cancel`` event) and
+    return. The first such exception is raised here once every lane has
     returned, and the calling thread's torch thread count is restored (also the process-wide value
     that threads started later copy).
     """
