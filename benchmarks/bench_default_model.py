@@ -35,6 +35,17 @@ def gemm_rate(n: int = 1024, reps: int = 10, dtype: torch.dtype = torch.float32)
     return 2 * n**3 / best
 
 
+def export_flops_per_lr_pixel(source) -> float:
+    """FLOPs per LR pixel of an srtool export's network, counted on the network as trained (the prepared
+    network's fused oneDNN calls are invisible to torch's counter)."""
+    from srtool.models.export import load_export
+
+    plain, _ = load_export(source)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        plain.eval()(torch.rand(1, 3, 64, 64))
+    return counter.get_total_flops() / (64 * 64)
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -88,13 +99,7 @@ def main() -> None:
         side = args.side  # LR side -> 4x output
         rng = np.random.default_rng(0)
         img = (rng.random((side, side, 3)) * 255).astype(np.uint8)
-        # FLOPs of the network as trained (the prepared network's fused oneDNN calls are invisible to the counter)
-        from srtool.models.export import load_export
-
-        plain, _ = load_export(model.source)
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            plain.eval()(torch.rand(1, 3, 64, 64))
-        flops_per_lr_px = counter.get_total_flops() / (64 * 64)
+        flops_per_lr_px = export_flops_per_lr_pixel(model.source)
         if args.tiles:
             tile_sweep(model, img, flops_per_lr_px, args.tiles, args.reps)
             return

@@ -173,33 +173,13 @@ def bench_metrics(repeats: int) -> None:
           f"skimage takes {statistics.median(rows[6][1]) / statistics.median(rows[3][1]):.1f}x our SSIM time")
 
 
-def gemm_rate(n: int) -> float:
-    """Best fp32 n x n x n matmul rate of 3 (FLOP/s), on all of torch's threads."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    return 2 * n**3 / min(timed(lambda: a @ b, 3))
-
-
 def network_flops(models, lrs) -> float:
-    """FLOPs of the models' networks on the LR images (srtool exports only: counted on the network as
-    trained, since the prepared network's fused oneDNN calls are invisible to torch's counter)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from srtool.models.export import load_export
+    """FLOPs of the models' networks on the LR images (srtool exports only)."""
+    from bench_default_model import export_flops_per_lr_pixel
 
     pixels = sum(lr.shape[0] * lr.shape[1] for lr in lrs)
-    total = 0.0
-    for model in models:
-        if model.is_bicubic or not str(model.source).endswith(".safetensors"):
-            continue
-        plain, _ = load_export(model.source)
-        with FlopCounterMode(display=False) as counter, torch.inference_mode():
-            plain.eval()(torch.rand(1, 3, 64, 64))
-        total += counter.get_total_flops() / (64 * 64) * pixels
-    return total
+    return sum(export_flops_per_lr_pixel(m.source) * pixels for m in models
+               if not m.is_bicubic and str(m.source).endswith(".safetensors"))
 
 
 def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
@@ -212,6 +192,8 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
     if not set14.is_dir():
         print(f"   skipped: {set14} not present")
         return
+    from bench_default_model import gemm_rate  # the same fp32 reference as the engine benchmark
+
     from srtool.evaluate import evaluate_models, load_models, open_dataset
 
     models = load_models(model_specs, device="cpu")
@@ -236,7 +218,7 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
           "   network work: not counted (no srtool export among the models)")
     speedups, versus_bare, one, gemms, lane_times, bare_times = [], [], run(1), [], [], []
     for _ in range(rounds):
-        gemm = max(gemm_rate(n) for n in (1024, 2048))
+        gemm = max(gemm_rate(n, reps=3) for n in (1024, 2048))
         gemms.append(gemm)
         lanes, reference, after = run(jobs), bare(), run(1)
         speedups.append((one + after) / 2 / lanes)

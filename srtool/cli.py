@@ -387,7 +387,8 @@ def upscale(
 
     from .loading import load_model
     from .sharding import current_shard
-    from .upscale import UpscaleOptions, check_request, default_workers, plan_jobs, run_batch_sharded
+    from .threads import default_workers
+    from .upscale import UpscaleOptions, check_request, plan_jobs, run_batch_sharded
 
     options = UpscaleOptions(
         output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,

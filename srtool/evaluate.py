@@ -335,7 +335,9 @@ def evaluate_models(
         for m, label in zip(models, names)
     ]
     rows: list[list[ImageResult] | None] = [None] * len(data.pairs)  # per pair, one result per model
-    lanes = eval_lanes(models, default_eval_workers() if workers is None else workers, len(data.pairs))
+    from .threads import default_workers
+
+    lanes = eval_lanes(models, default_workers() if workers is None else workers, len(data.pairs))
     stop = threading.Event()
     one_at_a_time = threading.Lock()  # on_image and the progress bar, called from the lanes
 
@@ -434,13 +436,6 @@ def _largest_first(data: Dataset) -> list[tuple[int, int]]:
         return width * height
 
     return sorted(((index, pixels(index)) for index in range(len(data.pairs))), key=lambda item: -item[1])
-
-
-def default_eval_workers() -> int:
-    """``srtool eval``'s default ``-j``: one image per core, at most 4 (as ``srtool upscale``)."""
-    from .threads import usable_cores
-
-    return min(4, usable_cores())
 
 
 def eval_lanes(models: Sequence[SRModel], workers: int, pending: int) -> int:

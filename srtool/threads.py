@@ -38,6 +38,11 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_workers() -> int:
+    """``-j``'s default for ``srtool upscale`` and ``srtool eval``: one image per core, at most 4."""
+    return min(4, usable_cores())
+
+
 def lower_thread_priority(increment: int = HELPER_NICENESS) -> bool:
     """Make the calling thread yield the CPU to the process's other threads; False where unsupported.
 

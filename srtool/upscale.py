@@ -631,10 +631,6 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def default_workers() -> int:
-    return min(4, usable_cores())
-
-
 def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None) -> BatchResult | None:
     """:func:`run_batch` over this torchrun rank's slice of the pending jobs (see :mod:`srtool.sharding`).
 
