@@ -4,6 +4,7 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
 
     .venv/bin/python benchmarks/bench_eval.py [--repeats 5] [--metric-repeats 11]
     .venv/bin/python benchmarks/bench_eval.py --lanes 8 [--models default bicubic] [--jobs 2]   # section 3 only
+    .venv/bin/python benchmarks/bench_eval.py --niqe 8 [--jobs 2]                                # section 4 only
 
 1. ``srtool eval --model bicubic --data ../shared/data/benchmarks/Set14`` as a fresh process, wall-clock
    (target <= 5 s). Read against, measured in the same run: a bare ``python -c pass``, ``import torch``
@@ -16,6 +17,9 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
    bytes involved.
 3. (``--lanes``) image lanes: ``evaluate_models`` at ``-j 1`` and ``-j N`` alternating in one process, against
    the bare network loop on the same LR images; then ``srtool eval -j 1`` / ``-j N`` as fresh processes.
+4. (``--niqe``) images scored as they are (``srtool eval --metric niqe -d FOLDER``, no model) on Set14's HR
+   folder: ``score_images`` at ``-j 1`` and ``-j N`` alternating, against the bare NIQE loop on the decoded
+   images (one thread, no reading), whose time divided by N is the perfect-scaling bound.
 """
 
 from __future__ import annotations
@@ -244,20 +248,66 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
     print("   srtool eval (fresh processes, wall s, -j 1 / -j %d): %s" % (jobs, ", ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs)))
 
 
+def bench_niqe_lanes(rounds: int, jobs: int) -> None:
+    """Section 4: score_images -j 1 vs -j JOBS, bracketed as in section 3, against the bare NIQE loop."""
+    folder = SHARED / "benchmarks" / "Set14" / "HR"
+    print(f"== 4. images as they are: score_images --metric niqe -j 1 vs -j {jobs} on {folder}")
+    if not folder.is_dir():
+        print(f"   skipped: {folder} not present")
+        return
+    from srtool.evaluate import open_image_folder, score_images
+    from srtool.imageio import read_dataset_image
+    from srtool.perceptual import niqe
+    from srtool.scoring import Scorer
+
+    data, scorer = open_image_folder(folder), Scorer(["niqe"], 1)
+    images = [read_dataset_image(pair.hr_path) for pair in data.pairs]
+    megapixels = sum(image.shape[0] * image.shape[1] for image in images) / 1e6
+
+    def run(workers: int) -> float:
+        t = time.perf_counter()
+        score_images([data], scorer, progress=False, workers=workers)
+        return time.perf_counter() - t
+
+    def bare() -> float:
+        t = time.perf_counter()
+        for image in images:
+            niqe(image)
+        return time.perf_counter() - t
+
+    run(1), run(jobs), bare()  # warm-up
+    speedups, versus_bound, one = [], [], run(1)
+    for _ in range(rounds):
+        lanes, reference, after = run(jobs), bare(), run(1)
+        speedups.append((one + after) / 2 / lanes)
+        versus_bound.append(reference / jobs / lanes)
+        print(f"   -j 1 {one:.3f} / {after:.3f} s, -j {jobs} {lanes:.3f} s, bare NIQE loop {reference:.3f} s "
+              f"({megapixels:.2f} MP)", flush=True)
+        one = after
+    q = statistics.quantiles(speedups, n=4) if len(speedups) > 1 else [speedups[0]] * 3
+    print(f"   speed-up of -j {jobs} over -j 1: median {statistics.median(speedups):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}); "
+          f"-j {jobs} against the perfect-scaling bound (bare loop / {jobs}): median {statistics.median(versus_bound):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="process runs per command")
     parser.add_argument("--metric-repeats", type=int, default=11)
     parser.add_argument("--lanes", type=int, default=0, metavar="ROUNDS",
                         help="only section 3: image lanes, ROUNDS bracketed rounds")
+    parser.add_argument("--niqe", type=int, default=0, metavar="ROUNDS",
+                        help="only section 4: images scored as they are (NIQE), ROUNDS bracketed rounds")
     parser.add_argument("--models", nargs="+", default=["default"], help="section 3's models")
-    parser.add_argument("--jobs", type=int, default=2, help="section 3's -j")
+    parser.add_argument("--jobs", type=int, default=2, help="sections 3 and 4: -j")
     args = parser.parse_args()
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"srtool eval benchmark, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-        if args.lanes:
-            bench_lanes(args.lanes, args.models, args.jobs)
+        if args.lanes or args.niqe:
+            if args.lanes:
+                bench_lanes(args.lanes, args.models, args.jobs)
+            if args.niqe:
+                bench_niqe_lanes(args.niqe, args.jobs)
             return
         bench_cli(args.repeats)
         bench_metrics(args.metric_repeats)

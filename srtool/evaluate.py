@@ -343,11 +343,12 @@ def evaluate_models(
 
     with _progress_bar(progress, f"{data.name} x{scale}", len(data)) as advance:
 
-        def evaluate_pair(index: int, hr: np.ndarray, lr: np.ndarray) -> None:
-            """Every model on pair ``index``; its results into ``rows``."""
+        def evaluate_pair(index: int) -> None:
+            """Pair ``index`` read, every model run on it and scored; its results into ``rows``."""
             from .engine import Cancelled
 
             name = data.pairs[index].name
+            hr, lr = data.load(data.pairs[index])
             outputs: dict[int, np.ndarray] = {}
             row: list[ImageResult] = []
             for model_index, model in enumerate(models):
@@ -375,8 +376,8 @@ def evaluate_models(
                 advance()
 
         if lanes == 1:
-            for index, pair in enumerate(data.pairs):
-                evaluate_pair(index, *data.load(pair))
+            for index in range(len(data.pairs)):
+                evaluate_pair(index)
         else:
             _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1)
     if None in rows:  # every image has its row, or an exception was raised above
@@ -387,15 +388,16 @@ def evaluate_models(
     return results
 
 
-def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int, np.ndarray, np.ndarray], None], lanes: int,
+def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lanes: int,
                        stop: threading.Event, held_outputs: int = 1) -> None:
-    """Pairs, largest first (results keep the dataset's order), each read and evaluated by the next free
-    lane (:func:`srtool.threads.run_lanes`): one image per core, so the network's threads never wait for
-    each other at the end of a layer, and one image's reading and scoring overlap another's network.
+    """Pairs, largest first (results keep the dataset's order), each read and evaluated
+    (``evaluate_pair(index)``) by the next free lane (:func:`srtool.threads.run_lanes`): one image per
+    core, so the network's threads never wait for each other at the end of a layer, and one image's
+    reading and scoring overlap another's network.
 
-    A pair whose SR outputs held at once (``held_outputs``, each the size of its HR) reach
+    A pair whose images held at once (``held_outputs``, each the size of its HR as 8-bit RGB) reach
     :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and evaluated alone, on all cores. Ctrl-C or a
-    lane's error stops the others at their next tile."""
+    lane's error stops the others at their next tile (or next image, for work that has no tiles)."""
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
     from .threads import LaneCores, run_lanes
 
@@ -415,7 +417,7 @@ def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int, np.ndarray, 
                 if stop.is_set():
                     return
                 try:
-                    evaluate_pair(index, *data.load(data.pairs[index]))
+                    evaluate_pair(index)
                 except Cancelled:
                     if stop.is_set():
                         return
@@ -440,7 +442,8 @@ def _largest_first(data: Dataset) -> list[tuple[int, int]]:
 
 def eval_lanes(models: Sequence[SRModel], workers: int, pending: int) -> int:
     """How many images :func:`evaluate_models` works on at once: one per core torch uses, at most
-    ``workers``, when every model runs on the CPU (a GPU model: one image at a time).
+    ``workers``, when every model runs on the CPU (a GPU model: one image at a time; no model, for
+    images scored as they are: one per core as well).
 
     On two cores, two lanes evaluated Set14 with the bundled model 1.15-1.20x as fast as one image on
     both cores, with the same values (benchmarks/README.md, "srtool eval in image lanes").
@@ -810,10 +813,14 @@ def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
 
 
 def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y",
-                 progress: bool | ProgressFactory = True) -> EvalReport:
-    """No-reference scores of every image of plain folders, as they are: one row, ``images``."""
+                 progress: bool | ProgressFactory = True, workers: int | None = None) -> EvalReport:
+    """No-reference scores of every image of plain folders, as they are: one row, ``images``.
+
+    ``workers``: images read and scored at once, in lanes as :func:`evaluate_models` runs them
+    (default up to 4, one per core); the scores do not depend on it and keep the folder's order."""
     from . import __version__
     from .imageio import read_dataset_image
+    from .threads import default_workers
 
     if scorer.needs_reference:
         raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
@@ -821,11 +828,26 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     results = []
     for data in datasets:
         result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
+        scored: list[ImageResult | None] = [None] * len(data.pairs)
+        lanes = eval_lanes([], default_workers() if workers is None else workers, len(data.pairs))
+        one_at_a_time = threading.Lock()
         with _progress_bar(progress, data.name, len(data)) as advance:
-            for pair in data.pairs:
+
+            def score_one(index: int) -> None:
+                pair = data.pairs[index]
                 started = time.perf_counter()
-                result.images.append(_scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None)))
-                advance()
+                scored[index] = _scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None))
+                with one_at_a_time:
+                    advance()
+
+            if lanes == 1:
+                for index in range(len(data.pairs)):
+                    score_one(index)
+            else:
+                _evaluate_in_lanes(data, score_one, lanes, threading.Event())
+        if None in scored:
+            raise RuntimeError(f"{data.name}: {scored.count(None)} image(s) were not scored")
+        result.images.extend(scored)
         results.append(result)
     return EvalReport(protocol, 1, [entry], results, __version__, _now(), metrics=scorer.metrics,
                       metric_sources=scorer.describe())
@@ -852,7 +874,7 @@ def _gathered(shard, report: EvalReport) -> EvalReport | None:
     return report
 
 
-def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard) -> EvalReport | None:
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None) -> EvalReport | None:
     """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
 
     Sharded like a model evaluation: each torchrun rank scores a slice, rank 0 gathers and writes."""
@@ -868,11 +890,11 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard) -> 
     if shard.enabled:
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(
-            lambda: score_images(mine, scorer, protocol, progress if shard.is_main else False)))
+            lambda: score_images(mine, scorer, protocol, progress if shard.is_main else False, workers)))
         if report is None:
             return None
     else:
-        report = score_images(opened, scorer, protocol, progress)
+        report = score_images(opened, scorer, protocol, progress, workers)
     _write_reports(report, outputs)
     return report
 
@@ -930,7 +952,7 @@ def run_eval(
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
-        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard)
+        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers)
     models = load_models(model_specs, shard.device(device), tile, scale)
     for model, label in zip(models, labels or []):
         model.name = label

@@ -202,3 +202,34 @@ def test_a_model_raising_cancelled_itself_is_a_failure_not_a_stop(benchmarks_dir
                                  progress=False, workers=workers)[0]
         assert [i.name for i in result.images] == ["baby", "bird", "butterfly", "head", "woman"]
         assert [i.name for i in result.failed] == ["bird"] and "Cancelled" in result.failed[0].error
+
+
+def test_images_as_they_are_are_scored_in_lanes_with_the_same_values(benchmarks_dir, two_torch_threads):
+    """`srtool eval --metric niqe -d FOLDER` (no model): two images are scored at once (a barrier in
+    the scorer proves it), the NIQE values equal one image at a time's and keep the folder's order."""
+    from srtool.evaluate import open_image_folder, score_images
+    from srtool.scoring import Scorer
+
+    class Meeting(Scorer):
+        """NIQE whose first two calls must be inside the scorer at the same time."""
+
+        meet = threading.Barrier(2, timeout=30)
+        calls = 0
+
+        def score(self, sr, hr):
+            with lock:
+                Meeting.calls += 1
+                first_two = Meeting.calls <= 2
+            if first_two:
+                self.meet.wait()
+            return super().score(sr, hr)
+
+    lock = threading.Lock()
+    folder = open_image_folder(benchmarks_dir / "Set14" / "HR")
+    one = score_images([folder], Scorer(["niqe"], 1), progress=False, workers=1)
+    two = score_images([folder], Meeting(["niqe"], 1), progress=False, workers=2)
+    values = [[(i.name, i.niqe, i.error) for i in report.results[0].images] for report in (one, two)]
+    assert values[0] == values[1]
+    assert [name for name, _, _ in values[1]] == [pair.name for pair in folder.pairs]
+    assert all(2 < niqe < 20 and error is None for _, niqe, error in values[0])
+    assert Meeting.calls == len(folder.pairs)
