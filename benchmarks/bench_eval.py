@@ -4,7 +4,7 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
 
     .venv/bin/python benchmarks/bench_eval.py [--repeats 5] [--metric-repeats 11]
     .venv/bin/python benchmarks/bench_eval.py --lanes 8 [--models default bicubic] [--jobs 2]   # section 3 only
-    .venv/bin/python benchmarks/bench_eval.py --niqe 8 [--jobs 2]                                # section 4 only
+    .venv/bin/python benchmarks/bench_eval.py --niqe 8 [--jobs 2] [--niqe-folder DIR]           # section 4 only
 
 1. ``srtool eval --model bicubic --data ../shared/data/benchmarks/Set14`` as a fresh process, wall-clock
    (target <= 5 s). Read against, measured in the same run: a bare ``python -c pass``, ``import torch``
@@ -18,7 +18,7 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
 3. (``--lanes``) image lanes: ``evaluate_models`` at ``-j 1`` and ``-j N`` alternating in one process, against
    the bare network loop on the same LR images; then ``srtool eval -j 1`` / ``-j N`` as fresh processes.
 4. (``--niqe``) images scored as they are (``srtool eval --metric niqe -d FOLDER``, no model) on Set14's HR
-   folder: ``score_images`` at ``-j 1`` and ``-j N`` alternating, against the bare NIQE loop on the decoded
+   folder (or ``--niqe-folder``, e.g. ``srtool upscale`` outputs): ``score_images`` at ``-j 1`` and ``-j N`` alternating, against the bare NIQE loop on the decoded
    images (one thread, no reading), whose time divided by N is the perfect-scaling bound.
 """
 
@@ -248,9 +248,9 @@ def bench_lanes(rounds: int, model_specs: list[str], jobs: int) -> None:
     print("   srtool eval (fresh processes, wall s, -j 1 / -j %d): %s" % (jobs, ", ".join(f"{a:.2f} / {b:.2f}" for a, b in pairs)))
 
 
-def bench_niqe_lanes(rounds: int, jobs: int) -> None:
+def bench_niqe_lanes(rounds: int, jobs: int, folder: Path | None = None) -> None:
     """Section 4: score_images -j 1 vs -j JOBS, bracketed as in section 3, against the bare NIQE loop."""
-    folder = SHARED / "benchmarks" / "Set14" / "HR"
+    folder = folder or SHARED / "benchmarks" / "Set14" / "HR"
     print(f"== 4. images as they are: score_images --metric niqe -j 1 vs -j {jobs} on {folder}")
     if not folder.is_dir():
         print(f"   skipped: {folder} not present")
@@ -297,6 +297,7 @@ def main() -> None:
                         help="only section 3: image lanes, ROUNDS bracketed rounds")
     parser.add_argument("--niqe", type=int, default=0, metavar="ROUNDS",
                         help="only section 4: images scored as they are (NIQE), ROUNDS bracketed rounds")
+    parser.add_argument("--niqe-folder", type=Path, help="section 4's folder (default: Set14's HR images)")
     parser.add_argument("--models", nargs="+", default=["default"], help="section 3's models")
     parser.add_argument("--jobs", type=int, default=2, help="sections 3 and 4: -j")
     args = parser.parse_args()
@@ -307,7 +308,7 @@ def main() -> None:
             if args.lanes:
                 bench_lanes(args.lanes, args.models, args.jobs)
             if args.niqe:
-                bench_niqe_lanes(args.niqe, args.jobs)
+                bench_niqe_lanes(args.niqe, args.jobs, args.niqe_folder)
             return
         bench_cli(args.repeats)
         bench_metrics(args.metric_repeats)

@@ -96,6 +96,7 @@ import json, sys, threading, time
 from collections import deque
 from pathlib import Path
 import srtool.upscale as up
+import srtool.upscale_jobs as upscale_jobs
 from srtool.imageio import read_image
 from srtool.loading import load_model
 from srtool.threads import torch_threads, use_torch_threads
@@ -109,7 +110,7 @@ def place_io(mode):  # srtool's choice, or forced: image lanes, one image at a t
 
 model = load_model(model_name, device="cpu", precision=precision)
 arrays = [read_image(p).array for p in sorted(Path(folder).iterdir())]
-options = up.UpscaleOptions(output=out, suffix=None, format="png", quality=95, recursive=False, overwrite=True,
+options = upscale_jobs.UpscaleOptions(output=out, suffix=None, format="png", quality=95, recursive=False, overwrite=True,
                             outscale=None, max_pixels=10**8, workers=int(workers), alpha="model")
 lanes = srtools_lanes(model, int(workers), len(arrays))
 total = torch_threads()
@@ -139,7 +140,7 @@ def bare_lanes():  # run_batch's lanes without decode, encode or write
 
 def pipeline(mode):
     place_io(mode)
-    jobs = up.plan_jobs([folder], options, model)
+    jobs = upscale_jobs.plan_jobs([folder], options, model.scale)
     t0 = time.perf_counter()
     up.run_batch(model, jobs, options)
     assert all(job.status == "written" for job in jobs)

@@ -383,24 +383,31 @@ def upscale(
         tile = WHOLE_IMAGE_TILE
     if suffix and not suffix.startswith(("_", "-", ".", " ")):
         suffix = "_" + suffix  # --suffix out -> photo_out.png, as Real-ESRGAN names them
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    from .loading import load_model
-    from .sharding import current_shard
     from .threads import default_workers
-    from .upscale import UpscaleOptions, check_request, plan_jobs, run_batch_sharded
+    from .upscale_jobs import BatchResult, UpscaleOptions, already_done, check_request, plan_jobs
 
     options = UpscaleOptions(
         output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,
         outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
     sources = check_request(inputs, options)  # a mistyped path or option fails before the model loads
+    done = already_done(inputs, options, sources, model, scale=scale, device=device, precision=precision, tile=tile,
+                        tile_pad=tile_pad, alpha=alpha)
+    if done is not None:  # a re-run with every output in place: answered without torch or the model
+        _report_batch(BatchResult(done))
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .loading import load_model
+    from .sharding import current_shard
+    from .upscale import run_batch_sharded
+
     shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
     sr_model = load_model(
         model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
     )
-    jobs = plan_jobs(inputs, options, sr_model, sources)
+    jobs = plan_jobs(inputs, options, sr_model.scale, sources)
     todo = len(shard.take([job for job in jobs if job.status == "pending"]))
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -415,15 +422,20 @@ def upscale(
         result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image)
     if result is None:  # a torchrun rank other than 0: rank 0 reports the whole batch
         return
+    _report_batch(result)
+
+
+def _report_batch(result) -> None:
+    """The summary table, one line per skipped or failed input; exit 1 when an input failed."""
     table = Table(title="srtool upscale", show_edge=False)
     for col in ("written", "skipped", "failed", "input MP", "seconds"):
         table.add_column(col, justify="right")
     table.add_row(
         str(result.count("written")), str(result.count("skipped")), str(result.count("failed")),
-        f"{sum(j.megapixels for j in jobs if j.status == 'written'):.2f}", f"{result.seconds:.1f}",
+        f"{sum(j.megapixels for j in result.jobs if j.status == 'written'):.2f}", f"{result.seconds:.1f}",
     )
     err_console.print(table)
-    for job in jobs:
+    for job in result.jobs:
         if job.status == "skipped":
             err_console.print(f"[yellow]skipped:[/yellow] {escape(job.message)}", highlight=False)
     for job in result.failed:

@@ -45,6 +45,7 @@ from torch import nn
 from .devices import NET_DTYPES, available_memory
 from .errors import UserError
 from .memory import release_freed_memory, retain_freed_memory
+from .model_files import ALPHA_MODES, MIN_TILE
 from .resize import imresize
 
 RELEASE_AFTER_OUTPUT_BYTES = 64 << 20  # see srtool.memory.release_freed_memory
@@ -52,8 +53,6 @@ RELEASE_AFTER_OUTPUT_BYTES = 64 << 20  # see srtool.memory.release_freed_memory
 # runs alone on every core, so that its memory never adds to another image's.
 LARGE_OUTPUT_BYTES = RELEASE_AFTER_OUTPUT_BYTES
 DEFAULT_TILE_PAD = 10  # LR pixels of context per tile side (the cross-fade is half of it on each side)
-ALPHA_MODES = ("model", "bicubic")
-MIN_TILE = 16
 CONTEXT_TILE_FACTOR = 24  # CPU tiles are at least this many times the tile context (see cpu_cache_tile)
 CPU_FEATURE_MAP_BYTES = 20 << 20  # one fp32 64-channel 276x276 window feature map (256-px tiles + pad)
 STRIP_BUDGET = 256 << 20  # bytes of float32 accumulation strip before tiles are made shorter

@@ -12,38 +12,23 @@ import torch
 
 from .atomic import sha256_file
 from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
-from .engine import ALPHA_MODES, MIN_TILE, SRModel, network_traits
+from .engine import SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
 from .memory import retain_freed_memory
+from .model_files import bundled_model_path, check_model_options, read_export_metadata, run_directory_export
 from .models.integrity import check_model_path
-
-BUNDLED_WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 def bicubic_model(scale: int = 4) -> SRModel:
     return SRModel(name="bicubic", scale=scale, identity="bicubic", source="MATLAB bicubic")
 
 
-def bundled_model_path() -> Path | None:
-    candidates = sorted(BUNDLED_WEIGHTS_DIR.glob("*.safetensors"))
-    return candidates[0] if candidates else None
-
-
-def run_directory_export(path: Path) -> Path | None:
-    """A training run directory's export: exports/best.safetensors, else exports/last.safetensors."""
-    for name in ("best.safetensors", "last.safetensors"):
-        candidate = path / "exports" / name
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_network(path: Path, scale: int | None = None) -> tuple[torch.nn.Module, dict]:
     """The plain (unprepared, CPU fp32) network of a weights file: an srtool export, or a checkpoint
     recognised by :mod:`srtool.checkpoints` (``scale`` disambiguates, see :func:`load_model`)."""
     from .checkpoints import load_checkpoint
-    from .models.export import load_export, read_export_metadata
+    from .models.export import load_export
 
     doc = read_export_metadata(path) if path.suffix == ".safetensors" else None
     if doc is None:
@@ -78,14 +63,7 @@ def load_model(
     ``notice`` receives one-line notices (default: printed to stderr).
     """
     say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
-    if tile is not None and tile < MIN_TILE:
-        raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
-    if tile_pad is not None and tile_pad < 0:
-        raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
-    if alpha not in ALPHA_MODES:
-        raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
-    if scale is not None and scale not in (1, 2, 3, 4, 8):
-        raise UserError(f"--scale: unsupported value {scale}; supported: 1 (restoration models), 2, 3, 4, 8")
+    check_model_options(tile, tile_pad, alpha, scale)
     dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
     resolve_precision(precision, dev)  # and a bad --precision, even for bicubic (which runs no network)
     if dev.type == "cpu":

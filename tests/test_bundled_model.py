@@ -7,7 +7,8 @@ import json
 import pytest
 
 from srtool.evaluate import evaluate_dataset
-from srtool.loading import BUNDLED_WEIGHTS_DIR, bundled_model_path, load_model
+from srtool.loading import load_model
+from srtool.model_files import BUNDLED_WEIGHTS_DIR, bundled_model_path
 
 # The README's Results table (srtool eval, protocol y), for the bundled model.
 README_Y = {"Set5": (31.49, 0.8849), "Set14": (27.98, 0.7677)}

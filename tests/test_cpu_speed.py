@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from srtool import devices, engine, upscale
+from srtool import devices, engine, upscale, upscale_jobs
 from srtool.loading import load_model
 
 
@@ -57,8 +57,8 @@ def test_image_io_threads_run_below_the_networks_priority(benchmarks_dir, tmp_pa
 
     monkeypatch.setattr(upscale, "_decode", watched)
     model = load_model("bicubic")
-    options = upscale.UpscaleOptions(output=str(tmp_path / "out"), workers=2)
-    result = upscale.run_batch(model, upscale.plan_jobs([str(folder)], options, model), options)
+    options = upscale_jobs.UpscaleOptions(output=str(tmp_path / "out"), workers=2)
+    result = upscale.run_batch(model, upscale_jobs.plan_jobs([str(folder)], options, model.scale), options)
     assert result.count("written") == 2
     main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     assert seen and all(not on_main and nice == min(19, main + 10) for on_main, nice in seen)

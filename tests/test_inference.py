@@ -286,9 +286,9 @@ def test_bf16_on_cpu_is_close_to_fp32(photo):
 
 
 def test_load_model_default_without_bundled_weights_is_bicubic_with_notice(capsys, monkeypatch, tmp_path):
-    from srtool import loading
+    from srtool import model_files
 
-    monkeypatch.setattr(loading, "BUNDLED_WEIGHTS_DIR", tmp_path)  # an install without weights
+    monkeypatch.setattr(model_files, "BUNDLED_WEIGHTS_DIR", tmp_path)  # an install without weights
     model = load_model("default")
     assert model.is_bicubic and "bicubic" in capsys.readouterr().err
     img = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20

@@ -26,7 +26,8 @@ from srtool.imageio import apply_orientation, read_image
 from srtool.engine import SRModel
 from srtool.fusion import prepare_network
 from srtool.resize import imresize
-from srtool.upscale import UpscaleOptions, plan_jobs, run_batch
+from srtool.upscale import run_batch
+from srtool.upscale_jobs import UpscaleOptions, plan_jobs
 
 RNG = np.random.default_rng(0)
 
@@ -51,7 +52,7 @@ def roundtrip(tmp_path: Path, name: str, data: bytes, **options) -> tuple[Path, 
     src.parent.mkdir(parents=True, exist_ok=True)
     src.write_bytes(data)
     opts = UpscaleOptions(output=str(tmp_path / "out"), workers=2, **options)
-    jobs = plan_jobs([str(src)], opts, nearest_model())
+    jobs = plan_jobs([str(src)], opts, nearest_model().scale)
     result = run_batch(nearest_model(), jobs, opts)
     assert [j.status for j in result.jobs] == ["written"], [j.message for j in result.jobs]
     return src, jobs[0].output
@@ -343,7 +344,7 @@ def test_lanes_in_order_and_overlapped_io_write_the_same_files(tmp_path, monkeyp
 
     def outputs(folder: str, workers: int) -> dict[str, bytes]:
         opts = UpscaleOptions(output=str(tmp_path / folder), workers=workers)
-        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
+        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model.scale), opts)
         assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
         return {p.name: p.read_bytes() for p in sorted((tmp_path / folder).iterdir())}
 
@@ -359,7 +360,7 @@ def test_lanes_in_order_and_overlapped_io_write_the_same_files(tmp_path, monkeyp
         (tmp_path / f"between{workers}" / "gray_x4.png").unlink()
         (tmp_path / f"between{workers}" / "gray_x4.png").mkdir()  # the rename onto it fails
         opts = UpscaleOptions(output=str(tmp_path / f"between{workers}"), workers=workers, overwrite=True)
-        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model), opts)
+        result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model.scale), opts)
         status = {Path(j.label).name: (j.status, j.message) for j in result.jobs}
         assert status.pop("gray.png")[0] == "failed" and {s for s, _ in status.values()} == {"written"}
         assert not [p for p in (tmp_path / f"between{workers}").iterdir() if p.name.endswith(".tmp")]
@@ -398,7 +399,7 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
 
     monkeypatch.setattr(upscale, "upscale_decoded", watched)
     opts = UpscaleOptions(output=str(tmp_path / "out"), workers=2)
-    jobs = plan_jobs([str(tmp_path / "in")], opts, model)
+    jobs = plan_jobs([str(tmp_path / "in")], opts, model.scale)
     result = run_batch(model, jobs, opts)
     assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
     by_shape = {shape: (threads, concurrent, name) for shape, threads, concurrent, name in calls}
@@ -439,7 +440,8 @@ def test_lanes_share_one_malloc_arena_in_a_fresh_process(tmp_path):
     probe = (
         "import ctypes, re, sys, threading, time, torch\n"
         "from srtool.loading import load_model\n"
-        "from srtool.upscale import UpscaleOptions, plan_jobs, run_batch\n"
+        "from srtool.upscale import run_batch\n"
+        "from srtool.upscale_jobs import UpscaleOptions, plan_jobs\n"
         "torch.set_num_threads(2)\n"
         "libc = ctypes.CDLL('libc.so.6'); libc.open_memstream.restype = ctypes.c_void_p\n"
         "def arenas():\n"
@@ -453,7 +455,7 @@ def test_lanes_share_one_malloc_arena_in_a_fresh_process(tmp_path):
         "    while not stop.is_set(): [bytearray(4000) for _ in range(50)]; time.sleep(0.005)\n"
         "threading.Thread(target=refresher, daemon=True).start()\n"
         "opts = UpscaleOptions(output=sys.argv[2], workers=2)\n"
-        "result = run_batch(model, plan_jobs([sys.argv[1]], opts, model), opts)\n"
+        "result = run_batch(model, plan_jobs([sys.argv[1]], opts, model.scale), opts)\n"
         "assert [j.status for j in result.jobs] == ['written'] * 4, [j.message for j in result.jobs]\n"
         "print(arenas())\n"
     )

@@ -22,8 +22,9 @@ from torch import nn
 
 from ..atomic import atomic_path, write_text_atomic
 from ..errors import UserError
+from ..model_files import EXPORT_FORMAT, read_export_metadata
+from ..model_files import json_kind as _json_kind
 
-EXPORT_FORMAT = "srtool-export/1"
 
 
 def read_state_dict(path: str | Path) -> dict[str, Any]:
@@ -83,32 +84,6 @@ def _unpickler_reason(exc: Exception) -> str:
         if line and not line.startswith(boilerplate):
             return line[:200]
     return type(exc).__name__
-
-
-def read_export_metadata(path: str | Path) -> dict[str, Any] | None:
-    """The ``srtool`` metadata document of a safetensors file, or None if it is not an srtool export."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    if "srtool" not in meta:
-        return None
-    try:
-        doc = json.loads(meta["srtool"])
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: corrupt srtool metadata ({exc})") from None
-    if not isinstance(doc, dict):
-        raise UserError(f"{path}: srtool metadata is a JSON {_json_kind(doc)}, not an object (a damaged export)")
-    if doc.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{path}: unsupported export format {doc.get('format')!r} (this srtool reads {EXPORT_FORMAT})")
-    return doc
-
-
-def _json_kind(value: Any) -> str:
-    return {list: "list", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")
 
 
 def save_export(path: str | Path, network: nn.Module, info: dict[str, Any] | None = None) -> Path:

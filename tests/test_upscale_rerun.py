@@ -1,0 +1,120 @@
+"""Running `srtool upscale` a second time: nothing to do is answered without torch or the model, and
+with exactly the decisions (and refusals) of a run that loads the model."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.numpy import save_file
+
+from srtool.cli import main
+from srtool.loading import load_model
+from srtool.model_files import scale_without_loading
+from srtool.model_zoo import zoo_entry
+
+from test_eval import tiny_model  # noqa: F401 -- a fixture
+
+# Runs the CLI in a fresh process and reports, after it, whether torch was imported.
+PROBE = """
+import sys
+from srtool.cli import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as exc:
+    code = int(exc.code or 0)
+print(f"exit={code} torch={'torch' in sys.modules}")
+"""
+
+
+def probe(args: list[str]) -> tuple[str, str]:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300)
+    return done.stdout.strip().splitlines()[-1], done.stderr
+
+
+def tree(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def photos(tmp_path, benchmarks_dir) -> Path:
+    """Two real images (Set5 LR x4: baby 128x128, bird 72x72)."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name in ("baby.png", "bird.png"):
+        shutil.copy(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / name, folder / name)
+    return folder
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    return int(exc.value.code or 0), capsys.readouterr().err
+
+
+def test_rerun_with_every_output_in_place_needs_neither_torch_nor_the_model(photos, tmp_path):
+    """The bundled model, as `make demo` runs it: the second run skips both images without importing
+    torch; with one output deleted, the next run loads the model and writes only that one."""
+    out = tmp_path / "out"
+    command = ["upscale", str(photos), "-o", str(out), "--no-progress"]
+    status, err = probe(command)
+    assert status == "exit=0 torch=True", err
+    first = tree(out)
+    assert sorted(first) == ["baby_x4.png", "bird_x4.png"]
+    status, err = probe(command)
+    assert status == "exit=0 torch=False", err
+    assert tree(out) == first
+    assert err.count("skipped:") == 2 and "exists (use --overwrite)" in err
+    (out / "bird_x4.png").unlink()
+    status, err = probe(command)
+    assert status == "exit=0 torch=True", err
+    again = tree(out)
+    assert again["baby_x4.png"] == first["baby_x4.png"] and "bird_x4.png" in again
+    assert err.count("skipped:") == 1
+
+
+def test_scale_without_loading_is_the_scale_loading_gives(tmp_path, tiny_model):  # noqa: F811
+    """bicubic, the bundled model, an srtool export as a file and as a run directory, a named model:
+    the scale load_model would give; anything only loading can judge (a plain safetensors state
+    dict, a broken file, a missing path, a disagreeing --scale): None, so the caller loads it."""
+    assert scale_without_loading("bicubic") == 4
+    assert scale_without_loading("bicubic", 2) == 2
+    assert scale_without_loading("bicubic", 1) is None  # loading refuses it, in its own words
+    assert scale_without_loading("default") == load_model("default").scale == 4
+    assert scale_without_loading(tiny_model) == load_model(str(tiny_model)).scale == 4
+    run = tmp_path / "run"
+    (run / "exports").mkdir(parents=True)
+    shutil.copy(tiny_model, run / "exports" / "last.safetensors")
+    assert scale_without_loading(run) == 4
+    assert scale_without_loading(tiny_model, 4) == 4
+    assert scale_without_loading(tiny_model, 2) is None
+    assert scale_without_loading(tiny_model, 7) is None
+    assert scale_without_loading("realesrgan-x2plus") == zoo_entry("realesrgan-x2plus").scale == 2
+    import numpy as np
+
+    save_file({"conv.weight": np.zeros((4, 3, 3, 3), np.float32)}, str(tmp_path / "plain.safetensors"))
+    assert scale_without_loading(tmp_path / "plain.safetensors") is None
+    (tmp_path / "broken.safetensors").write_bytes(b"\xff" * 64)
+    assert scale_without_loading(tmp_path / "broken.safetensors") is None
+    assert scale_without_loading(tmp_path / "missing.safetensors") is None
+    assert scale_without_loading(tmp_path) is None  # a folder that is not a run
+
+
+def test_rerun_keeps_every_refusal(photos, tmp_path, capsys, tiny_model):  # noqa: F811
+    """With every output in place, a bad option is still one line and exit 2, as on a first run."""
+    out = tmp_path / "out"
+    code, err = run_cli(["upscale", str(photos), "-o", str(out), "-m", str(tiny_model), "--no-progress"], capsys)
+    assert code == 0, err
+    before = tree(out)
+    for extra, words in ((["--tile", "5"], "--tile"), (["--tile-pad", "-1"], "--tile-pad"),
+                         (["--alpha", "foo"], "--alpha"), (["--scale", "2"], "disagrees"),
+                         (["--device", "cuda:9"], "--device"), (["--precision", "fp17"], "precision")):
+        code, err = run_cli(["upscale", str(photos), "-o", str(out), "-m", str(tiny_model), *extra], capsys)
+        assert code == 2 and words in err and "Traceback" not in err, (extra, err)
+    code, err = run_cli(["upscale", str(photos), "-o", str(out), "-m", str(tiny_model)], capsys)
+    assert code == 0 and err.count("skipped:") == 2
+    assert tree(out) == before
