@@ -6,17 +6,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 from safetensors.numpy import save_file
 
-from srtool.cli import main
 from srtool.loading import load_model
 from srtool.model_files import scale_without_loading
 from srtool.model_zoo import zoo_entry
 
 from test_eval import tiny_model  # noqa: F401 -- a fixture
+from test_upscale_paths import photos, run_cli, tree  # noqa: F401 -- photos is a fixture
 
 # Runs the CLI in a fresh process and reports, after it, whether torch was imported.
 PROBE = """
@@ -33,27 +31,8 @@ print(f"exit={code} torch={'torch' in sys.modules}")
 
 def probe(args: list[str]) -> tuple[str, str]:
     done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=300)
-    return done.stdout.strip().splitlines()[-1], done.stderr
-
-
-def tree(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture()
-def photos(tmp_path, benchmarks_dir) -> Path:
-    """Two real images (Set5 LR x4: baby 128x128, bird 72x72)."""
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for name in ("baby.png", "bird.png"):
-        shutil.copy(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / name, folder / name)
-    return folder
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-    return int(exc.value.code or 0), capsys.readouterr().err
+    lines = done.stdout.strip().splitlines()
+    return (lines[-1] if lines else f"no report (exit {done.returncode})"), done.stderr
 
 
 def test_rerun_with_every_output_in_place_needs_neither_torch_nor_the_model(photos, tmp_path):
