@@ -324,7 +324,10 @@ def evaluate_models(
     default up to 4, one per core). Results are the same as one image at a time and keep the
     dataset's order; an image's ``seconds`` is then its time in its lane, on its share of the cores.
     """
+    from .threads import check_workers, default_workers
+
     scale = _common_scale(models, protocol)
+    workers = default_workers() if workers is None else check_workers(workers)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
@@ -335,9 +338,7 @@ def evaluate_models(
         for m, label in zip(models, names)
     ]
     rows: list[list[ImageResult] | None] = [None] * len(data.pairs)  # per pair, one result per model
-    from .threads import default_workers
-
-    lanes = eval_lanes(models, default_workers() if workers is None else workers, len(data.pairs))
+    lanes = eval_lanes(models, workers, len(data.pairs))
     stop = threading.Event()
     one_at_a_time = threading.Lock()  # on_image and the progress bar, called from the lanes
 
@@ -909,6 +910,7 @@ def run_eval(
     from .imageio import write_png
     from .scoring import parse_metrics
     from .sharding import current_shard
+    from .threads import check_workers
 
     shard = current_shard()
 
@@ -917,6 +919,8 @@ def run_eval(
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
+    if workers is not None:
+        check_workers(workers)  # before any model loads
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
     if labels and len(labels) != len(model_specs or ["default"]):

@@ -39,7 +39,7 @@ from .engine import LARGE_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
 from .memory import retain_freed_memory
 from .resize import imresize
 from .threads import (
-    LaneCores, lower_thread_priority, run_lanes, torch_threads, usable_cores,
+    LaneCores, check_workers, lower_thread_priority, run_lanes, torch_threads, usable_cores,
 )
 
 STDIO = "-"
@@ -242,6 +242,7 @@ def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path
         raise UserError(f"--quality: must be between 1 and 100 (got {options.quality})")
     if options.outscale is not None and not 0 < options.outscale <= 32:
         raise UserError(f"--outscale: must be in (0, 32] (got {options.outscale})")
+    check_workers(options.workers)
     if not inputs:
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
@@ -485,9 +486,10 @@ def run_batch(
     model: SRModel, jobs: list[Job], options: UpscaleOptions, progress=None,
 ) -> BatchResult:
     """Run ``jobs`` (see the module docstring). ``progress(job, megapixels_done, seconds)`` is called per image."""
+    workers = check_workers(options.workers)
     todo = [job for job in jobs if job.status == "pending"]
     tally = _Tally(progress)
-    lanes = image_lanes(model, max(1, options.workers), len(todo))
+    lanes = image_lanes(model, workers, len(todo))
     if lanes > 1:
         _run_in_lanes(model, todo, options, lanes, tally)
     else:
