@@ -47,3 +47,77 @@ def test_upscale_workers_must_be_a_whole_number_of_at_least_one(tmp_path, worker
     with pytest.raises(UserError, match=rf"workers={workers!r}: .*at least 1"):
         run_batch(model, jobs, opts)  # run_batch called on its own
     assert [job.status for job in jobs] == ["pending"] and not (tmp_path / "out").exists()
+
+
+def _spied_lpips(weights_dir: str):  # noqa: F811
+    """An LPIPS metric (random alex backbone) whose embeddings are tracked: each call's features by weak
+    reference, and how many earlier embeddings are still alive when a call starts."""
+    import weakref
+
+    from srtool.perceptual import load_lpips
+
+    metric = load_lpips("alex", _random_backbone("alex", weights_dir))
+    embed, made, alive_at_call = metric.module.embed, [], []
+    lock = threading.Lock()
+
+    def spy(x):
+        with lock:
+            alive_at_call.append(sum(ref() is not None for ref in made))
+        out = embed(x)
+        with lock:
+            made.append(weakref.ref(out[0]))
+        return out
+
+    metric.module.embed = spy
+    return metric, alive_at_call
+
+
+def _images(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    hr = rng.integers(0, 256, (48, 40, 3), np.uint8)
+    return hr, [np.clip(hr.astype(int) + rng.integers(-9, 10, hr.shape), 0, 255).astype(np.uint8) for _ in range(2)]
+
+
+def test_lpips_drops_the_previous_images_features_before_embedding_the_next(weights_dir):  # noqa: F811
+    """The HR features are cached for the next model on the same image; the cache of the previous image
+    was still held while the next image's HR was embedded (two images' features at once: ~1.4 GB more
+    for LPIPS-vgg on a DIV2K image)."""
+    metric, alive_at_call = _spied_lpips(weights_dir)
+    for seed in (1, 2, 3):
+        hr, srs = _images(seed)
+        for sr in srs:  # two models on one image: HR embedded once, then each SR
+            metric.score(sr, hr)
+    # per image: HR (nothing else alive), SR (its HR alive), SR (its HR alive)
+    assert alive_at_call == [0, 1, 1] * 3
+
+
+def test_lpips_cache_is_per_lane(weights_dir):  # noqa: F811
+    """Two lanes, each scoring two models on its own image, interleaved: each lane embeds its HR once
+    (a shared cache was replaced by the other lane's image, so every model embedded its HR again), and
+    the values equal one lane's."""
+    metric, alive_at_call = _spied_lpips(weights_dir)
+    images = {seed: _images(seed) for seed in (1, 2)}
+    expected = {seed: [metric.score(sr, hr) for sr in srs] for seed, (hr, srs) in images.items()}
+    del alive_at_call[:]
+    turn = threading.Barrier(2, timeout=30)
+    got = {}
+
+    def lane(seed):
+        hr, srs = images[seed]
+        values = []
+        for sr in srs:
+            turn.wait()
+            if seed == 2:
+                turn.wait()  # lane 1 scores first, then lane 2: each model alternates between the lanes
+            values.append(metric.score(sr, hr))
+            if seed == 1:
+                turn.wait()
+        got[seed] = values
+
+    threads = [threading.Thread(target=lane, args=(seed,)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert got == expected
+    assert len(alive_at_call) == 2 + 4  # one HR per lane, one SR per model and lane
