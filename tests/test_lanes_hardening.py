@@ -121,3 +121,35 @@ def test_lpips_cache_is_per_lane(weights_dir):  # noqa: F811
         thread.join(60)
     assert got == expected
     assert len(alive_at_call) == 2 + 4  # one HR per lane, one SR per model and lane
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_output_that_appears_during_the_batch_is_not_replaced(tmp_path, workers, two_torch_threads):
+    """Skips are planned before any work; a file that appears under an output's name after that (a second
+    run into the same folder, the user) was replaced silently without --overwrite. Now that image fails
+    with one line naming the file, the file is kept as it is, and the rest of the batch is written."""
+    from srtool.upscale import UpscaleOptions, plan_jobs, run_batch
+
+    for name in ("a", "b", "c"):
+        _write(tmp_path / "in" / f"{name}.png", np.full((8, 6, 3), ord(name), np.uint8))
+    model = nearest_model()
+    opts = UpscaleOptions(output=str(tmp_path / "out"), workers=workers)
+    jobs = plan_jobs([str(tmp_path / "in")], opts, model)
+    assert [job.status for job in jobs] == ["pending"] * 3
+    theirs = tmp_path / "out" / "b_x4.png"
+    theirs.parent.mkdir()
+    theirs.write_bytes(b"the user's own file")
+    result = run_batch(model, jobs, opts)
+    status = {job.output.name: (job.status, job.message) for job in result.jobs}
+    assert status["a_x4.png"][0] == status["c_x4.png"][0] == "written", status
+    assert status["b_x4.png"][0] == "failed" and "b_x4.png" in status["b_x4.png"][1], status
+    assert "--overwrite" in status["b_x4.png"][1] and "\n" not in status["b_x4.png"][1]
+    assert theirs.read_bytes() == b"the user's own file"
+    assert sorted(p.name for p in theirs.parent.iterdir()) == ["a_x4.png", "b_x4.png", "c_x4.png"]  # no temporaries
+
+    opts = UpscaleOptions(output=str(tmp_path / "out"), workers=workers, overwrite=True)
+    jobs = plan_jobs([str(tmp_path / "in")], opts, model)
+    theirs.unlink()
+    theirs.write_bytes(b"again")
+    assert [job.status for job in run_batch(model, jobs, opts).jobs] == ["written"] * 3  # --overwrite: replaced
+    assert theirs.read_bytes() != b"again"
