@@ -956,7 +956,12 @@ def run_eval(
 
         def on_image(dataset: Dataset, name: str, hr: np.ndarray, lr: np.ndarray, srs: dict[int, np.ndarray]) -> None:
             for index, sr in srs.items():
-                write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
+                path = saved_image_path(root, dataset.name, labels[index], name)
+                try:
+                    write_png(path, sr, replace=outputs.overwrite)
+                except FileExistsError:  # checked before any work: made since, by a second run into ROOT?
+                    raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
+                                    "kept as it is (use --overwrite to replace it)") from None
 
     if shard.enabled:
         shard.barrier()  # every rank has checked the outputs before any rank writes one

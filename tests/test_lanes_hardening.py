@@ -153,3 +153,26 @@ def test_an_output_that_appears_during_the_batch_is_not_replaced(tmp_path, worke
     theirs.write_bytes(b"again")
     assert [job.status for job in run_batch(model, jobs, opts).jobs] == ["written"] * 3  # --overwrite: replaced
     assert theirs.read_bytes() != b"again"
+
+
+def test_a_saved_image_that_appears_during_eval_is_not_replaced(benchmarks_dir, tmp_path, monkeypatch, two_torch_threads):
+    """--save-images refuses existing files before any work; one that appears after that check (a second
+    run saving into the same folder) was replaced silently by the lanes. Now the run stops with one line
+    naming it, and the file is kept."""
+    from srtool import evaluate as ev
+    from srtool.evaluate import EvalOutputs
+
+    root = tmp_path / "saved"
+    theirs = root / "Set5" / "bicubic" / "butterfly.png"
+    real = ev.evaluate
+
+    def evaluate_after_someone_wrote(*args, **kwargs):
+        theirs.parent.mkdir(parents=True)
+        theirs.write_bytes(b"another run's image")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "evaluate", evaluate_after_someone_wrote)
+    with pytest.raises(UserError, match=r"butterfly\.png.*--overwrite"):
+        run_eval(["bicubic"], [benchmarks_dir / "Set5"], outputs=EvalOutputs(save_images=root), progress=False, workers=2)
+    assert theirs.read_bytes() == b"another run's image"
+    assert not [p for p in root.rglob("*") if p.name.startswith(".srtool-")]
