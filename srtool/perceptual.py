@@ -371,8 +371,12 @@ class LPIPSMetric:
         """Run the network on ``device`` (e.g. the GPU the models use)."""
         self.device = str(device)
         self.module.to(self.device)
-        self._cache = threading.local()  # features on the old device are never compared with new ones
+        self.forget()  # features on the old device are never compared with new ones
         return self
+
+    def forget(self) -> None:
+        """Drop the cached HR features (every thread's): the next ``score`` embeds its HR again."""
+        self._cache = threading.local()
 
     def score(self, sr: np.ndarray, hr: np.ndarray) -> float:
         """LPIPS distance of ``sr`` to ``hr`` (0 = identical; lower = more similar)."""
