@@ -380,6 +380,8 @@ def evaluate_models(
                 evaluate_pair(index, *data.load(pair))
         else:
             _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1)
+    if scorer.lpips is not None:
+        scorer.lpips.forget()  # the last image's HR features are not held after the run (GPU memory in training)
     if None in rows:  # every image has its row, or an exception was raised above
         raise RuntimeError(f"{data.name}: {rows.count(None)} image(s) were not evaluated")
     for row in rows:

@@ -49,14 +49,14 @@ def test_upscale_workers_must_be_a_whole_number_of_at_least_one(tmp_path, worker
     assert [job.status for job in jobs] == ["pending"] and not (tmp_path / "out").exists()
 
 
-def _spied_lpips(weights_dir: str):  # noqa: F811
+def _spied_lpips(weights_dir: str, metric=None):  # noqa: F811
     """An LPIPS metric (random alex backbone) whose embeddings are tracked: each call's features by weak
     reference, and how many earlier embeddings are still alive when a call starts."""
     import weakref
 
     from srtool.perceptual import load_lpips
 
-    metric = load_lpips("alex", _random_backbone("alex", weights_dir))
+    metric = metric or load_lpips("alex", _random_backbone("alex", weights_dir))
     embed, made, alive_at_call = metric.module.embed, [], []
     lock = threading.Lock()
 
@@ -69,7 +69,7 @@ def _spied_lpips(weights_dir: str):  # noqa: F811
         return out
 
     metric.module.embed = spy
-    return metric, alive_at_call
+    return metric, alive_at_call, made
 
 
 def _images(seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -82,7 +82,7 @@ def test_lpips_drops_the_previous_images_features_before_embedding_the_next(weig
     """The HR features are cached for the next model on the same image; the cache of the previous image
     was still held while the next image's HR was embedded (two images' features at once: ~1.4 GB more
     for LPIPS-vgg on a DIV2K image)."""
-    metric, alive_at_call = _spied_lpips(weights_dir)
+    metric, alive_at_call, _ = _spied_lpips(weights_dir)
     for seed in (1, 2, 3):
         hr, srs = _images(seed)
         for sr in srs:  # two models on one image: HR embedded once, then each SR
@@ -95,7 +95,7 @@ def test_lpips_cache_is_per_lane(weights_dir):  # noqa: F811
     """Two lanes, each scoring two models on its own image, interleaved: each lane embeds its HR once
     (a shared cache was replaced by the other lane's image, so every model embedded its HR again), and
     the values equal one lane's."""
-    metric, alive_at_call = _spied_lpips(weights_dir)
+    metric, alive_at_call, _ = _spied_lpips(weights_dir)
     images = {seed: _images(seed) for seed in (1, 2)}
     expected = {seed: [metric.score(sr, hr) for sr in srs] for seed, (hr, srs) in images.items()}
     del alive_at_call[:]
@@ -176,3 +176,23 @@ def test_a_saved_image_that_appears_during_eval_is_not_replaced(benchmarks_dir, 
         run_eval(["bicubic"], [benchmarks_dir / "Set5"], outputs=EvalOutputs(save_images=root), progress=False, workers=2)
     assert theirs.read_bytes() == b"another run's image"
     assert not [p for p in root.rglob("*") if p.name.startswith(".srtool-")]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_no_lpips_features_are_held_after_an_evaluation(tmp_path, weights_dir, workers, two_torch_threads):  # noqa: F811
+    """The last image's HR features stayed cached in the metric after evaluate_models returned: memory
+    (GPU memory when LPIPS runs there) held between training validations, ~1.35 GB for LPIPS-vgg on a
+    DIV2K image. Now nothing is held once the run is over, one image at a time or in lanes."""
+    from srtool.scoring import Scorer
+
+    from test_eval import make_dataset
+
+    scorer = Scorer(("psnr", "lpips"), 4, "y", "alex", _random_backbone("alex", weights_dir))
+    _, alive_at_call, made = _spied_lpips(weights_dir, scorer.lpips)
+    rng = np.random.default_rng(0)
+    folder = make_dataset(tmp_path / "set", {n: rng.integers(0, 256, (48, 40, 3), np.uint8) for n in "ab"})
+    result = evaluate_models([bicubic_model(4), bicubic_model(4)], folder, progress=False, scorer=scorer,
+                             workers=workers)
+    assert all(image.lpips is not None for r in result for image in r.images)
+    assert len(alive_at_call) == 2 + 4  # the HR of each image embedded once for both models
+    assert [ref for ref in made if ref() is not None] == []
