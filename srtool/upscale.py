@@ -247,6 +247,9 @@ def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
         raise UserError("'-' (stdin) can be given only once")
+    if STDIO in inputs and sys.stdin is not None and sys.stdin.isatty():
+        # read by a decode thread (an image lane), where Ctrl-C cannot end the wait for the terminal
+        raise UserError("-: standard input is a terminal; redirect an image into it (< photo.png) or pipe one")
     out_file = _output_file(options)
     if out_file is not None and options.format not in ("png", "keep", format_for_suffix(out_file.suffix)):
         raise UserError(f"-o {options.output}: the extension does not match --format {options.format}")

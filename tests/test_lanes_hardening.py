@@ -196,3 +196,29 @@ def test_no_lpips_features_are_held_after_an_evaluation(tmp_path, weights_dir, w
     assert all(image.lpips is not None for r in result for image in r.images)
     assert len(alive_at_call) == 2 + 4  # the HR of each image embedded once for both models
     assert [ref for ref in made if ref() is not None] == []
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "openpty"), reason="needs a pseudo-terminal")
+def test_stdin_on_a_terminal_is_refused_up_front(tmp_path, monkeypatch):
+    """``srtool upscale -`` with stdin on a terminal (no ``< photo.png``) waited for the terminal in a
+    decode thread (an image lane with -j 2), where Ctrl-C cannot reach it: Ctrl-C hung the run (one
+    image: a second Ctrl-C aborted the interpreter, "Fatal Python error ... <stdin>"; in lanes it hung
+    for good). Refused like a terminal on stdout, before the model loads."""
+    import io
+    import os
+
+    from srtool.upscale import UpscaleOptions, check_request
+
+    master, slave = os.openpty()
+    terminal = io.TextIOWrapper(open(slave, "rb", buffering=0))
+    try:
+        monkeypatch.setattr("sys.stdin", terminal)
+        other = _write(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+        for inputs in (["-"], [str(other), "-"]):
+            with pytest.raises(UserError, match=r"^-: standard input is a terminal"):
+                check_request(inputs, UpscaleOptions(output=str(tmp_path / "out")))
+        monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"")))  # a pipe or file: allowed
+        assert len(check_request(["-"], UpscaleOptions(output=str(tmp_path / "out")))) == 1
+    finally:
+        terminal.close()
+        os.close(master)
