@@ -1,5 +1,7 @@
 """Image lanes (srtool upscale / srtool eval on the CPU) under bad input and shared state: workers=
-validated from Python as on the command line, the LPIPS HR cache per lane and never two at once."""
+validated from Python as on the command line; the LPIPS HR cache per lane, never two images' at once,
+none after the run; outputs that appear while a batch runs are never replaced without --overwrite;
+stdin on a terminal (a read that Ctrl-C cannot end) refused up front."""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import threading
 
 import numpy as np
 import pytest
-import torch
 
 from srtool.errors import UserError
 from srtool.evaluate import evaluate_models, run_eval
@@ -35,6 +36,8 @@ def test_eval_workers_must_be_a_whole_number_of_at_least_one(benchmarks_dir, wor
 
 @pytest.mark.parametrize("workers", BAD_WORKERS)
 def test_upscale_workers_must_be_a_whole_number_of_at_least_one(tmp_path, workers, two_torch_threads):
+    """The same for UpscaleOptions (its workers has no None default): refused by check_request before the
+    model loads, and by run_batch when it is called on its own (nothing written)."""
     from srtool.upscale import UpscaleOptions, check_request, plan_jobs, run_batch
 
     src = _write(tmp_path / "in" / "a.png", np.zeros((8, 8, 3), np.uint8))
