@@ -122,7 +122,8 @@ def test_lpips_cache_is_per_lane(weights_dir):  # noqa: F811
         thread.start()
     for thread in threads:
         thread.join(60)
-    assert got == expected
+    assert got.keys() == expected.keys()  # values: equal up to float32 summation order (team sizes may differ)
+    assert all(got[seed] == pytest.approx(expected[seed], rel=1e-6, abs=1e-9) for seed in expected)
     assert len(alive_at_call) == 2 + 4  # one HR per lane, one SR per model and lane
 
 
