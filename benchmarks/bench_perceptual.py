@@ -150,7 +150,7 @@ def main() -> None:
     flops = conv_flops(metric.module.features, 1356, 2040)
 
     def full():
-        metric._reference = None
+        metric.forget()
         return metric.score(sr, hr)
 
     full()

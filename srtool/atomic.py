@@ -13,6 +13,7 @@ final name: a 250-byte final name must not fail on a longer temporary one (ENAME
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -40,11 +41,13 @@ def _temp_suffix(suffix: str) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(final: str | os.PathLike, suffix: str | None = None, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it to ``final``, else delete it.
 
     ``suffix`` defaults to the final suffix, so writers that pick a format from the extension
-    (PIL, numpy) still see the right one.
+    (PIL, numpy) still see the right one. ``replace=False``: a ``final`` that exists by then (made
+    after the caller checked, e.g. by a second run into the same folder) is kept and
+    :class:`FileExistsError` raised (see :func:`_publish_new`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +62,33 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None) -> Iterator
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the permissions open() would
-        os.replace(tmp, final)
+        if replace:
+            os.replace(tmp, final)
+        else:
+            _publish_new(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def _publish_new(tmp: Path, final: Path) -> None:
+    """``tmp`` under the name ``final`` unless that name exists (:class:`FileExistsError`, nothing changed).
+
+    A hard link is made only where no name is, atomically (os.replace would replace one); the
+    temporary name then goes. Where the file system has no hard links (FAT, some network shares) the
+    name is checked just before the rename instead.
+    """
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError:
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

@@ -324,7 +324,10 @@ def evaluate_models(
     default up to 4, one per core). Results are the same as one image at a time and keep the
     dataset's order; an image's ``seconds`` is then its time in its lane, on its share of the cores.
     """
+    from .threads import check_workers, default_workers
+
     scale = _common_scale(models, protocol)
+    workers = default_workers() if workers is None else check_workers(workers)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
@@ -335,9 +338,7 @@ def evaluate_models(
         for m, label in zip(models, names)
     ]
     rows: list[list[ImageResult] | None] = [None] * len(data.pairs)  # per pair, one result per model
-    from .threads import default_workers
-
-    lanes = eval_lanes(models, default_workers() if workers is None else workers, len(data.pairs))
+    lanes = eval_lanes(models, workers, len(data.pairs))
     stop = threading.Event()
     one_at_a_time = threading.Lock()  # on_image and the progress bar, called from the lanes
 
@@ -380,6 +381,8 @@ def evaluate_models(
                 evaluate_pair(index)
         else:
             _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1)
+    if scorer.lpips is not None:
+        scorer.lpips.forget()  # the last image's HR features are not held after the run (GPU memory in training)
     if None in rows:  # every image has its row, or an exception was raised above
         raise RuntimeError(f"{data.name}: {rows.count(None)} image(s) were not evaluated")
     for row in rows:
@@ -820,7 +823,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     (default up to 4, one per core); the scores do not depend on it and keep the folder's order."""
     from . import __version__
     from .imageio import read_dataset_image
-    from .threads import default_workers
+    from .threads import check_workers, default_workers
 
     if scorer.needs_reference:
         raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
@@ -829,7 +832,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     for data in datasets:
         result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
         scored: list[ImageResult | None] = [None] * len(data.pairs)
-        lanes = eval_lanes([], default_workers() if workers is None else workers, len(data.pairs))
+        lanes = eval_lanes([], default_workers() if workers is None else check_workers(workers), len(data.pairs))
         one_at_a_time = threading.Lock()
         with _progress_bar(progress, data.name, len(data)) as advance:
 
@@ -931,6 +934,7 @@ def run_eval(
     from .imageio import write_png
     from .scoring import parse_metrics
     from .sharding import current_shard
+    from .threads import check_workers
 
     shard = current_shard()
 
@@ -939,6 +943,8 @@ def run_eval(
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
+    if workers is not None:
+        check_workers(workers)  # before any model loads
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
     if labels and len(labels) != len(model_specs or ["default"]):
@@ -974,7 +980,12 @@ def run_eval(
 
         def on_image(dataset: Dataset, name: str, hr: np.ndarray, lr: np.ndarray, srs: dict[int, np.ndarray]) -> None:
             for index, sr in srs.items():
-                write_png(saved_image_path(root, dataset.name, labels[index], name), sr)
+                path = saved_image_path(root, dataset.name, labels[index], name)
+                try:
+                    write_png(path, sr, replace=outputs.overwrite)
+                except FileExistsError:  # checked before any work: made since, by a second run into ROOT?
+                    raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
+                                    "kept as it is (use --overwrite to replace it)") from None
 
     if shard.enabled:
         shard.barrier()  # every rank has checked the outputs before any rank writes one

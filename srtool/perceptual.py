@@ -44,7 +44,8 @@ from __future__ import annotations
 import functools
 import math
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -351,7 +352,9 @@ class LPIPSMetric:
     backbone_source: str
     device: str = "cpu"
     crop_border: int = 0
-    _reference: tuple | None = None  # (hr array, its embedded features): HR shared by several models
+    # per thread (srtool eval's image lanes share this metric): (hr array, its embedded features), the HR
+    # shared by the models that are scored on it one after the other
+    _cache: threading.local = field(default_factory=threading.local, repr=False, compare=False)
 
     def _tensor(self, image: np.ndarray):
         import torch
@@ -368,8 +371,12 @@ class LPIPSMetric:
         """Run the network on ``device`` (e.g. the GPU the models use)."""
         self.device = str(device)
         self.module.to(self.device)
-        self._reference = None
+        self.forget()  # features on the old device are never compared with new ones
         return self
+
+    def forget(self) -> None:
+        """Drop the cached HR features (every thread's): the next ``score`` embeds its HR again."""
+        self._cache = threading.local()
 
     def score(self, sr: np.ndarray, hr: np.ndarray) -> float:
         """LPIPS distance of ``sr`` to ``hr`` (0 = identical; lower = more similar)."""
@@ -378,12 +385,12 @@ class LPIPSMetric:
         if sr.shape != hr.shape:
             raise ValueError(f"SR shape {sr.shape} differs from HR shape {hr.shape}")
         with torch.inference_mode():
-            # the HR embedding is cached for the next model on the same image; read into a local, since
-            # srtool eval's image lanes share this metric and another lane may replace the cache meanwhile
-            reference = self._reference
+            # the HR embedding is cached for the next model on the same image, one per thread: image lanes
+            # do not replace each other's; the previous image's features go before the next are made
+            reference = getattr(self._cache, "reference", None)
             if reference is None or reference[0] is not hr:
-                reference = (hr, self.module.embed(self._tensor(hr)))
-                self._reference = reference
+                self._cache.reference = reference = None
+                reference = self._cache.reference = (hr, self.module.embed(self._tensor(hr)))
             return float(self.module.distance(self.module.embed(self._tensor(sr)), reference[1])[0])
 
 

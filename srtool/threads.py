@@ -15,6 +15,7 @@ helpers. Several images on the CPU avoid the waits altogether: each runs on its 
 from __future__ import annotations
 
 import itertools
+import numbers
 import os
 import signal
 import threading
@@ -23,6 +24,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from typing import TypeVar
+
+from .errors import UserError
 
 T = TypeVar("T")
 
@@ -41,6 +44,17 @@ def usable_cores() -> int:
 def default_workers() -> int:
     """``-j``'s default for ``srtool upscale`` and ``srtool eval``: one image per core, at most 4."""
     return min(4, usable_cores())
+
+
+def check_workers(workers: object) -> int:
+    """``workers=`` (``-j``) from Python, refused as the command line refuses it: a whole number, at least 1.
+
+    Why: ``0``, ``-2`` or ``True`` were taken as one image at a time without a word, and ``2.5`` or
+    ``"2"`` failed deep inside the lanes with a TypeError. More than the cores is fine (capped there).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1:
+        raise UserError(f"workers={workers!r}: images at once (-j) must be a whole number of at least 1")
+    return int(workers)
 
 
 def lower_thread_priority(increment: int = HELPER_NICENESS) -> bool:

@@ -29,7 +29,7 @@ from .engine import LARGE_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
 from .memory import retain_freed_memory
 from .resize import imresize
 from .threads import (
-    LaneCores, lower_thread_priority, run_lanes, torch_threads, usable_cores,
+    LaneCores, check_workers, lower_thread_priority, run_lanes, torch_threads, usable_cores,
 )
 from .upscale_jobs import SOFTWARE_MARKER, BatchResult, Job, UpscaleOptions, _output_format, read_stdin
 
@@ -92,20 +92,27 @@ def _encode(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, 
                         helpers=helpers, helper_count=helper_count)
 
 
-def _write(job: Job, data: bytes) -> None:
-    """The encoded image to its output (atomically: temp file, fsync, rename), or to stdout."""
+def _write(job: Job, data: bytes, overwrite: bool) -> None:
+    """The encoded image to its output (atomically: temp file, fsync, rename), or to stdout.
+
+    Without ``overwrite``, a file that appeared under the output's name after planning (a second run
+    into the same folder) is kept, and this image fails."""
     from .atomic import atomic_path
 
     if job.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    with atomic_path(job.output) as tmp:
-        tmp.write_bytes(data)
+    try:
+        with atomic_path(job.output, replace=overwrite) as tmp:
+            tmp.write_bytes(data)
+    except FileExistsError:
+        raise UserError(f"{job.output} appeared after the batch started (another run?); kept as it is "
+                        "(use --overwrite to replace it)") from None
 
 
 def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:
-    _write(job, _encode(job, sr, decoded, options))
+    _write(job, _encode(job, sr, decoded, options), options.overwrite)
 
 
 def io_between_images(model: SRModel) -> bool:
@@ -184,9 +191,10 @@ def run_batch(
     model: SRModel, jobs: list[Job], options: UpscaleOptions, progress=None,
 ) -> BatchResult:
     """Run ``jobs`` (see the module docstring). ``progress(job, megapixels_done, seconds)`` is called per image."""
+    workers = check_workers(options.workers)
     todo = [job for job in jobs if job.status == "pending"]
     tally = _Tally(progress)
-    lanes = image_lanes(model, max(1, options.workers), len(todo))
+    lanes = image_lanes(model, workers, len(todo))
     if lanes > 1:
         _run_in_lanes(model, todo, options, lanes, tally)
     else:
@@ -238,7 +246,7 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
                     continue
                 if previous is not None:
                     tally.settle(*previous)  # at most one file per lane waits for the writer
-                previous = (job, writer.submit(_write, job, data))
+                previous = (job, writer.submit(_write, job, data, options.overwrite))
         except BaseException:
             stop.set()  # the other lanes stop now, not after this lane's last write has settled
             raise
@@ -310,7 +318,7 @@ def _run_in_order(model: SRModel, todo: list[Job], options: UpscaleOptions, tall
                     continue
                 finally:
                     del sr, decoded
-                writes.append((job, writer.submit(_write, job, data), len(data)))
+                writes.append((job, writer.submit(_write, job, data, options.overwrite), len(data)))
                 settle(4)  # files waiting for the writer: compressed bytes, a few at most
             else:
                 nbytes = sum(f.nbytes for f in sr) if isinstance(sr, list) else sr.nbytes

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .threads import check_workers
 from .imageio import (
     DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, format_for_pil, format_for_suffix, is_image_file, read_software,
 )
@@ -222,10 +223,14 @@ def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path
         raise UserError(f"--quality: must be between 1 and 100 (got {options.quality})")
     if options.outscale is not None and not 0 < options.outscale <= 32:
         raise UserError(f"--outscale: must be in (0, 32] (got {options.outscale})")
+    check_workers(options.workers)
     if not inputs:
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
         raise UserError("'-' (stdin) can be given only once")
+    if STDIO in inputs and sys.stdin is not None and sys.stdin.isatty():
+        # read by a decode thread (an image lane), where Ctrl-C cannot end the wait for the terminal
+        raise UserError("-: standard input is a terminal; redirect an image into it (< photo.png) or pipe one")
     out_file = _output_file(options)
     if out_file is not None and options.format not in ("png", "keep", format_for_suffix(out_file.suffix)):
         raise UserError(f"-o {options.output}: the extension does not match --format {options.format}")
