@@ -448,6 +448,21 @@ def _report_batch(result) -> None:
 # ------------------------------------------------------------------------------------------- entry
 
 
+def _interrupted(exc: SystemExit) -> bool:
+    """Whether typer's exit 130 stands for a KeyboardInterrupt (it raises ``Exit(130) from`` the interrupt)."""
+    cause = exc.__context__
+    while cause is not None:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _say_interrupted() -> None:
+    err_console.quiet = False
+    err_console.print("[bold red]interrupted[/bold red] (every file written so far is complete)", highlight=False)
+
+
 def report_user_error(exc: UserError) -> None:
     for line in str(exc).splitlines() or [type(exc).__name__]:
         err_console.print(f"[bold red]error:[/bold red] {escape(line)}", highlight=False, soft_wrap=True)
@@ -557,9 +572,12 @@ def main(argv: list[str] | None = None) -> None:
         report_user_error(exc)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
-        err_console.quiet = False
-        err_console.print("[bold red]interrupted[/bold red]")
+        _say_interrupted()
         sys.exit(130)
+    except SystemExit as exc:  # typer turns Ctrl-C inside a command into a silent exit 130
+        if _interrupted(exc):
+            _say_interrupted()
+        raise
     except Exception as exc:  # a bug: say so in one line, full traceback with --debug
         if debug or _DEBUG["on"]:
             raise

@@ -1,5 +1,6 @@
-"""Running `srtool upscale` a second time: nothing to do is answered without torch or the model, and
-with exactly the decisions (and refusals) of a run that loads the model."""
+"""Everyday shell habits with `srtool upscale`: running it a second time (nothing to do is answered
+without torch or the model, with exactly the decisions and refusals of a run that loads it), and
+stopping it with Ctrl-C (one line says so)."""
 
 from __future__ import annotations
 
@@ -97,3 +98,15 @@ def test_rerun_keeps_every_refusal(photos, tmp_path, capsys, tiny_model):  # noq
     code, err = run_cli(["upscale", str(photos), "-o", str(out), "-m", str(tiny_model)], capsys)
     assert code == 0 and err.count("skipped:") == 2
     assert tree(out) == before
+
+
+def test_ctrl_c_in_a_command_says_interrupted(photos, tmp_path, capsys, monkeypatch):
+    """Typer turns a KeyboardInterrupt inside a command into a bare exit 130; srtool still says so."""
+    import srtool.upscale
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(srtool.upscale, "run_batch_sharded", interrupted)
+    code, err = run_cli(["upscale", str(photos), "-o", str(tmp_path / "out"), "-m", "bicubic"], capsys)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err, err
