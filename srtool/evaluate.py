@@ -380,7 +380,8 @@ def evaluate_models(
             for index in range(len(data.pairs)):
                 evaluate_pair(index)
         else:
-            _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1)
+            _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1,
+                               scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
     if scorer.lpips is not None:
         scorer.lpips.forget()  # the last image's HR features are not held after the run (GPU memory in training)
     if None in rows:  # every image has its row, or an exception was raised above
@@ -392,17 +393,29 @@ def evaluate_models(
 
 
 def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lanes: int,
-                       stop: threading.Event, held_outputs: int = 1) -> None:
+                       stop: threading.Event, held_outputs: int = 1, scoring_bytes_per_pixel: int = 0) -> None:
     """Pairs, largest first (results keep the dataset's order), each read and evaluated
     (``evaluate_pair(index)``) by the next free lane (:func:`srtool.threads.run_lanes`): one image per
     core, so the network's threads never wait for each other at the end of a layer, and one image's
     reading and scoring overlap another's network.
 
-    A pair whose images held at once (``held_outputs``, each the size of its HR as 8-bit RGB) reach
-    :data:`srtool.engine.LARGE_OUTPUT_BYTES` is read and evaluated alone, on all cores. Ctrl-C or a
-    lane's error stops the others at their next tile (or next image, for work that has no tiles)."""
+    A pair is read and evaluated alone, on all cores, when its images held at once (``held_outputs``,
+    each the size of its HR as 8-bit RGB) reach :data:`srtool.engine.LARGE_OUTPUT_BYTES`, or when
+    ``lanes`` pairs of its size, each with its scoring's working memory (``scoring_bytes_per_pixel``,
+    :meth:`Scorer.working_bytes_per_pixel`), would not fit in half of the free memory (LPIPS-vgg on 2K
+    images: ~4 GB each). Ctrl-C or a lane's error stops the others at their next tile (or next image,
+    for work that has no tiles)."""
+    import torch
+
+    from .devices import available_memory
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
     from .threads import LaneCores, run_lanes
+
+    budget = available_memory(torch.device("cpu")) // 2  # for every lane's pair at once
+
+    def alone(pixels: int) -> bool:
+        held = pixels * 3 * held_outputs
+        return held >= LARGE_OUTPUT_BYTES or (held + pixels * scoring_bytes_per_pixel) * lanes > budget
 
     pending = iter(_largest_first(data))
     lock = threading.Lock()
@@ -416,7 +429,7 @@ def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lane
             index, pixels = taken
             # decided from the header and taken before the image is read: a large pair's memory never
             # adds to another's (3 bytes a pixel: dataset images are read as 8-bit RGB or gray)
-            with cores.image(pixels * 3 * held_outputs >= LARGE_OUTPUT_BYTES, team):
+            with cores.image(alone(pixels), team):
                 if stop.is_set():
                     return
                 try:
@@ -847,7 +860,8 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
                 for index in range(len(data.pairs)):
                     score_one(index)
             else:
-                _evaluate_in_lanes(data, score_one, lanes, threading.Event())
+                _evaluate_in_lanes(data, score_one, lanes, threading.Event(),
+                                   scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
         if None in scored:
             raise RuntimeError(f"{data.name}: {scored.count(None)} image(s) were not scored")
         result.images.extend(scored)

@@ -50,6 +50,12 @@ METRICS: dict[str, MetricInfo] = {
 }
 DEFAULT_METRICS: tuple[str, ...] = ("psnr", "ssim")
 
+# Peak memory of scoring one image, in bytes per HR pixel (Python-level peaks with tracemalloc, LPIPS's
+# torch buffers from /proc VmHWM, on 2-3.8 MP images, 2026-11-30): srtool eval's image lanes keep apart the
+# images whose scoring would not fit in memory side by side. PSNR+SSIM on the Y channel (protocols y,
+# y-float) 17-27, on RGB 71-74; NIQE 54; LPIPS-alex 120-155, LPIPS-vgg ~1440.
+_SCORING_BYTES_PER_PIXEL = {"fidelity-y": 32, "fidelity-rgb": 80, "niqe": 64, "lpips-alex": 160, "lpips-vgg": 1536}
+
 
 def parse_metrics(value: str | Iterable[str], option: str = "--metric") -> tuple[str, ...]:
     """``"psnr,ssim,lpips"`` (or a list of such strings) -> ordered unique names; unknown names are a UserError."""
@@ -125,6 +131,18 @@ class Scorer:
         if self.lpips is None:
             return {}
         return {"lpips_net": self.lpips.net, "lpips_backbone": self.lpips.backbone_source}
+
+    def working_bytes_per_pixel(self) -> int:
+        """Peak memory of :meth:`score` on one image, per HR pixel (the largest of the chosen metrics':
+        they run one after the other). An estimate from measurements, for planning memory, not a bound."""
+        needs = [0]
+        if "psnr" in self.metrics or "ssim" in self.metrics:
+            needs.append(_SCORING_BYTES_PER_PIXEL["fidelity-rgb" if self.protocol == "rgb" else "fidelity-y"])
+        if self.lpips is not None:
+            needs.append(_SCORING_BYTES_PER_PIXEL.get(f"lpips-{self.lpips.net}", _SCORING_BYTES_PER_PIXEL["lpips-vgg"]))
+        if "niqe" in self.metrics:
+            needs.append(_SCORING_BYTES_PER_PIXEL["niqe"])
+        return max(needs)
 
     def score(self, sr: np.ndarray, hr: np.ndarray | None) -> dict[str, float]:
         """{metric: value} of ``sr`` (uint8 or [0, 1] float) against ``hr`` (None: no-reference metrics only)."""

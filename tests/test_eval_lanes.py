@@ -233,3 +233,25 @@ def test_images_as_they_are_are_scored_in_lanes_with_the_same_values(benchmarks_
     assert [name for name, _, _ in values[1]] == [pair.name for pair in folder.pairs]
     assert all(2 < niqe < 20 and error is None for _, niqe, error in values[0])
     assert Meeting.calls == len(folder.pairs)
+
+
+def test_a_pair_whose_scoring_would_not_fit_beside_others_runs_alone(tmp_path, monkeypatch, two_torch_threads):
+    """Scoring needs far more memory than the images (LPIPS-vgg ~1.5 KB per pixel): a pair is kept apart
+    when a lane's worth of pairs its size, scoring included, would not fit in half of the free memory,
+    though its output is far below the large-output size."""
+    from srtool import devices
+    from srtool.scoring import Scorer
+
+    rng = np.random.default_rng(1)
+    images = {"a": rng.integers(0, 256, (64, 48, 3), np.uint8), "big": rng.integers(0, 256, (160, 120, 3), np.uint8),
+              "c": rng.integers(0, 256, (48, 64, 3), np.uint8)}
+    per_pixel = 3 + Scorer().working_bytes_per_pixel()  # the HR-sized output held, and its scoring
+    assert Scorer(protocol="rgb").working_bytes_per_pixel() > Scorer().working_bytes_per_pixel() > 0
+    budget = 160 * 120 * per_pixel * 2 - 1  # two big pairs at once do not fit, two small ones do
+    monkeypatch.setattr(devices, "available_memory", lambda device: 2 * budget)
+    model = _watched()
+    results = evaluate_models([model], make_dataset(tmp_path / "set", images), progress=False, workers=2)
+    assert [i.name for i in results[0].images] == ["a", "big", "c"] and results[0].complete
+    teams = {shape: threads for shape, threads, _ in model.calls}
+    assert teams[(40, 30)] == 2 and model.alone_at_end == [1]  # alone, on both threads
+    assert teams[(16, 12)] == teams[(12, 16)] == 1
