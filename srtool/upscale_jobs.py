@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .threads import check_workers
+from .threads import check_workers, default_workers
 from .imageio import (
     DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, format_for_pil, format_for_suffix, is_image_file, read_software,
 )
@@ -38,7 +38,7 @@ class UpscaleOptions:
     overwrite: bool = False
     outscale: float | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
-    workers: int = 2
+    workers: int = field(default_factory=default_workers)  # -j: images at once (default as on the command line)
     alpha: str | None = None
 
 
