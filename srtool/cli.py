@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, set_quiet as _quiet
+from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, print_error, set_quiet as _quiet
 from .cli_models import models_app
 from .cli_sweep import sweep_app
 from .errors import UserError
@@ -428,7 +428,7 @@ def upscale(
             err_console.print(f"[yellow]skipped:[/yellow] {escape(job.message)}", highlight=False)
     for job in result.failed:
         message = job.message if job.label in job.message else f"{job.label}: {job.message}"
-        err_console.print(f"[red]failed:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        print_error(f"[red]failed:[/red] {escape(message)}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .cli_common import QuietOption, SetOption, err_console, out_console, set_quiet
+from .cli_common import QuietOption, SetOption, err_console, out_console, print_error, set_quiet
 from .errors import UserError
 
 sweep_app = typer.Typer(
@@ -128,7 +128,7 @@ def sweep(
     err_console.print(f"sweep {escape(str(result.sweep_dir))}: {summary}", highlight=False, soft_wrap=True)
     for point in result.points:
         if point.status == "failed":
-            err_console.print(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}", highlight=False, soft_wrap=True)
+            print_error(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}")
     if not result.completed:
         raise typer.Exit(130)
     if result.count("done") + result.count("stopped"):

@@ -245,6 +245,17 @@ def test_corrupt_file_in_batch(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0_x4.png", "1_x4.png", "2_x4.png"]
 
 
+def test_quiet_still_names_the_failed_files(tmp_path, capsys):
+    """-q drops progress, the summary and notices, never the reason for exit status 1 (README: errors still print)."""
+    _write(tmp_path / "in" / "good.png", RNG.integers(0, 256, (6, 7, 3)).astype(np.uint8))
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, err = run_cli(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "bicubic", "-q"], capsys)
+    assert code == 1
+    assert "broken.png" in err and "failed:" in err
+    assert "good.png" not in err and "written" not in err  # no summary table under -q
+    assert (tmp_path / "out" / "good_x4.png").is_file()
+
+
 def test_skip_existing_overwrite_and_inputs_never_overwritten(tmp_path, capsys):
     src = _write(tmp_path / "a.png", RNG.integers(0, 256, (5, 5, 3)).astype(np.uint8))
     original = src.read_bytes()
