@@ -314,6 +314,7 @@ def test_scale_outscale_and_max_pixels(tmp_path, capsys):
     big = _write(tmp_path / "big" / "big.png", np.zeros((100, 100), np.uint8))
     code, err = run_cli(["upscale", str(big), "--model", "bicubic", "--max-pixels", "5000", "-o", str(tmp_path / "o")], capsys)
     assert code == 1 and "decompression bomb" in err and not (tmp_path / "o" / "big_x4.png").exists()
+    assert "100x100 = 10,000 pixels exceeds the limit of 5,000" in err  # small limits readable (was "0.0 ... 0.0")
     code, err = run_cli(["upscale", str(tmp_path / "missing.png")], capsys)
     assert code == 2 and "missing.png" in err
 
