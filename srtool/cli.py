@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from . import __version__
-from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, set_quiet as _quiet
+from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, print_error, set_quiet as _quiet
 from .cli_models import models_app
 from .cli_sweep import sweep_app
 from .errors import UserError
@@ -353,12 +353,12 @@ def upscale(
     outscale: Annotated[Optional[float], typer.Option("--outscale", "-s", metavar="X", help="Final scale, reached by MATLAB bicubic after the model.")] = None,
     tile: Annotated[Optional[int], typer.Option(min=0, help="Tile size in input pixels; 0 = no tiling (whole image at once). Default: sized by the network on the CPU, from free memory on GPUs.")] = None,
     tile_pad: Annotated[Optional[int], typer.Option(min=0, help="Context pixels around each tile; tiles cross-fade over this width (default: the architecture's receptive-field context, 10 for ESRGAN-type CNNs).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps or xpu.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (fp16 on CUDA where the architecture allows; fp32 on the CPU, bf16 for the bundled model on CPUs with AVX512-BF16/AMX), fp32, fp16 or bf16.")] = "auto",
     fp32: Annotated[bool, typer.Option("--fp32", help="Same as --precision fp32 (Real-ESRGAN's flag).")] = False,
     fp16: Annotated[bool, typer.Option("--fp16", help="Same as --precision fp16.")] = False,
     alpha: Annotated[str, typer.Option(help="Upscale alpha with the model or with MATLAB bicubic.")] = "model",
-    suffix: Annotated[Optional[str], typer.Option(help="Appended to output names: 'out' gives photo_out.png (an _ is added unless it starts with _, -, . or a space). Default _x<scale>.")] = None,
+    suffix: Annotated[Optional[str], typer.Option(help="Appended to output names: 'out' gives photo_out.png (an _ is added unless it starts with _, -, . or a space). Default _x<outscale> (_x4 with a x4 model).")] = None,
     format_: Annotated[str, typer.Option("--format", "--ext", help="png, jpg, webp, tiff, bmp, gif, or keep (the input's format). Animations and multi-page TIFFs keep every frame (png = APNG, webp, gif, tiff).")] = "png",
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100.")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
@@ -440,7 +440,7 @@ def _report_batch(result) -> None:
             err_console.print(f"[yellow]skipped:[/yellow] {escape(job.message)}", highlight=False)
     for job in result.failed:
         message = job.message if job.label in job.message else f"{job.label}: {job.message}"
-        err_console.print(f"[red]failed:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        print_error(f"[red]failed:[/red] {escape(message)}")
     if result.failed:
         raise typer.Exit(1)
 

@@ -24,6 +24,16 @@ def set_quiet(on: bool) -> None:
     err_console.quiet = on
 
 
+def print_error(markup: str, console: Console = err_console) -> None:
+    """One error line (a failed or skipped-bad file) on ``console``, shown even under -q: -q silences
+    progress, notices and summaries, never the reason for a non-zero exit status."""
+    quiet, console.quiet = console.quiet, False
+    try:
+        console.print(markup, highlight=False, soft_wrap=True)
+    finally:
+        console.quiet = quiet
+
+
 SetOption = Annotated[
     Optional[list[str]],
     typer.Option("--set", help="Override a preset field, e.g. --set train.lr=2e-4 (repeatable).", metavar="KEY=VALUE"),

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .cli_common import QuietOption, SetOption, err_console, out_console, set_quiet
+from .cli_common import QuietOption, SetOption, err_console, out_console, print_error, set_quiet
 from .errors import UserError
 
 sweep_app = typer.Typer(
@@ -61,6 +61,7 @@ def sweep(
     lpips_weights: _LpipsWeightsOption = None,
     init_from: Annotated[Optional[str], typer.Option("--init-from", help="Start every point's generator from this run directory or export (GAN presets).")] = None,
     vgg_weights: Annotated[Optional[str], typer.Option("--vgg-weights", help="VGG19 state dict for the perceptual loss.")] = None,
+    allow_random_vgg: Annotated[bool, typer.Option("--allow-random-vgg", help="Accept --vgg-weights random (a smoke test: the perceptual loss is then meaningless).")] = False,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Points trained at once (one GPU each when several are visible; the CPU threads split otherwise).")] = 1,
     max_minutes: Annotated[Optional[float], typer.Option("--max-minutes", metavar="N", help="End each point after N minutes with a checkpoint and an export (marked 'stopped').")] = None,
@@ -89,7 +90,8 @@ def sweep(
         raise UserError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     options = SweepOptions(
         preset=preset, data=[Path(d) for d in data or []], out=Path(out), grid=list(grid or []), overrides=list(set_ or []),
-        seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights, device=device,
+        seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights,
+        allow_random_vgg=allow_random_vgg, device=device,
         jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
     )
     say = (lambda message: err_console.print(escape(message), highlight=False, soft_wrap=True))
@@ -128,7 +130,7 @@ def sweep(
     err_console.print(f"sweep {escape(str(result.sweep_dir))}: {summary}", highlight=False, soft_wrap=True)
     for point in result.points:
         if point.status == "failed":
-            err_console.print(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}", highlight=False, soft_wrap=True)
+            print_error(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}")
     if not result.completed:
         raise typer.Exit(130)
     if result.count("done") + result.count("stopped"):

@@ -75,8 +75,8 @@ def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Imag
     width, height = img.size
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
-            f"{label}: {width}x{height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
-            f"{max_pixels / 1e6:.1f} (possible decompression bomb; raise it with --max-pixels)"
+            f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
+            f"{max_pixels:,} (possible decompression bomb; raise it with --max-pixels)"
         )
     return img
 

@@ -76,6 +76,7 @@ class SweepOptions:
     evals: list[str] = field(default_factory=list)
     init_from: str | None = None
     vgg_weights: str | None = None
+    allow_random_vgg: bool = False  # passed to each point's train: --vgg-weights random as a smoke test
     device: str = "auto"
     jobs: int = 1
     max_minutes: float | None = None
@@ -324,6 +325,7 @@ def train_args(options: SweepOptions, point: Point, sweep_dir: Path) -> list[str
     """The ``srtool train`` arguments of a point: a fresh run, or ``--resume`` of an interrupted one."""
     run_dir = sweep_dir / point.name
     extra = (["--vgg-weights", options.vgg_weights] if options.vgg_weights else [])
+    extra += ["--allow-random-vgg"] if options.allow_random_vgg else []
     extra += ["--device", options.device] if options.device != "auto" else []
     if point.status == "interrupted":
         return ["train", "--resume", str(run_dir), *extra, "--no-progress"]

@@ -76,6 +76,20 @@ def test_foreign_spellings_name_the_srtool_option(capsys):
     assert "-n: srtool spells it --model/-m" in capsys.readouterr().err
 
 
+def test_upscale_help_states_the_actual_defaults():
+    """-h agrees with the code and the README: every --device choice, the CPU bf16 rule of --precision auto,
+    and the suffix that follows --outscale (was: "mps" last, "fp32 on CPU", "_x<scale>")."""
+    from typer.main import get_command
+
+    from srtool.cli import app
+    from srtool.devices import DEVICES
+
+    helps = {p.name: p.help for p in get_command(app).commands["upscale"].params}
+    assert all(name in helps["device"] for name in DEVICES), helps["device"]
+    assert "bf16 for the bundled model" in helps["precision"], helps["precision"]
+    assert "_x<outscale>" in helps["suffix"], helps["suffix"]
+
+
 def test_debug_is_accepted_anywhere(tmp_path, capsys):
     missing = str(tmp_path / "missing.png")
     assert run_cli("upscale", missing, "--model", "bicubic", "--debug") == 2

@@ -43,7 +43,7 @@ def test_golden_bicubic_reproduces_every_published_number(shared_data, benchmark
     bad = [
         f"{image}: ours {ours[image][0]:.6f}/{ours[image][1]:.6f} published {p:.6f}/{s:.6f}"
         for image, (p, s) in published.items()
-        if abs(ours[image][0] - p) > 1e-3 or abs(ours[image][1] - s) > 1e-4
+        if abs(ours[image][0] - p) > 4e-5 or abs(ours[image][1] - s) > 3e-6  # the README's stated agreement
     ]
     assert not bad, "\n".join(bad)
     mean_psnr = float(np.mean([v[0] for v in ours.values()]))

@@ -72,6 +72,15 @@ def test_bad_inputs_are_skipped_by_name_and_exit_nonzero(inputs, tmp_path, capsy
     assert run_cli("prepare", "benchmark", str(inputs), "--out", str(out), "--workers", "1", "--no-progress", "--skip-bad") == 0
 
 
+def test_quiet_still_names_the_skipped_files(inputs, tmp_path, capsys):
+    """-q silences the progress bar and summary, not the skipped files that make the exit status 1."""
+    code = run_cli("prepare", "benchmark", str(inputs), "--out", str(tmp_path / "out"), "--workers", "1", "-q")
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "truncated.png" in captured.err and "skipped:" in captured.err and "4 input file(s) skipped" in captured.err
+    assert "output:" not in captured.out + captured.err  # no summary table under -q
+
+
 def test_library_call_raises_after_skipping_unless_skip_bad(inputs, tmp_path):
     from srtool.errors import UserError
 

@@ -138,6 +138,21 @@ def test_dry_run_prints_each_points_train_command(data, tmp_path, capsys):
         assert sets[-3:] == [f"model.generator.n_blocks={name[9]}", f"train.hr_crop={name[19:21]}", "train.seed=0"]
 
 
+def test_random_vgg_smoke_test_option_reaches_each_point(data, tmp_path, capsys):
+    """train refuses --vgg-weights random unless --allow-random-vgg, and says so; sweep must accept that option
+    too and pass it to every point (it did not exist there: a GAN sweep's points failed asking for it)."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "--preset", "srgan", "--data", str(data["train"]), "--out", str(out),
+            "--grid", "model.generator.n_blocks=1,2", "--set", "validation.datasets=[]", "--vgg-weights", "random",
+            "--allow-random-vgg", "--dry-run"]
+    assert run_cli(*args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        argv = shlex.split(line)
+        assert argv[argv.index("--vgg-weights") + 1] == "random" and "--allow-random-vgg" in argv
+
+
 # --------------------------------------------------------------------------------- end to end
 
 

@@ -139,3 +139,23 @@ def test_quiet_run_validating_on_a_flat_hr_folder(t91_subset, shared_data, tmp_p
     log = (tmp_path / "run" / "log.jsonl").read_text()
     assert '"flat/psnr"' in log  # the plain folder was the validation set (LR made on the fly)
     assert (tmp_path / "run" / "exports" / "best.safetensors").is_file()
+
+
+def test_plain_hr_folder_is_prepared_once_into_the_cache_without_a_bar_under_no_progress(shared_data, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """README: `--data` takes a plain folder of HR images, prepared once into $SRTOOL_CACHE_DIR/train-folders/<key>;
+    `--no-progress` means no live display, the implicit prepare's bar included."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:2]:
+        (plain / image.name).symlink_to(image)
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "--preset", "srresnet", "--data", str(plain), "--no-progress",
+            *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]]
+    assert run_cli(*args, "--out", str(tmp_path / "run1")) == 0
+    err = capsys.readouterr().err
+    assert "preparing it once into the cache" in err and str(tmp_path / "cache" / "train-folders") in err
+    assert "prepare folder" not in err and "images" not in err, err  # no progress bar
+    assert len(list((tmp_path / "cache" / "train-folders").iterdir())) == 1
+    assert run_cli(*args, "--out", str(tmp_path / "run2")) == 0  # the same folder again: the cached store
+    assert "preparing" not in capsys.readouterr().err

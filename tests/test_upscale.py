@@ -246,6 +246,17 @@ def test_corrupt_file_in_batch(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["0_x4.png", "1_x4.png", "2_x4.png"]
 
 
+def test_quiet_still_names_the_failed_files(tmp_path, capsys):
+    """-q drops progress, the summary and notices, never the reason for exit status 1 (README: errors still print)."""
+    _write(tmp_path / "in" / "good.png", RNG.integers(0, 256, (6, 7, 3)).astype(np.uint8))
+    (tmp_path / "in" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code, err = run_cli(["upscale", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", "bicubic", "-q"], capsys)
+    assert code == 1
+    assert "broken.png" in err and "failed:" in err
+    assert "good.png" not in err and "written" not in err  # no summary table under -q
+    assert (tmp_path / "out" / "good_x4.png").is_file()
+
+
 def test_skip_existing_overwrite_and_inputs_never_overwritten(tmp_path, capsys):
     src = _write(tmp_path / "a.png", RNG.integers(0, 256, (5, 5, 3)).astype(np.uint8))
     original = src.read_bytes()
@@ -304,6 +315,7 @@ def test_scale_outscale_and_max_pixels(tmp_path, capsys):
     big = _write(tmp_path / "big" / "big.png", np.zeros((100, 100), np.uint8))
     code, err = run_cli(["upscale", str(big), "--model", "bicubic", "--max-pixels", "5000", "-o", str(tmp_path / "o")], capsys)
     assert code == 1 and "decompression bomb" in err and not (tmp_path / "o" / "big_x4.png").exists()
+    assert "100x100 = 10,000 pixels exceeds the limit of 5,000" in err  # small limits readable (was "0.0 ... 0.0")
     code, err = run_cli(["upscale", str(tmp_path / "missing.png")], capsys)
     assert code == 2 and "missing.png" in err
 

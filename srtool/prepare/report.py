@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..cli_common import print_error
 from .pipeline import PrepareResult
 
 EXIT_SKIPPED = 1  # finished, but some inputs were bad and skipped (0 with --skip-bad); user errors exit 2
@@ -16,7 +17,7 @@ EXIT_SKIPPED = 1  # finished, but some inputs were bad and skipped (0 with --ski
 
 def skip_printer(console: Console) -> Callable[[str], None]:
     def show(message: str) -> None:
-        console.print(f"[yellow]skipped:[/yellow] {escape(message)}", highlight=False, soft_wrap=True)
+        print_error(f"[yellow]skipped:[/yellow] {escape(message)}", console)  # a bad input: shown under -q too
 
     return show
 
@@ -76,7 +77,7 @@ def exit_code(results: dict[str, PrepareResult], skip_bad: bool, console: Consol
     """0 if nothing was skipped (or ``skip_bad``), else print why and return :data:`EXIT_SKIPPED`."""
     skipped = sum(len(r.skipped) for r in results.values())
     if skipped and not skip_bad:
-        console.print(f"[bold red]error:[/bold red] {skipped} input file(s) skipped (listed above and in manifest.json); "
-                      "pass --skip-bad to accept that", highlight=False, soft_wrap=True)
+        print_error(f"[bold red]error:[/bold red] {skipped} input file(s) skipped (listed above and in manifest.json); "
+                    "pass --skip-bad to accept that", console)
         return EXIT_SKIPPED
     return 0

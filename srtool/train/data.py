@@ -208,9 +208,11 @@ def check_data_paths(paths: list[Path]) -> None:
             raise UserError(f"--data {path}: no such folder")
 
 
-def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, workers: int | None = None) -> tuple[list, list[str]]:
+def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, workers: int | None = None,
+                progress: bool = True) -> tuple[list, list[str]]:
     """Open the training store of each ``--data`` folder; a plain folder of HR images is prepared once
-    (MATLAB-bicubic LR, via ``srtool.prepare.prepare_folder``) into a cache keyed by its files."""
+    (MATLAB-bicubic LR, via ``srtool.prepare.prepare_folder``) into a cache keyed by its files
+    (with a progress bar unless ``progress`` is off: ``train --no-progress``/``-q``)."""
     from ..prepare.store import TrainingStore
 
     stores, labels = [], []
@@ -223,7 +225,8 @@ def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, wo
             target = (cache_dir or default_cache_dir()) / "train-folders" / _folder_key(path, scale)
             if not _is_prepared(target):
                 warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
-                prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr)
+                prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr,
+                               progress=progress)
             stores.append(TrainingStore.open(target, scale))
         labels.append(path.name or str(path))
     return stores, labels

@@ -270,7 +270,7 @@ class Trainer:
         # ---- data
         if not self.dist.is_main:
             barrier(self.dist)  # rank 0 prepares a plain image folder into the cache first
-        stores, labels = open_stores(data, p.scale, options.cache_dir)
+        stores, labels = open_stores(data, p.scale, options.cache_dir, progress=options.progress)
         if self.dist.is_main:
             barrier(self.dist)
         self.source = CropSource(stores, labels, t.hr_crop, p.scale, warn=self.warn)
