@@ -5,6 +5,7 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
     .venv/bin/python benchmarks/bench_eval.py [--repeats 5] [--metric-repeats 11]
     .venv/bin/python benchmarks/bench_eval.py --lanes 8 [--models default bicubic] [--jobs 2]   # section 3 only
     .venv/bin/python benchmarks/bench_eval.py --niqe 8 [--jobs 2] [--niqe-folder DIR]           # section 4 only
+    .venv/bin/python benchmarks/bench_eval.py --save-images 6 [--jobs 2]                         # section 5 only
 
 1. ``srtool eval --model bicubic --data ../shared/data/benchmarks/Set14`` as a fresh process, wall-clock
    (target <= 5 s). Read against, measured in the same run: a bare ``python -c pass``, ``import torch``
@@ -20,6 +21,9 @@ Run (one command; it takes /tmp/srtool-cpu.lock itself so timings are not pollut
 4. (``--niqe``) images scored as they are (``srtool eval --metric niqe -d FOLDER``, no model) on Set14's HR
    folder (or ``--niqe-folder``, e.g. ``srtool upscale`` outputs): ``score_images`` at ``-j 1`` and ``-j N`` alternating, against the bare NIQE loop on the decoded
    images (one thread, no reading), whose time divided by N is the perfect-scaling bound.
+5. (``--save-images``) ``srtool eval --save-images``'s cost: ``evaluate_models`` on Set14 with the bundled
+   model at ``-j N``, alternating: no saving, saving through ``srtool.imageio.write_png`` (srtool's PNG
+   encoder), and saving through PIL at compress level 6 (what write_png used before) as the reference.
 """
 
 from __future__ import annotations
@@ -289,6 +293,55 @@ def bench_niqe_lanes(rounds: int, jobs: int, folder: Path | None = None) -> None
           f"-j {jobs} against the perfect-scaling bound (bare loop / {jobs}): median {statistics.median(versus_bound):.3f}")
 
 
+def bench_save_images(rounds: int, jobs: int) -> None:
+    """Section 5: evaluate_models with and without writing every SR output, two PNG encoders."""
+    import io
+    import tempfile
+
+    from PIL import Image
+
+    set14 = SHARED / "benchmarks" / "Set14"
+    print(f"== 5. --save-images: evaluate_models -j {jobs} on Set14 with the bundled model, SR outputs written or not")
+    if not set14.is_dir():
+        print(f"   skipped: {set14} not present")
+        return
+    from srtool.atomic import atomic_path
+    from srtool.evaluate import evaluate_models, load_models, open_dataset
+    from srtool.imageio import write_png
+
+    models = load_models(["default"], device="cpu")
+    data = open_dataset(set14, models[0].scale)
+
+    def pil_level_6(path: Path, array: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        Image.fromarray(array).save(buffer, format="PNG", compress_level=6)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(buffer.getvalue())
+
+    with tempfile.TemporaryDirectory() as scratch:
+        def run(writer) -> float:
+            on_image = None
+            if writer is not None:
+                def on_image(name, hr, lr, outputs):
+                    for sr in outputs.values():
+                        writer(Path(scratch) / f"{name}.png", sr)
+            t = time.perf_counter()
+            evaluate_models(models, data, progress=False, on_image=on_image, workers=jobs)
+            return time.perf_counter() - t
+
+        modes = {"no saving": None, "write_png (srtool encoder)": write_png, "PIL level 6": pil_level_6}
+        for writer in modes.values():
+            run(writer)  # warm-up
+        times: dict[str, list[float]] = {name: [] for name in modes}
+        for _ in range(rounds):
+            for name, writer in modes.items():
+                times[name].append(run(writer))
+            print("   " + ", ".join(f"{name} {values[-1]:.2f} s" for name, values in times.items()), flush=True)
+        base = statistics.median(times["no saving"])
+        print("   medians: " + ", ".join(f"{name} {statistics.median(v):.2f} s ({statistics.median(v) / base:.3f}x)"
+                                          for name, v in times.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="process runs per command")
@@ -297,6 +350,8 @@ def main() -> None:
                         help="only section 3: image lanes, ROUNDS bracketed rounds")
     parser.add_argument("--niqe", type=int, default=0, metavar="ROUNDS",
                         help="only section 4: images scored as they are (NIQE), ROUNDS bracketed rounds")
+    parser.add_argument("--save-images", type=int, default=0, metavar="ROUNDS",
+                        help="only section 5: --save-images cost, ROUNDS alternating rounds")
     parser.add_argument("--niqe-folder", type=Path, help="section 4's folder (default: Set14's HR images)")
     parser.add_argument("--models", nargs="+", default=["default"], help="section 3's models")
     parser.add_argument("--jobs", type=int, default=2, help="sections 3 and 4: -j")
@@ -304,11 +359,13 @@ def main() -> None:
     with open(LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         print(f"srtool eval benchmark, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
-        if args.lanes or args.niqe:
+        if args.lanes or args.niqe or args.save_images:
             if args.lanes:
                 bench_lanes(args.lanes, args.models, args.jobs)
             if args.niqe:
                 bench_niqe_lanes(args.niqe, args.jobs, args.niqe_folder)
+            if args.save_images:
+                bench_save_images(args.save_images, args.jobs)
             return
         bench_cli(args.repeats)
         bench_metrics(args.metric_repeats)

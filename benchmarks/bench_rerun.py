@@ -17,6 +17,7 @@ Wall seconds and peak RSS come from ``/usr/bin/time``-style ``wait4`` accounting
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import statistics
 import subprocess
@@ -24,6 +25,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+
+LOCK = "/tmp/srtool-cpu.lock"
 
 
 def run_measured(args: list[str]) -> tuple[float, float, str]:
@@ -46,10 +50,13 @@ def main() -> None:
     args = parser.parse_args()
     bin_dir = Path(sys.executable).parent
     srtool = [str(bin_dir / "srtool")] if (bin_dir / "srtool").exists() else [sys.executable, "-m", "srtool"]
+    lock = open(LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # other timing runs wait (benchmarks/bench_upscale.py takes it too)
     with tempfile.TemporaryDirectory() as scratch:
         photos, out = Path(scratch) / "in", Path(scratch) / "out"
         subprocess.run([sys.executable, "-m", "srtool.samples", str(photos)], check=True, capture_output=True)
         rerun = [*srtool, "upscale", str(photos), "-o", str(out), "-m", args.model, "--no-progress"]
+        photo_count = len(list(photos.iterdir()))
         first, first_rss, _ = run_measured(rerun)
         print(f"srtool re-run benchmark, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
               f"{len(list(photos.iterdir()))} photos, model {args.model}")
@@ -61,8 +68,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for name, command in commands.items():
                 wall, rss, stderr = run_measured(command)
-                if name.startswith("re-run") and "written" in stderr and stderr.count("skipped:") == 0:
-                    raise SystemExit("the re-run wrote outputs: not a re-run")
+                if name.startswith("re-run") and stderr.count("skipped:") != photo_count:
+                    raise SystemExit(f"the re-run did not skip all {photo_count} photos: not a re-run\n{stderr}")
                 walls[name].append(wall)
                 peaks[name].append(rss)
         for name in commands:

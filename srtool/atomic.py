@@ -40,6 +40,13 @@ def _temp_suffix(suffix: str) -> str:
     return suffix if re.fullmatch(r"\.[A-Za-z0-9]{1,8}", suffix) else ""
 
 
+class OutputExists(FileExistsError):
+    """``atomic_path(..., replace=False)`` found its final name taken (the file is kept as it was).
+
+    Its own class, so that callers tell it from other ``FileExistsError``s on the way (a folder of the
+    output's path that exists as a file)."""
+
+
 @contextlib.contextmanager
 def atomic_path(final: str | os.PathLike, suffix: str | None = None, replace: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``final``; on success rename it to ``final``, else delete it.
@@ -47,7 +54,7 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None, replace: bo
     ``suffix`` defaults to the final suffix, so writers that pick a format from the extension
     (PIL, numpy) still see the right one. ``replace=False``: a ``final`` that exists by then (made
     after the caller checked, e.g. by a second run into the same folder) is kept and
-    :class:`FileExistsError` raised (see :func:`_publish_new`).
+    :class:`OutputExists` raised (see :func:`_publish_new`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -73,19 +80,20 @@ def atomic_path(final: str | os.PathLike, suffix: str | None = None, replace: bo
 
 
 def _publish_new(tmp: Path, final: Path) -> None:
-    """``tmp`` under the name ``final`` unless that name exists (:class:`FileExistsError`, nothing changed).
+    """``tmp`` under the name ``final`` unless that name exists (:class:`OutputExists`, nothing changed).
 
     A hard link is made only where no name is, atomically (os.replace would replace one); the
     temporary name then goes. Where the file system has no hard links (FAT, some network shares) the
     name is checked just before the rename instead.
     """
+    taken = OutputExists(errno.EEXIST, os.strerror(errno.EEXIST), str(final))
     try:
         os.link(tmp, final)
     except FileExistsError:
-        raise
+        raise taken from None
     except OSError:
         if os.path.lexists(final):
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+            raise taken from None
         os.replace(tmp, final)
         return
     tmp.unlink()

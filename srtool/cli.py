@@ -384,17 +384,17 @@ def upscale(
     if suffix and not suffix.startswith(("_", "-", ".", " ")):
         suffix = "_" + suffix  # --suffix out -> photo_out.png, as Real-ESRGAN names them
     from .threads import default_workers
-    from .upscale_jobs import BatchResult, UpscaleOptions, already_done, check_request, plan_jobs
+    from .upscale_jobs import BatchResult, UpscaleOptions, check_request, nothing_to_do, plan_jobs, plan_without_model
 
     options = UpscaleOptions(
         output=output, suffix=suffix, format=format_, quality=quality, recursive=recursive, overwrite=overwrite,
         outscale=outscale, max_pixels=max_pixels, workers=workers or default_workers(), alpha=alpha,
     )
     sources = check_request(inputs, options)  # a mistyped path or option fails before the model loads
-    done = already_done(inputs, options, sources, model, scale=scale, device=device, precision=precision, tile=tile,
-                        tile_pad=tile_pad, alpha=alpha)
-    if done is not None:  # a re-run with every output in place: answered without torch or the model
-        _report_batch(BatchResult(done))
+    planned = plan_without_model(inputs, options, sources, model, scale=scale, device=device, precision=precision,
+                                 tile=tile, tile_pad=tile_pad, alpha=alpha)
+    if planned is not None and nothing_to_do(planned[1]):  # a re-run with every output in place: no torch, no model
+        _report_batch(BatchResult(planned[1]))
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -407,7 +407,10 @@ def upscale(
         model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
         notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
     )
-    jobs = plan_jobs(inputs, options, sr_model.scale, sources)
+    if planned is not None and planned[0] == sr_model.scale:
+        jobs = planned[1]
+    else:
+        jobs = plan_jobs(inputs, options, sr_model.scale, sources)
     todo = len(shard.take([job for job in jobs if job.status == "pending"]))
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -7,7 +7,6 @@ share the policy without importing the tiled engine.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -124,13 +123,6 @@ def available_memory(device: torch.device) -> int:
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    from .memory import free_memory
+
+    return free_memory()

@@ -376,14 +376,16 @@ def evaluate_models(
                     on_image(name, hr, lr, outputs)
                 advance()
 
-        if lanes == 1:
-            for index in range(len(data.pairs)):
-                evaluate_pair(index)
-        else:
-            _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1,
-                               scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
-    if scorer.lpips is not None:
-        scorer.lpips.forget()  # the last image's HR features are not held after the run (GPU memory in training)
+        try:
+            if lanes == 1:
+                for index in range(len(data.pairs)):
+                    evaluate_pair(index)
+            else:
+                _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1,
+                                   scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
+        finally:
+            if scorer.lpips is not None:  # the last HR features are not held after the run (GPU memory in training)
+                scorer.lpips.forget()
     if None in rows:  # every image has its row, or an exception was raised above
         raise RuntimeError(f"{data.name}: {rows.count(None)} image(s) were not evaluated")
     for row in rows:
@@ -405,13 +407,11 @@ def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lane
     :meth:`Scorer.working_bytes_per_pixel`), would not fit in half of the free memory (LPIPS-vgg on 2K
     images: ~4 GB each). Ctrl-C or a lane's error stops the others at their next tile (or next image,
     for work that has no tiles)."""
-    import torch
-
-    from .devices import available_memory
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
+    from .memory import free_memory
     from .threads import LaneCores, run_lanes
 
-    budget = available_memory(torch.device("cpu")) // 2  # for every lane's pair at once
+    budget = free_memory() // 2  # for every lane's pair at once
 
     def alone(pixels: int) -> bool:
         held = pixels * 3 * held_outputs
@@ -464,11 +464,12 @@ def eval_lanes(models: Sequence[SRModel], workers: int, pending: int) -> int:
     On two cores, two lanes evaluated Set14 with the bundled model 1.15-1.20x as fast as one image on
     both cores, with the same values (benchmarks/README.md, "srtool eval in image lanes").
     """
-    from .threads import torch_threads
+    from .threads import torch_threads, usable_cores
 
     if any(getattr(m, "device", None) is None or m.device.type != "cpu" for m in models):
         return 1
-    return max(1, min(workers, torch_threads(), pending))
+    cores = torch_threads() if models else usable_cores()  # no model, no torch: NumPy scoring on the cores
+    return max(1, min(workers, cores, pending))
 
 
 def evaluate_dataset(
@@ -945,6 +946,7 @@ def run_eval(
     Under torchrun each rank evaluates a slice of every dataset (:mod:`srtool.sharding`) and rank 0
     gathers the per-image results, writes the files and returns the full report; other ranks return None.
     """
+    from .atomic import OutputExists
     from .imageio import write_png
     from .scoring import parse_metrics
     from .sharding import current_shard
@@ -997,7 +999,7 @@ def run_eval(
                 path = saved_image_path(root, dataset.name, labels[index], name)
                 try:
                     write_png(path, sr, replace=outputs.overwrite)
-                except FileExistsError:  # checked before any work: made since, by a second run into ROOT?
+                except OutputExists:  # checked before any work: made since, by a second run into ROOT?
                     raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
                                     "kept as it is (use --overwrite to replace it)") from None
 

@@ -32,6 +32,23 @@ _applied: bool | None = None
 _libc = None
 
 
+def free_memory() -> int:
+    """Bytes of memory the system can give this process now (Linux MemAvailable; elsewhere the free
+    physical pages; 4 GB when neither can be read). Torch-free, for planning before any model loads."""
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
 def retain_freed_memory() -> bool:
     """Apply the policy once per process (glibc Linux only); True when it is in effect.
 

@@ -5,7 +5,8 @@
 ``--overwrite``; srtool's own earlier outputs found among the inputs) or refused (an output that would
 overwrite an input, two inputs mapping to the same output, an output path outside ``-o`` or its input's
 folder). Planning needs only the model's scale, never torch: so a re-run that finds every output in
-place (:func:`already_done`) answers before torch is imported or the model loaded.
+place (:func:`plan_without_model`, :func:`nothing_to_do`) answers before torch is imported or the model
+loaded.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
             job.status, job.message = "failed", f"output {job.output} would overwrite an input; use -o or --suffix"
         elif key in claimed:
             job.status, job.message = "failed", f"output {job.output} is also the output of {claimed[key]}"
-        elif job.output.exists() and not options.overwrite:
+        elif os.path.lexists(job.output) and not options.overwrite:  # a dangling link is the user's too
             job.status, job.message = "skipped", f"{job.output} exists (use --overwrite)"
         claimed.setdefault(key, job.label)
     return jobs
@@ -322,17 +323,20 @@ def _plan_output(job: Job, options: UpscaleOptions, suffix: str, out_dir: Path |
     return output
 
 
-def already_done(inputs: list[str], options: UpscaleOptions, sources: list[tuple[Path | None, Path]], model: str,
-                 *, scale: int | None = None, device: str = "auto", precision: str = "auto", tile: int | None = None,
-                 tile_pad: int | None = None, alpha: str = "model") -> list[Job] | None:
-    """The jobs of a batch that has nothing left to do, decided without torch or the model: every input
-    is skipped (its output exists and there is no ``--overwrite``, or it is an earlier srtool output).
+def plan_without_model(inputs: list[str], options: UpscaleOptions, sources: list[tuple[Path | None, Path]], model: str,
+                       *, scale: int | None = None, device: str = "auto", precision: str = "auto",
+                       tile: int | None = None, tile_pad: int | None = None,
+                       alpha: str = "model") -> tuple[int, list[Job]] | None:
+    """(the model's scale, the jobs) planned before torch is imported or the model loaded, where that
+    is possible: :func:`plan_jobs` needs only the scale, which ``default``, ``bicubic``, srtool exports
+    and named models give without loading (:func:`srtool.model_files.scale_without_loading`).
 
-    So running the same command twice costs the second time a fraction of a second rather than the
-    seconds that importing torch and loading the model take. None when there is work to do, or when
-    only loading can answer (the model's scale unknown without it, a device or precision that torch
-    must check, torchrun): the caller then loads the model and plans as usual, with the same outcome
-    for every job, since :func:`plan_jobs` needs only the scale."""
+    So running the same command twice costs the second time a fraction of a second (every job
+    skipped: :func:`nothing_to_do`) rather than the seconds that importing torch and loading the model
+    take. None when only loading can answer (a third-party checkpoint's scale, a device or precision
+    torch must check, torchrun, stdin or stdout, ``--overwrite``): the caller then loads the model and
+    plans as usual. The model file itself is not validated here (only its header's scale is read): a
+    damaged export is reported by the first run that has work for it."""
     from .model_files import check_model_options, scale_without_loading
 
     if options.overwrite or STDIO in inputs or options.output == STDIO:
@@ -348,5 +352,9 @@ def already_done(inputs: list[str], options: UpscaleOptions, sources: list[tuple
     model_scale = scale_without_loading(model, scale)
     if model_scale is None:
         return None
-    jobs = plan_jobs(inputs, options, model_scale, sources)
-    return jobs if jobs and all(job.status == "skipped" for job in jobs) else None
+    return model_scale, plan_jobs(inputs, options, model_scale, sources)
+
+
+def nothing_to_do(jobs: list[Job]) -> bool:
+    """Every job skipped: outputs in place (no ``--overwrite``) or earlier srtool outputs among the inputs."""
+    return bool(jobs) and all(job.status == "skipped" for job in jobs)

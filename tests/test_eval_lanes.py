@@ -239,7 +239,7 @@ def test_a_pair_whose_scoring_would_not_fit_beside_others_runs_alone(tmp_path, m
     """Scoring needs far more memory than the images (LPIPS-vgg ~1.5 KB per pixel): a pair is kept apart
     when a lane's worth of pairs its size, scoring included, would not fit in half of the free memory,
     though its output is far below the large-output size."""
-    from srtool import devices
+    from srtool import memory
     from srtool.scoring import Scorer
 
     rng = np.random.default_rng(1)
@@ -248,7 +248,7 @@ def test_a_pair_whose_scoring_would_not_fit_beside_others_runs_alone(tmp_path, m
     per_pixel = 3 + Scorer().working_bytes_per_pixel()  # the HR-sized output held, and its scoring
     assert Scorer(protocol="rgb").working_bytes_per_pixel() > Scorer().working_bytes_per_pixel() > 0
     budget = 160 * 120 * per_pixel * 2 - 1  # two big pairs at once do not fit, two small ones do
-    monkeypatch.setattr(devices, "available_memory", lambda device: 2 * budget)
+    monkeypatch.setattr(memory, "free_memory", lambda: 2 * budget)
     model = _watched()
     results = evaluate_models([model], make_dataset(tmp_path / "set", images), progress=False, workers=2)
     assert [i.name for i in results[0].images] == ["a", "big", "c"] and results[0].complete

@@ -110,3 +110,36 @@ def test_ctrl_c_in_a_command_says_interrupted(photos, tmp_path, capsys, monkeypa
     monkeypatch.setattr(srtool.upscale, "run_batch_sharded", interrupted)
     code, err = run_cli(["upscale", str(photos), "-o", str(tmp_path / "out"), "-m", "bicubic"], capsys)
     assert code == 130 and "interrupted" in err and "Traceback" not in err, err
+
+
+def test_a_folder_planned_before_loading_is_not_planned_again(photos, tmp_path, capsys, monkeypatch):
+    """With work to do, the plan made before the model loads is the one run (the model's scale is the
+    header's): a large folder's paths are resolved and its markers read once."""
+    import srtool.upscale_jobs as upscale_jobs
+
+    calls = []
+    real = upscale_jobs.plan_jobs
+    monkeypatch.setattr(upscale_jobs, "plan_jobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    code, err = run_cli(["upscale", str(photos), "-o", str(tmp_path / "out"), "--no-progress"], capsys)
+    assert code == 0 and sorted(tree(tmp_path / "out")) == ["baby_x4.png", "bird_x4.png"], err
+    assert len(calls) == 1
+
+
+def test_output_names_taken_by_a_dangling_link_or_a_file_in_the_way(photos, tmp_path, capsys):
+    """A dangling symlink under an output's name is the user's: skipped like any existing output (not
+    a failure on every run). A file where the output's folder should be is reported as that, not as
+    an output that "appeared after the batch started"."""
+    (photos / "bird_x4.png").symlink_to(tmp_path / "nowhere.png")  # outputs beside the inputs
+    code, err = run_cli(["upscale", str(photos), "-m", "bicubic"], capsys)
+    assert code == 0 and "exists (use --overwrite)" in err and "written" in err, err
+    assert (photos / "bird_x4.png").is_symlink() and (photos / "baby_x4.png").is_file()
+    nested = tmp_path / "nested"
+    (nested / "sub").mkdir(parents=True)
+    shutil.copy(photos / "bird.png", nested / "sub" / "bird.png")
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / "sub").write_text("a file, not a folder")
+    for extra in ([], ["--overwrite"]):
+        code, err = run_cli(["upscale", str(nested), "-r", "-o", str(blocked), "-m", "bicubic", *extra], capsys)
+        assert code == 1 and "failed:" in err and "appeared" not in err, err
+        assert (blocked / "sub").read_text() == "a file, not a folder"
