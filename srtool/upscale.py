@@ -15,6 +15,7 @@ leaves complete outputs or none, never a partial one.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -24,7 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 from .errors import UserError
-from .imageio import ANIMATION_FORMATS, DecodedImage, encode_frames, encode_image, format_for_suffix, read_image
+from .imageio import (
+    ANIMATION_FORMATS, DecodedImage, encode_frames, encode_image, format_for_suffix, image_size, read_image,
+)
 from .engine import LARGE_OUTPUT_BYTES, Cancelled, SRModel, upscale_array
 from .memory import retain_freed_memory
 from .resize import imresize
@@ -182,6 +185,18 @@ def _decoded_megapixels(decoded: DecodedImage) -> float:
     return decoded.array.shape[0] * decoded.array.shape[1] * len(decoded.frames or [0]) / 1e6
 
 
+def _least_output_bytes(job: Job, scale: float) -> int:
+    """A lower bound of the job's output bytes from its file's header (one 8-bit channel, one frame);
+    0 when there is no file or its header cannot be read (decoding then reports the problem)."""
+    if job.source is None:
+        return 0
+    try:
+        width, height = image_size(job.source)
+    except Exception:  # noqa: BLE001 -- _decode names the file and the problem
+        return 0
+    return int(width * height * scale**2)
+
+
 def _output_bytes(decoded: DecodedImage, scale: float) -> int:
     """Bytes of this image's output at ``scale`` (every frame of an animation)."""
     return int(decoded.array.size * decoded.array.itemsize * scale**2 * len(decoded.frames or [0]))
@@ -222,16 +237,25 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
         with queue_lock:
             return queue.popleft() if queue and not stop.is_set() else None
 
+    factor = max(model.scale, options.outscale or 0)
+
     def lane(team: int, cores: LaneCores) -> None:
         previous: tuple[Job, Future] | None = None
         try:
             while (job := next_job()) is not None:
                 try:
-                    decoded = _decode(job, options)
-                    job.megapixels = _decoded_megapixels(decoded)
-                    fmt = _job_format(job, options, decoded.format)
-                    alone = _output_bytes(decoded, max(model.scale, options.outscale or 0)) >= LARGE_OUTPUT_BYTES
-                    with cores.image(alone, team):
+                    with contextlib.ExitStack() as held:
+                        # surely large from its header: the cores (and memory) are taken before it is decoded,
+                        # so the other lanes do not each hold a decoded input while it waits for them
+                        alone = _least_output_bytes(job, factor) >= LARGE_OUTPUT_BYTES
+                        if alone:
+                            held.enter_context(cores.image(True, team))
+                        decoded = _decode(job, options)
+                        job.megapixels = _decoded_megapixels(decoded)
+                        fmt = _job_format(job, options, decoded.format)
+                        if not alone:
+                            alone = _output_bytes(decoded, factor) >= LARGE_OUTPUT_BYTES
+                            held.enter_context(cores.image(alone, team))
                         if stop.is_set():
                             return
                         sr = upscale_decoded(model, decoded, options, fmt, cancel=stop)

@@ -505,3 +505,41 @@ def test_ctrl_c_leaves_no_partial_file(tmp_path, model_kind):
     assert 1 <= len(names) < 30 and not [n for n in names if n.startswith(".") or n.endswith(".tmp")]
     for name in names:  # everything that exists is a complete image
         Image.open(out / name).load()
+
+
+def test_an_image_surely_large_from_its_header_is_decoded_only_once_it_runs_alone(tmp_path, monkeypatch, two_torch_threads):
+    """An input whose header already says its output reaches the large-image size takes the cores
+    before it is decoded: no other image is being upscaled when it is (before, it was decoded first
+    and its pixels held while it waited for the other lanes to finish their images)."""
+    import threading
+
+    from srtool import upscale
+
+    model = nearest_model(tile=64)
+    _mixed_inputs(tmp_path / "in")
+    monkeypatch.setattr(upscale, "LARGE_OUTPUT_BYTES", 90 * 70 * 16)  # rgb's pixels x 16: large by its header alone
+    lock, upscaling, beside_large = threading.Lock(), [0], []
+    real_decode, real_upscale = upscale._decode, upscale.upscale_decoded
+
+    def decode(job, options):
+        if Path(job.label).name == "rgb.png":
+            with lock:
+                beside_large.append(upscaling[0])
+        return real_decode(job, options)
+
+    def upscale_decoded(model, decoded, options, fmt, cancel=None):
+        with lock:
+            upscaling[0] += 1
+        try:
+            time.sleep(0.15)  # each image is a while in its call: time for the large one to come up beside it
+            return real_upscale(model, decoded, options, fmt, cancel)
+        finally:
+            with lock:
+                upscaling[0] -= 1
+
+    monkeypatch.setattr(upscale, "_decode", decode)
+    monkeypatch.setattr(upscale, "upscale_decoded", upscale_decoded)
+    opts = UpscaleOptions(output=str(tmp_path / "out"), workers=2)
+    result = run_batch(model, plan_jobs([str(tmp_path / "in")], opts, model.scale), opts)
+    assert [j.status for j in result.jobs] == ["written"] * 6, [j.message for j in result.jobs]
+    assert beside_large == [0]
