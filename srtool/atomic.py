@@ -108,10 +108,10 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def write_bytes_atomic(final: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(final) as tmp:
+def write_bytes_atomic(final: str | os.PathLike, data: bytes, replace: bool = True) -> None:
+    with atomic_path(final, replace=replace) as tmp:
         tmp.write_bytes(data)
 
 
-def write_text_atomic(final: str | os.PathLike, text: str) -> None:
-    write_bytes_atomic(final, text.encode("utf-8"))
+def write_text_atomic(final: str | os.PathLike, text: str, replace: bool = True) -> None:
+    write_bytes_atomic(final, text.encode("utf-8"), replace)

@@ -333,14 +333,20 @@ def eval_(
         sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
     else:
         print_report(report, out_console)
-    for kind, path in (("JSON", None if json_stdout else json_out), ("CSV", csv_out), ("Markdown", markdown_out)):
-        if path is not None:
+    for kind, option, path in (("JSON", "--json", None if json_stdout else json_out), ("CSV", "--csv", csv_out),
+                               ("Markdown", "--markdown", markdown_out)):
+        if path is not None and f"{option} {path}" not in report.kept:
             err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
         err_console.print(f"SR images: {escape(str(save_images))}", highlight=False)
     if report.figure is not None:
         dataset, image, (x, y, w, h) = report.figure
         err_console.print(f"figure: {escape(str(figure))} ({dataset}/{image}, region {x},{y},{w},{h})", highlight=False)
+    for output in report.kept:
+        print_error(f"[bold red]error:[/bold red] {escape(output)}: appeared while eval ran (another run?) and was kept "
+                    "as it is; the results are in the table above (use --overwrite to replace it)")
+    if report.kept:
+        raise typer.Exit(1)
 
 
 @app.command("upscale")

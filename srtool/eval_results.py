@@ -104,6 +104,8 @@ class EvalReport:
     figure: tuple[str, str, tuple[int, int, int, int]] | None = None  # (dataset, image, region) drawn
     metrics: tuple[str, ...] = DEFAULT_METRICS  # the columns, in the order asked
     metric_sources: dict[str, str] = field(default_factory=dict)  # e.g. LPIPS net and backbone weights
+    # output files (``--json PATH``...) that appeared while the run worked and were kept, not replaced
+    kept: list[str] = field(default_factory=list)
 
     @property
     def dataset_names(self) -> list[str]:

@@ -765,7 +765,8 @@ def parse_region(text: str) -> tuple[int, int, int, int]:
 
 
 def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Sequence[Dataset], outputs: EvalOutputs,
-                  scorer: Scorer | None = None) -> tuple[str, str, tuple[int, int, int, int]]:
+                  scorer: Scorer | None = None) -> tuple[str, str, tuple[int, int, int, int]] | None:
+    from .atomic import OutputExists
     from .figure import comparison_figure, save_figure
 
     dataset_name, image_name = choose_figure_image(report, outputs.figure_image)
@@ -790,7 +791,11 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     except Exception as exc:
         raise UserError(f"--figure: a model failed on {dataset_name}/{image_name} ({_describe_failure(exc)}); "
                         "choose another --figure-image") from None
-    save_figure(figure, outputs.figure)
+    try:
+        save_figure(figure, outputs.figure, replace=outputs.overwrite)
+    except OutputExists:
+        report.kept.append(f"--figure {outputs.figure}")
+        return None
     return dataset_name, image_name, layout.region
 
 
@@ -872,14 +877,18 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
 
 
 def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
+    """The report files asked for. Without ``--overwrite`` a file that appeared since the up-front check
+    (another run?) is kept as it is and listed in ``report.kept``: the caller still shows the results."""
+    from .atomic import OutputExists
     from .report import write_csv, write_json, write_markdown
 
-    if outputs.json is not None:
-        write_json(report, outputs.json)
-    if outputs.csv is not None:
-        write_csv(report, outputs.csv)
-    if outputs.markdown is not None:
-        write_markdown(report, outputs.markdown)
+    for option, path, write in (("--json", outputs.json, write_json), ("--csv", outputs.csv, write_csv),
+                                ("--markdown", outputs.markdown, write_markdown)):
+        if path is not None:
+            try:
+                write(report, path, replace=outputs.overwrite)
+            except OutputExists:
+                report.kept.append(f"{option} {path}")
 
 
 def _gathered(shard, report: EvalReport) -> EvalReport | None:

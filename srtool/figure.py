@@ -172,11 +172,11 @@ def render_comparison(
     return figure, layout
 
 
-def save_figure(figure, path: str | Path) -> None:
-    """Write the figure as PNG, atomically."""
+def save_figure(figure, path: str | Path, replace: bool = True) -> None:
+    """Write the figure as PNG, atomically (``replace=False``: see :func:`srtool.atomic.atomic_path`)."""
     from .atomic import atomic_path
 
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace=replace) as tmp:
         figure.save(tmp, format="PNG")
 
 

@@ -252,13 +252,13 @@ def to_markdown(report: EvalReport) -> str:
     return "\n".join(lines).replace("|  |", "| |") + "\n"
 
 
-def write_json(report: EvalReport, path) -> None:
-    write_text_atomic(path, json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+def write_json(report: EvalReport, path, replace: bool = True) -> None:
+    write_text_atomic(path, json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n", replace)
 
 
-def write_csv(report: EvalReport, path) -> None:
-    write_text_atomic(path, to_csv(report))
+def write_csv(report: EvalReport, path, replace: bool = True) -> None:
+    write_text_atomic(path, to_csv(report), replace)
 
 
-def write_markdown(report: EvalReport, path) -> None:
-    write_text_atomic(path, to_markdown(report))
+def write_markdown(report: EvalReport, path, replace: bool = True) -> None:
+    write_text_atomic(path, to_markdown(report), replace)

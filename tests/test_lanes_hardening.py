@@ -228,3 +228,31 @@ def test_stdin_on_a_terminal_is_refused_up_front(tmp_path, monkeypatch):
     finally:
         terminal.close()
         os.close(master)
+
+
+def test_report_files_that_appear_during_eval_are_kept_and_the_results_still_shown(benchmarks_dir, tmp_path, monkeypatch, capsys):
+    """--json/--csv/--markdown/--figure are refused up front when they exist; one that appears while eval
+    works (a second run writing the same file) is kept as it is, the others are written, the table is
+    still printed and one line per kept file explains the exit status 1."""
+    from srtool import evaluate as ev
+    from srtool.cli import main
+
+    theirs_json, theirs_figure = tmp_path / "r.json", tmp_path / "fig.png"
+    real = ev.evaluate
+
+    def evaluate_while_someone_writes(*args, **kwargs):
+        report = real(*args, **kwargs)
+        theirs_json.write_text("another run's JSON")
+        theirs_figure.write_bytes(b"another run's figure")
+        return report
+
+    monkeypatch.setattr(ev, "evaluate", evaluate_while_someone_writes)
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "-m", "bicubic", "-d", str(benchmarks_dir / "Set5"), "--json", str(theirs_json),
+              "--csv", str(tmp_path / "r.csv"), "--figure", str(theirs_figure), "--no-progress"])
+    out, err = capsys.readouterr()
+    assert exit_.value.code == 1
+    assert "28.42" in out  # the published bicubic mean: the table is shown
+    assert theirs_json.read_text() == "another run's JSON" and theirs_figure.read_bytes() == b"another run's figure"
+    assert (tmp_path / "r.csv").read_text().startswith("model")
+    assert "--json" in err and "--figure" in err and "kept" in err and "Traceback" not in err
