@@ -188,7 +188,7 @@ def plan_points(options: SweepOptions) -> list[Point]:
     seed_axis = [] if "train.seed" in keys else ["train.seed"]
     seeds = _seed_values(options) if seed_axis else [""]
     short = _short_keys(keys + seed_axis)
-    points, names = [], {}
+    points, names, configs = [], {}, {}
     for combo in combos:
         for seed in seeds:
             values = dict(zip(keys, combo))
@@ -203,6 +203,9 @@ def plan_points(options: SweepOptions) -> list[Point]:
             if name in names:
                 raise UserError(f"sweep points {names[name]} and {values} both get the folder name {name}")
             names[name] = values
+            same = configs.setdefault(json.dumps(preset.model_dump(mode="json"), sort_keys=True), name)
+            if same != name:  # e.g. train.lr=0.0001,1e-4: one training twice
+                raise UserError(f"sweep points {same} and {name} are the same configuration (a grid value is spelt twice)")
             points.append(Point(name, values, overrides, preset, {short[k]: v for k, v in values.items()}))
     return points
 

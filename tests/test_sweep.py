@@ -125,6 +125,16 @@ def test_invalid_grid_value_or_field_fails_before_any_training(data, tmp_path, c
     assert code == 2 and "hr_crop=50" in err and "multiple of the scale" in err and not out.exists()
 
 
+def test_grid_values_that_mean_the_same_are_refused_before_any_training(data, tmp_path, capsys):
+    """`--grid train.lr=0.0001,1e-4` spells one value twice: two identical trainings (twice the time, two
+    equal rows in the table). Refused, exit 2, naming both points, like a literally repeated value."""
+    out = tmp_path / "sweep"
+    code = run_cli(*cli_args(data, out, grid=["train.lr=0.0001,1e-4"]), "--dry-run")
+    err = capsys.readouterr().err
+    assert code == 2 and "lr=0.0001,seed=0" in err and "lr=1e-4,seed=0" in err and "same" in err
+    assert "Traceback" not in err and not out.exists()
+
+
 def test_dry_run_prints_each_points_train_command(data, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert run_cli(*cli_args(data, out), "--dry-run") == 0
