@@ -273,8 +273,24 @@ def decode_dataset_image(data: bytes) -> tuple[np.ndarray, str, bool]:
     return to_dataset_array(img), img.mode, plain
 
 
-def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]:
+def _foreign_output(out: Path, outputs: dict[str, str], old: dict[str, Any] | None) -> str | None:
+    """The first existing output (relative name) that srtool did not write: no record of this image names
+    it, and it is not the bytes about to be written (an interrupted run's). The fresh-folder check of
+    :func:`_claim_out` for a folder srtool prepared before: a user's file under a new input's output name.
+    An output a record names but whose bytes differ is srtool's, damaged: it is redone."""
+    known = old.get("outputs", {}) if isinstance(old, dict) and isinstance(old.get("outputs"), dict) else {}
+    for rel, digest in outputs.items():
+        path = out / rel
+        if rel not in known and path.exists() and sha256_file(path) != digest:
+            return rel
+    return None
+
+
+def process_image(src: ImageSource, out: Path, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
     """Prepare one image (see the module docstring). Returns its record, or ``{"error": message}`` for a bad input.
+
+    Without ``overwrite``, an existing output srtool did not write (see :func:`_foreign_output`) is kept
+    and the image reported as skipped.
 
     The returned dict also carries ``_status`` ("done" or "reused") and ``_timings`` (seconds per stage),
     which are not part of the record file.
@@ -298,6 +314,7 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         lr_sha = hashlib.sha256(lr_data).hexdigest()
     timings["read+hash"] = time.perf_counter() - t0
     record_path = _records_dir(out) / f"{src.name}.json"
+    old = None
     if record_path.exists():
         try:
             old = json.loads(record_path.read_text())
@@ -350,6 +367,10 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         for rel, blob in blobs:
             outputs[rel.as_posix()] = hashlib.sha256(blob).hexdigest()
         timings["hash outputs"] = time.perf_counter() - t
+        foreign = None if overwrite else _foreign_output(out, outputs, old)
+        if foreign is not None:
+            return {"input": src.label, "error": f"{out / foreign}: already exists and was not written by "
+                                                 "srtool prepare; kept: pass --overwrite to replace it"}
         t = time.perf_counter()
         for rel, blob in blobs:
             write_bytes_atomic(out / rel, blob)
@@ -536,13 +557,13 @@ def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: s
         task = bar.add_task(description, total=len(inputs))
         if workers == 1:
             for src in inputs:
-                collect(src, process_image(src, out, recipe))
+                collect(src, process_image(src, out, recipe, overwrite))
                 bar.advance(task)
         else:
             # spawn, not fork: a caller may have started threads (torch, BLAS) that a fork would copy mid-state
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=worker_signals)
             try:
-                futures = {pool.submit(stoppable, process_image, src, out, recipe): src for src in inputs}
+                futures = {pool.submit(stoppable, process_image, src, out, recipe, overwrite): src for src in inputs}
                 for fut in as_completed(futures):
                     collect(futures[fut], fut.result())
                     bar.advance(task)
