@@ -386,6 +386,9 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserError(f"--out {self.run_dir}: exists and is not a folder; give a new or existing run directory")
         present = [n for n in RUN_FILES if (self.run_dir / n).exists()]
+        if present and "preset.toml" not in present:  # a run writes it first: these are someone else's files
+            raise UserError(f"--out {self.run_dir}: holds {', '.join(present)} but no srtool run (no preset.toml); "
+                            "choose another folder (nothing there is replaced, not even with --overwrite)")
         if present and not self.options.overwrite:
             raise UserError(
                 f"--out {self.run_dir} already holds a run ({', '.join(present)}): continue it with "
