@@ -155,6 +155,14 @@ def collect_folder_inputs(sources: Iterable[Path]) -> list[ImageSource]:
         except OSError as exc:
             raise UserError(f"{src}: cannot list folder ({exc.strerror or exc})") from None
         found.extend((src, p) for p in images)
+    # the same file through two arguments (`a a`, `a a/../a`, `a a/x.png`) would be prepared twice under
+    # two names; two links to one image inside one folder are the user's choice
+    given: dict[Path, tuple[Path, Path]] = {}
+    for folder, p in found:
+        first_folder, first = given.setdefault(p.resolve(), (folder, p))
+        if first is not p and (first == p or first_folder != folder):
+            alias = "" if first == p else f" (also as {first})"
+            raise UserError(f"{p}: given twice{alias}; name each folder or image once")
     stems: dict[str, int] = {}
     for _, p in found:
         stems[p.stem] = stems.get(p.stem, 0) + 1
