@@ -602,7 +602,7 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
         raise UserError(f"--jobs {options.jobs}: must be at least 1")
     if options.max_minutes is not None and options.max_minutes <= 0:
         raise UserError(f"--max-minutes {options.max_minutes:g}: must be positive")
-    sweep_dir = Path(options.out)
+    options.out = sweep_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--out {sweep_dir}: is a file, not a folder")
     options.data = [Path(p).expanduser().resolve() for p in options.data]
@@ -634,7 +634,7 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
               on_plan: Callable[[list[Point]], None] | None = None) -> SweepResult:
     """Plan, validate, then train every point that is not finished (or print the commands: ``dry_run``)."""
     say = say or (lambda message: print(message, file=sys.stderr))
-    sweep_dir = Path(options.out)
+    options.out = sweep_dir = Path(options.out).expanduser()
     if options.dry_run:
         points, _ = prepare_sweep(options)
         commands = [shell_command(train_args(options, p, sweep_dir)) for p in points if p.status in ("pending", "interrupted")]

@@ -135,6 +135,15 @@ def test_grid_values_that_mean_the_same_are_refused_before_any_training(data, tm
     assert "Traceback" not in err and not out.exists()
 
 
+def test_out_with_a_tilde_is_the_home_folder(data, tmp_path, capsys, monkeypatch):
+    """`--out=~/sweeps/a` (bash leaves a ~ after `=` alone) planned runs under a folder literally named `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*cli_args(data, Path("~/sweeps/a"), grid=["train.lr=1e-3,2e-3"]), "--dry-run") == 0
+    outs = [shlex.split(line)[shlex.split(line).index("--out") + 1] for line in capsys.readouterr().out.splitlines()]
+    assert outs == [str(tmp_path / "home" / "sweeps" / "a" / f"lr={v},seed=0") for v in ("1e-3", "2e-3")]
+
+
 def test_dry_run_prints_each_points_train_command(data, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert run_cli(*cli_args(data, out), "--dry-run") == 0

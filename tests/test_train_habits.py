@@ -179,3 +179,18 @@ def test_overwrite_never_deletes_a_folder_that_holds_no_run(t91_subset, tmp_path
         assert code == 2 and len(err.strip().splitlines()) == 1, err
         assert f"--out {proj}" in err and "no srtool run" in err and "--resume" not in err
         assert digest(proj) == before
+
+
+def test_out_and_resume_with_a_tilde_go_to_the_home_folder(t91_subset, tmp_path, monkeypatch):
+    """`--out=~/runs/x` (bash leaves a ~ after `=` alone) made a folder literally named `~` in the working
+    directory; --data and `srtool prepare --out` already expanded it. Now --out and --resume expand ~."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    sets = [a for s in [*TINY, "train.epochs=1", "train.iters_per_epoch=1"] for a in ("--set", s)]
+    assert run_cli("train", "--preset", "srresnet", "--data", str(t91_subset), "--out=~/runs/x", *sets, "-q") == 0
+    assert (home / "runs" / "x" / "exports" / "last.safetensors").is_file() and not (cwd / "~").exists()
+    assert run_cli("train", "--resume", "~/runs/x", "--set", "train.epochs=2", "-q") == 0
+    assert (home / "runs" / "x" / "checkpoints" / "iter_00000002.pt").is_file() and not (cwd / "~").exists()

@@ -197,7 +197,7 @@ class Trainer:
         resuming = options.resume is not None
         # ---- cheap checks first: preset, run directory, dataset names/folders
         if resuming:
-            self.run_dir = Path(options.resume)
+            self.run_dir = Path(options.resume).expanduser()
             self._check_resume_options()
             run_info = runstate.read_run_json(self.run_dir)
             self.preset = self._resume_preset()
@@ -211,7 +211,7 @@ class Trainer:
             self.preset = load_preset(options.preset, options.overrides)
             if options.out is None:
                 raise UserError("give --out RUN_DIR (where checkpoints, logs and exports go)")
-            self.run_dir = Path(options.out)
+            self.run_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
             data = [Path(p).expanduser().resolve() for p in options.data]
             init_from, vgg_weights = options.init_from, options.vgg_weights
             allow_random_vgg = options.allow_random_vgg
