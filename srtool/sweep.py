@@ -463,6 +463,7 @@ class SweepRunner:
         self.sweep_dir = Path(options.out)
         self.gpus = visible_gpus(options.device)
         self.running: list[_Running] = []
+        self.interrupted_by: str | None = None  # "SIGINT" or "SIGTERM" once the sweep itself was interrupted
 
     def _record(self, point: Point, **extra: Any) -> None:
         for entry in self.doc["points"]:
@@ -544,7 +545,8 @@ class SweepRunner:
                 if on_tick is not None:
                     on_tick([r.point for r in self.running])
             return True
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self.interrupted_by = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
             self.say("interrupted: the running points save a checkpoint, then stop; run the same command to continue")
             for run in self.running:
                 with contextlib.suppress(ProcessLookupError):
@@ -578,8 +580,12 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C; told apart for the exit status (143, as ``srtool train``)."""
+
+
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -591,6 +597,7 @@ class SweepResult:
     points: list[Point]
     commands: list[str]
     completed: bool = True
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when not completed
 
     def count(self, status: str) -> int:
         return sum(p.status == status for p in self.points)
@@ -650,4 +657,4 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
             on_plan(points)
         runner = SweepRunner(options, points, doc, say)
         completed = runner.run(on_tick)
-    return SweepResult(sweep_dir, points, [], completed)
+    return SweepResult(sweep_dir, points, [], completed, runner.interrupted_by)

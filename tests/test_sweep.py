@@ -285,3 +285,21 @@ def test_jobs_give_each_point_its_own_gpu_or_a_share_of_the_cpu(data, tmp_path, 
     runner = SweepRunner(sweep_options(data, tmp_path, jobs=2), [], {"points": []})
     assert runner._environment(None)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     assert runner._environment("1")["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.slow  # ~15 s: a sweep process and its training child start torch
+def test_sigterm_ends_the_sweep_with_143_and_the_point_resumable(data, tmp_path):
+    """`kill PID` / `timeout` / a scheduler's SIGTERM: the sweep stopped its points properly but exited 130
+    (the Ctrl-C status); `srtool train` exits 143 (128 + SIGTERM) for it. Now the sweep does too."""
+    out = tmp_path / "sweep"
+    args = cli_args(data, out, grid=["train.lr=1e-3"], extra=["train.iters_per_epoch=5000", "validation.every=5000"])
+    proc = subprocess.Popen([sys.executable, "-m", "srtool", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = out / "lr=1e-3,seed=0" / "checkpoints" / "iter_00000002.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.stderr.read()
+    assert [p["status"] for p in read_manifest(out)["points"]] == ["interrupted"]
