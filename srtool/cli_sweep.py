@@ -32,7 +32,7 @@ _LpipsWeightsOption = Annotated[
 ]
 
 
-def _sweep_report(sweep_dir: str | Path, evals: Optional[list[str]], protocol: str, device: str, tile: Optional[int],
+def _sweep_report(sweep_dir: str, evals: Optional[list[str]], protocol: str, device: str, tile: Optional[int],
                   figure_image: Optional[str], metrics: Optional[list[str]] = None, lpips_weights: Optional[str] = None,
                   progress: bool = True) -> None:
     from .scoring import DEFAULT_METRICS
@@ -135,7 +135,7 @@ def sweep(
         raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)  # the shell's 128 + signal number
     if result.count("done") + result.count("stopped"):
         if options.evals:
-            _sweep_report(options.out, None, protocol, device, None, None, metric, lpips_weights, progress)
+            _sweep_report(str(options.out), None, protocol, device, None, None, metric, lpips_weights, progress)
         else:
             from .sweep_report import plot_sweep_curves
             from .sweep import read_manifest
