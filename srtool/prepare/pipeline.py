@@ -515,9 +515,10 @@ def run_prepare(
         raise UserError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
     out = Path(out).expanduser()
     outputs_dirs = {(out / "HR").resolve(), _lr_dir(out, recipe.scale).resolve()}
-    clash = next((src for src in inputs if src.member is None and src.path.parent.resolve() in outputs_dirs), None)
+    clash = next((path for src in inputs if src.member is None for path in (src.path, src.lr_path)  # --lr's too
+                  if path is not None and path.parent.resolve() in outputs_dirs), None)
     if clash is not None:
-        raise UserError(f"--out {out}: would write into the source folder {clash.path.parent}; choose another --out")
+        raise UserError(f"--out {out}: would write into the source folder {clash.parent}; choose another --out")
     _check_out(out)
     with out_lock(out / STATE_DIR, out):
         return _run_locked(inputs, out, recipe, kind=kind, sources=sources, workers=workers, overwrite=overwrite,
