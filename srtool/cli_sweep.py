@@ -89,7 +89,7 @@ def sweep(
     except ValueError:
         raise UserError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     options = SweepOptions(
-        preset=preset, data=[Path(d) for d in data or []], out=Path(out), grid=list(grid or []), overrides=list(set_ or []),
+        preset=preset, data=[Path(d) for d in data or []], out=Path(out).expanduser(), grid=list(grid or []), overrides=list(set_ or []),
         seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights,
         allow_random_vgg=allow_random_vgg, device=device,
         jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
@@ -105,14 +105,14 @@ def sweep(
         columns = (TextColumn("[bold]sweep[/bold] {task.description}"), BarColumn(),
                    TextColumn("{task.completed}/{task.total} it"), TimeElapsedColumn(), TimeRemainingColumn())
         with Progress(*columns, console=err_console) as bar:
-            task = bar.add_task(Path(out).name, total=None)
+            task = bar.add_task(options.out.name, total=None)
             state: dict = {}
 
             def on_tick(running) -> None:
                 if "points" in state:
-                    done, total = progress_counts(state["points"], Path(out))
+                    done, total = progress_counts(state["points"], options.out)
                     bar.update(task, completed=done, total=total,
-                               description=f"{Path(out).name} ({len(running)} running)")
+                               description=f"{options.out.name} ({len(running)} running)")
 
             def on_plan(points) -> None:
                 state["points"] = points
@@ -132,15 +132,15 @@ def sweep(
         if point.status == "failed":
             print_error(f"[red]failed:[/red] {escape(point.name)}: {escape(point.reason or '')}")
     if not result.completed:
-        raise typer.Exit(130)
+        raise typer.Exit(143 if result.interrupted == "SIGTERM" else 130)  # the shell's 128 + signal number
     if result.count("done") + result.count("stopped"):
         if options.evals:
-            _sweep_report(out, None, protocol, device, None, None, metric, lpips_weights, progress)
+            _sweep_report(str(options.out), None, protocol, device, None, None, metric, lpips_weights, progress)
         else:
             from .sweep_report import plot_sweep_curves
             from .sweep import read_manifest
 
-            path = plot_sweep_curves(Path(out), read_manifest(Path(out))["points"])
+            path = plot_sweep_curves(options.out, read_manifest(options.out)["points"])
             err_console.print(f"wrote {escape(str(path))} (give --eval NAME to get the table and comparison.png)",
                               highlight=False, soft_wrap=True)
     if result.count("failed"):

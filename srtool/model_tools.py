@@ -32,10 +32,12 @@ def _target(out: str | Path, suffix: str, overwrite: bool) -> Path:
     out = Path(out).expanduser()
     if out.suffix.lower() != suffix:
         raise UserError(f"{out}: the output must end in {suffix}")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder; name the output file (ending in {suffix})")
     if out.exists() and not overwrite:
         raise UserError(f"{out}: exists; pass --overwrite to replace it")
     if not out.parent.is_dir():
-        raise UserError(f"{out.parent}: output folder does not exist")
+        raise UserError(f"{out.parent}: " + ("is not a folder" if out.parent.exists() else "output folder does not exist"))
     return out
 
 
@@ -116,6 +118,8 @@ def convert_model(path: str | Path, out: str | Path, scale: int | None = None, o
 
     path = _source(path)
     out = _target(out, ".safetensors", overwrite)
+    if out.with_suffix(".json").is_dir():
+        raise UserError(f"{out.with_suffix('.json')}: is a folder (convert writes its metadata there)")
     if out.with_suffix(".json").exists() and not overwrite:  # the export's human-readable metadata copy
         raise UserError(f"{out.with_suffix('.json')}: exists (convert writes it beside {out.name}); pass --overwrite to replace it")
     network, info = load_network(path, scale)

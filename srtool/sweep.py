@@ -188,7 +188,7 @@ def plan_points(options: SweepOptions) -> list[Point]:
     seed_axis = [] if "train.seed" in keys else ["train.seed"]
     seeds = _seed_values(options) if seed_axis else [""]
     short = _short_keys(keys + seed_axis)
-    points, names = [], {}
+    points, names, configs = [], {}, {}
     for combo in combos:
         for seed in seeds:
             values = dict(zip(keys, combo))
@@ -203,6 +203,9 @@ def plan_points(options: SweepOptions) -> list[Point]:
             if name in names:
                 raise UserError(f"sweep points {names[name]} and {values} both get the folder name {name}")
             names[name] = values
+            same = configs.setdefault(json.dumps(preset.model_dump(mode="json"), sort_keys=True), name)
+            if same != name:  # e.g. train.lr=0.0001,1e-4: one training twice
+                raise UserError(f"sweep points {same} and {name} are the same configuration (a grid value is spelt twice)")
             points.append(Point(name, values, overrides, preset, {short[k]: v for k, v in values.items()}))
     return points
 
@@ -460,6 +463,7 @@ class SweepRunner:
         self.sweep_dir = Path(options.out)
         self.gpus = visible_gpus(options.device)
         self.running: list[_Running] = []
+        self.interrupted_by: str | None = None  # "SIGINT" or "SIGTERM" once the sweep itself was interrupted
 
     def _record(self, point: Point, **extra: Any) -> None:
         for entry in self.doc["points"]:
@@ -541,7 +545,8 @@ class SweepRunner:
                 if on_tick is not None:
                     on_tick([r.point for r in self.running])
             return True
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
+            self.interrupted_by = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
             self.say("interrupted: the running points save a checkpoint, then stop; run the same command to continue")
             for run in self.running:
                 with contextlib.suppress(ProcessLookupError):
@@ -575,8 +580,12 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound like Ctrl-C; told apart for the exit status (143, as ``srtool train``)."""
+
+
 def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 # ------------------------------------------------------------------------------------------ entry
@@ -588,6 +597,7 @@ class SweepResult:
     points: list[Point]
     commands: list[str]
     completed: bool = True
+    interrupted: str | None = None  # "SIGINT" or "SIGTERM" when not completed
 
     def count(self, status: str) -> int:
         return sum(p.status == status for p in self.points)
@@ -599,7 +609,7 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
         raise UserError(f"--jobs {options.jobs}: must be at least 1")
     if options.max_minutes is not None and options.max_minutes <= 0:
         raise UserError(f"--max-minutes {options.max_minutes:g}: must be positive")
-    sweep_dir = Path(options.out)
+    options.out = sweep_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--out {sweep_dir}: is a file, not a folder")
     options.data = [Path(p).expanduser().resolve() for p in options.data]
@@ -631,7 +641,7 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
               on_plan: Callable[[list[Point]], None] | None = None) -> SweepResult:
     """Plan, validate, then train every point that is not finished (or print the commands: ``dry_run``)."""
     say = say or (lambda message: print(message, file=sys.stderr))
-    sweep_dir = Path(options.out)
+    options.out = sweep_dir = Path(options.out).expanduser()
     if options.dry_run:
         points, _ = prepare_sweep(options)
         commands = [shell_command(train_args(options, p, sweep_dir)) for p in points if p.status in ("pending", "interrupted")]
@@ -647,4 +657,4 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
             on_plan(points)
         runner = SweepRunner(options, points, doc, say)
         completed = runner.run(on_tick)
-    return SweepResult(sweep_dir, points, [], completed)
+    return SweepResult(sweep_dir, points, [], completed, runner.interrupted_by)

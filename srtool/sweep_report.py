@@ -159,7 +159,7 @@ def evaluate_sweep(
     from .scoring import Scorer, parse_metrics
 
     metrics = parse_metrics(metrics)
-    sweep_dir = Path(sweep_dir)
+    sweep_dir = Path(sweep_dir).expanduser()
     doc = read_manifest(sweep_dir)
     points = doc["points"]
     axes = grid_axes(points)

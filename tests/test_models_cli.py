@@ -195,3 +195,29 @@ def test_upscale_cli_with_community_checkpoint(tmp_path: Path):
         ref = descriptor(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0].permute(1, 2, 0).numpy()
     assert got.shape == (48, 40, 3)
     assert np.abs(got.astype(int) - np.floor(ref * 255 + 0.5).astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("command,name", [("convert", "out.safetensors"), ("export", "out.onnx")])
+def test_output_that_is_a_folder_is_one_line(tmp_path: Path, capsys, command: str, name: str):
+    """`srtool models convert|export M OUT --overwrite` with OUT an existing folder: exit 2 naming it (was an
+    internal IsADirectoryError, exit 1); the folder and its content are kept, no temporary is left."""
+    path = tmp_path / "m.safetensors"
+    save_export(path, SRResNet(SRResNetConfig(n_blocks=1, n_feats=8)))
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    for extra in ((), ("--overwrite",)):
+        assert run_cli("models", command, str(path), str(folder), *extra) == 2
+        err = capsys.readouterr().err
+        assert f"{folder}: is a folder" in err and "internal error" not in err
+    assert (folder / "keep.txt").read_text() == "mine"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".srtool-")]
+
+
+def test_output_under_a_file_is_one_line(tmp_path: Path, capsys):
+    """OUT inside a path whose 'folder' is a file says so (was 'output folder does not exist')."""
+    path = tmp_path / "m.safetensors"
+    save_export(path, SRResNet(SRResNetConfig(n_blocks=1, n_feats=8)))
+    (tmp_path / "afile").write_text("x")
+    assert run_cli("models", "convert", str(path), str(tmp_path / "afile" / "o.safetensors")) == 2
+    assert f"{tmp_path / 'afile'}: is not a folder" in capsys.readouterr().err

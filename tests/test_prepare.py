@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -144,6 +145,29 @@ def test_rerun_with_other_recipe_needs_overwrite(shared_data, tmp_path):
     before = (src_parent / "HR" / "x.png").read_bytes()
     assert run_cli("prepare", "benchmark", str(src_parent / "HR"), "--out", str(src_parent), "--overwrite", "--no-progress") == 2
     assert (src_parent / "HR" / "x.png").read_bytes() == before
+
+
+def test_rerun_keeps_a_file_the_user_put_under_a_new_inputs_output_name(shared_data, tmp_path, capsys):
+    """A folder srtool prepared, a new input added, and a file of the user's already under its output
+    name: the re-run used to replace it silently (a fresh --out refuses that, exit 2). Now that image
+    is skipped (exit 1, one line naming the file) and the file kept, unless --overwrite."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("t1.png", "t2.png"):
+        (src / name).symlink_to(shared_data / "train" / "T91" / name)
+    out = tmp_path / "out"
+    args = ["prepare", "folder", str(src), "--out", str(out), "--workers", "1", "--no-progress"]
+    assert run_cli(*args) == 0
+    mine = out / "LR_bicubic" / "X4" / "t5.png"
+    shutil.copyfile(shared_data / "train" / "T91" / "t3.png", mine)  # the user's own file
+    (src / "t5.png").symlink_to(shared_data / "train" / "T91" / "t5.png")
+    capsys.readouterr()
+    assert run_cli(*args) == 1
+    err = capsys.readouterr().err
+    assert f"{mine}: already exists and was not written by srtool prepare" in err and "Traceback" not in err
+    assert mine.read_bytes() == (shared_data / "train" / "T91" / "t3.png").read_bytes()
+    assert run_cli(*args, "--overwrite") == 0
+    assert np.array_equal(load(mine), downscale(load(out / "HR" / "t5.png"), 4))
 
 
 def test_missing_source_and_unwritable_out_are_one_line_exit_2(tmp_path, capsys):

@@ -128,3 +128,18 @@ def test_gray_palette_stays_single_channel():
     img = Image.fromarray(gray).convert("P")
     out = to_dataset_array(img)
     assert out.ndim == 2 and np.array_equal(out, gray)
+
+
+def test_a_folder_or_image_given_twice_is_named(shared_data, tmp_path, capsys):
+    """`prepare folder a a` (or `a ./a/../a`, or a folder and one of its images) said "input names collide
+    after disambiguation: t1_png; rename the files": wrong advice. Now one line naming what was given twice."""
+    a = tmp_path / "a"
+    a.mkdir()
+    for name in ("t1.png", "t2.png"):
+        (a / name).symlink_to(shared_data / "train" / "T91" / name)
+    out = tmp_path / "out"
+    for second in (a, a / ".." / "a", a / "t2.png"):
+        code = run_cli("prepare", "folder", str(a), str(second), "--out", str(out), "--workers", "1", "--no-progress")
+        err = capsys.readouterr().err
+        assert code == 2 and "given twice" in err and "rename" not in err and str(second) in err, err
+        assert not out.exists()

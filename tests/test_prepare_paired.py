@@ -91,3 +91,24 @@ def test_pairs_are_checked_before_any_work(benchmarks_dir, tmp_path, capsys):
     code = run_cli("prepare", "folder", str(hr), "--lr", str(lr), "--out", str(tmp_path / "o3"), "--no-progress")
     err = capsys.readouterr().err
     assert code != 0 and "bird.png: LR 128x128 is not exactly 1/4 of its HR bird.png 288x288" in err.replace("\n", " "), err
+
+
+def test_given_lr_inside_the_outputs_lr_folder_is_refused_even_with_overwrite(benchmarks_dir, tmp_path, capsys):
+    """`prepare folder HR --lr OUT/LR_bicubic/X4 --out OUT --overwrite` re-encoded the user's LR inputs in
+    place (a 16-bit LR would become 8-bit): the given LR folder is an input, refused like HR's (exit 2)."""
+    out = tmp_path / "out"
+    lr = out / "LR_bicubic" / "X4"
+    lr.mkdir(parents=True)
+    for src in sorted((benchmarks_dir / "Set5" / "LR_bicubic" / "X4").glob("*.png"))[:2]:
+        arr = np.asarray(Image.open(src).convert("RGB")).astype(np.uint16) * 257
+        Image.fromarray(arr[..., 0]).save(lr / src.name)  # 16-bit gray: the writer would make it 8-bit
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    for src in sorted((benchmarks_dir / "Set5" / "HR").glob("*.png"))[:2]:
+        Image.open(src).convert("L").save(hr / src.name)
+    before = {p.name: p.read_bytes() for p in lr.iterdir()}
+    code = run_cli("prepare", "folder", str(hr), "--lr", str(lr), "--out", str(out), "--overwrite",
+                   "--workers", "1", "--no-progress")
+    err = capsys.readouterr().err
+    assert code == 2 and "would write into the source folder" in err and str(lr) in err, err
+    assert {p.name: p.read_bytes() for p in lr.iterdir()} == before

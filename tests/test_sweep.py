@@ -125,6 +125,25 @@ def test_invalid_grid_value_or_field_fails_before_any_training(data, tmp_path, c
     assert code == 2 and "hr_crop=50" in err and "multiple of the scale" in err and not out.exists()
 
 
+def test_grid_values_that_mean_the_same_are_refused_before_any_training(data, tmp_path, capsys):
+    """`--grid train.lr=0.0001,1e-4` spells one value twice: two identical trainings (twice the time, two
+    equal rows in the table). Refused, exit 2, naming both points, like a literally repeated value."""
+    out = tmp_path / "sweep"
+    code = run_cli(*cli_args(data, out, grid=["train.lr=0.0001,1e-4"]), "--dry-run")
+    err = capsys.readouterr().err
+    assert code == 2 and "lr=0.0001,seed=0" in err and "lr=1e-4,seed=0" in err and "same" in err
+    assert "Traceback" not in err and not out.exists()
+
+
+def test_out_with_a_tilde_is_the_home_folder(data, tmp_path, capsys, monkeypatch):
+    """`--out=~/sweeps/a` (bash leaves a ~ after `=` alone) planned runs under a folder literally named `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    assert run_cli(*cli_args(data, Path("~/sweeps/a"), grid=["train.lr=1e-3,2e-3"]), "--dry-run") == 0
+    outs = [shlex.split(line)[shlex.split(line).index("--out") + 1] for line in capsys.readouterr().out.splitlines()]
+    assert outs == [str(tmp_path / "home" / "sweeps" / "a" / f"lr={v},seed=0") for v in ("1e-3", "2e-3")]
+
+
 def test_dry_run_prints_each_points_train_command(data, tmp_path, capsys):
     out = tmp_path / "sweep"
     assert run_cli(*cli_args(data, out), "--dry-run") == 0
@@ -266,3 +285,21 @@ def test_jobs_give_each_point_its_own_gpu_or_a_share_of_the_cpu(data, tmp_path, 
     runner = SweepRunner(sweep_options(data, tmp_path, jobs=2), [], {"points": []})
     assert runner._environment(None)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
     assert runner._environment("1")["CUDA_VISIBLE_DEVICES"] == "1"
+
+
+@pytest.mark.slow  # ~15 s: a sweep process and its training child start torch
+def test_sigterm_ends_the_sweep_with_143_and_the_point_resumable(data, tmp_path):
+    """`kill PID` / `timeout` / a scheduler's SIGTERM: the sweep stopped its points properly but exited 130
+    (the Ctrl-C status); `srtool train` exits 143 (128 + SIGTERM) for it. Now the sweep does too."""
+    out = tmp_path / "sweep"
+    args = cli_args(data, out, grid=["train.lr=1e-3"], extra=["train.iters_per_epoch=5000", "validation.every=5000"])
+    proc = subprocess.Popen([sys.executable, "-m", "srtool", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    first = out / "lr=1e-3,seed=0" / "checkpoints" / "iter_00000002.pt"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143, proc.stderr.read()
+    assert [p["status"] for p in read_manifest(out)["points"]] == ["interrupted"]

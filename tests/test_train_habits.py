@@ -159,3 +159,38 @@ def test_plain_hr_folder_is_prepared_once_into_the_cache_without_a_bar_under_no_
     assert len(list((tmp_path / "cache" / "train-folders").iterdir())) == 1
     assert run_cli(*args, "--out", str(tmp_path / "run2")) == 0  # the same folder again: the cached store
     assert "preparing" not in capsys.readouterr().err
+
+
+def test_overwrite_never_deletes_a_folder_that_holds_no_run(t91_subset, tmp_path, capsys):
+    """`--out proj` where proj is a user's folder with its own exports/, checkpoints/ and log.jsonl (but no
+    run: srtool writes preset.toml first): --overwrite used to delete them ("already holds a run").
+    Now one line, exit 2, with or without --overwrite, and every file kept."""
+    proj = tmp_path / "proj"
+    (proj / "exports").mkdir(parents=True)
+    (proj / "checkpoints").mkdir()
+    (proj / "exports" / "paper_model.onnx").write_bytes(b"precious")
+    (proj / "checkpoints" / "README").write_text("notes")
+    (proj / "log.jsonl").write_text('{"mine": 1}\n')
+    before = digest(proj)
+    for extra in ((), ("--overwrite",)):
+        code = run_cli("train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(proj),
+                       *(a for s in TINY for a in ("--set", s)), "--no-progress", *extra)
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert f"--out {proj}" in err and "no srtool run" in err and "--resume" not in err
+        assert digest(proj) == before
+
+
+def test_out_and_resume_with_a_tilde_go_to_the_home_folder(t91_subset, tmp_path, monkeypatch):
+    """`--out=~/runs/x` (bash leaves a ~ after `=` alone) made a folder literally named `~` in the working
+    directory; --data and `srtool prepare --out` already expanded it. Now --out and --resume expand ~."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    home.mkdir()
+    cwd.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(cwd)
+    sets = [a for s in [*TINY, "train.epochs=1", "train.iters_per_epoch=1"] for a in ("--set", s)]
+    assert run_cli("train", "--preset", "srresnet", "--data", str(t91_subset), "--out=~/runs/x", *sets, "-q") == 0
+    assert (home / "runs" / "x" / "exports" / "last.safetensors").is_file() and not (cwd / "~").exists()
+    assert run_cli("train", "--resume", "~/runs/x", "--set", "train.epochs=2", "-q") == 0
+    assert (home / "runs" / "x" / "checkpoints" / "iter_00000002.pt").is_file() and not (cwd / "~").exists()

@@ -155,6 +155,14 @@ def collect_folder_inputs(sources: Iterable[Path]) -> list[ImageSource]:
         except OSError as exc:
             raise UserError(f"{src}: cannot list folder ({exc.strerror or exc})") from None
         found.extend((src, p) for p in images)
+    # the same file through two arguments (`a a`, `a a/../a`, `a a/x.png`) would be prepared twice under
+    # two names; two links to one image inside one folder are the user's choice
+    given: dict[Path, tuple[Path, Path]] = {}
+    for folder, p in found:
+        first_folder, first = given.setdefault(p.resolve(), (folder, p))
+        if first is not p and (first == p or first_folder != folder):
+            alias = "" if first == p else f" (also as {first})"
+            raise UserError(f"{p}: given twice{alias}; name each folder or image once")
     stems: dict[str, int] = {}
     for _, p in found:
         stems[p.stem] = stems.get(p.stem, 0) + 1
@@ -273,8 +281,24 @@ def decode_dataset_image(data: bytes) -> tuple[np.ndarray, str, bool]:
     return to_dataset_array(img), img.mode, plain
 
 
-def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]:
+def _foreign_output(out: Path, outputs: dict[str, str], old: dict[str, Any] | None) -> str | None:
+    """The first existing output (relative name) that srtool did not write: no record of this image names
+    it, and it is not the bytes about to be written (an interrupted run's). The fresh-folder check of
+    :func:`_claim_out` for a folder srtool prepared before: a user's file under a new input's output name.
+    An output a record names but whose bytes differ is srtool's, damaged: it is redone."""
+    known = old.get("outputs", {}) if isinstance(old, dict) and isinstance(old.get("outputs"), dict) else {}
+    for rel, digest in outputs.items():
+        path = out / rel
+        if rel not in known and path.exists() and sha256_file(path) != digest:
+            return rel
+    return None
+
+
+def process_image(src: ImageSource, out: Path, recipe: Recipe, overwrite: bool = False) -> dict[str, Any]:
     """Prepare one image (see the module docstring). Returns its record, or ``{"error": message}`` for a bad input.
+
+    Without ``overwrite``, an existing output srtool did not write (see :func:`_foreign_output`) is kept
+    and the image reported as skipped.
 
     The returned dict also carries ``_status`` ("done" or "reused") and ``_timings`` (seconds per stage),
     which are not part of the record file.
@@ -298,6 +322,7 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         lr_sha = hashlib.sha256(lr_data).hexdigest()
     timings["read+hash"] = time.perf_counter() - t0
     record_path = _records_dir(out) / f"{src.name}.json"
+    old = None
     if record_path.exists():
         try:
             old = json.loads(record_path.read_text())
@@ -350,6 +375,10 @@ def process_image(src: ImageSource, out: Path, recipe: Recipe) -> dict[str, Any]
         for rel, blob in blobs:
             outputs[rel.as_posix()] = hashlib.sha256(blob).hexdigest()
         timings["hash outputs"] = time.perf_counter() - t
+        foreign = None if overwrite else _foreign_output(out, outputs, old)
+        if foreign is not None:
+            return {"input": src.label, "error": f"{out / foreign}: already exists and was not written by "
+                                                 "srtool prepare; kept: pass --overwrite to replace it"}
         t = time.perf_counter()
         for rel, blob in blobs:
             write_bytes_atomic(out / rel, blob)
@@ -486,9 +515,10 @@ def run_prepare(
         raise UserError("no input images found (looked for " + ", ".join(IMAGE_SUFFIXES) + ")")
     out = Path(out).expanduser()
     outputs_dirs = {(out / "HR").resolve(), _lr_dir(out, recipe.scale).resolve()}
-    clash = next((src for src in inputs if src.member is None and src.path.parent.resolve() in outputs_dirs), None)
+    clash = next((path for src in inputs if src.member is None for path in (src.path, src.lr_path)  # --lr's too
+                  if path is not None and path.parent.resolve() in outputs_dirs), None)
     if clash is not None:
-        raise UserError(f"--out {out}: would write into the source folder {clash.path.parent}; choose another --out")
+        raise UserError(f"--out {out}: would write into the source folder {clash.parent}; choose another --out")
     _check_out(out)
     with out_lock(out / STATE_DIR, out):
         return _run_locked(inputs, out, recipe, kind=kind, sources=sources, workers=workers, overwrite=overwrite,
@@ -536,13 +566,13 @@ def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: s
         task = bar.add_task(description, total=len(inputs))
         if workers == 1:
             for src in inputs:
-                collect(src, process_image(src, out, recipe))
+                collect(src, process_image(src, out, recipe, overwrite))
                 bar.advance(task)
         else:
             # spawn, not fork: a caller may have started threads (torch, BLAS) that a fork would copy mid-state
             pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=worker_signals)
             try:
-                futures = {pool.submit(stoppable, process_image, src, out, recipe): src for src in inputs}
+                futures = {pool.submit(stoppable, process_image, src, out, recipe, overwrite): src for src in inputs}
                 for fut in as_completed(futures):
                     collect(futures[fut], fut.result())
                     bar.advance(task)

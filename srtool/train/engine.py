@@ -197,7 +197,7 @@ class Trainer:
         resuming = options.resume is not None
         # ---- cheap checks first: preset, run directory, dataset names/folders
         if resuming:
-            self.run_dir = Path(options.resume)
+            self.run_dir = Path(options.resume).expanduser()
             self._check_resume_options()
             run_info = runstate.read_run_json(self.run_dir)
             self.preset = self._resume_preset()
@@ -211,7 +211,7 @@ class Trainer:
             self.preset = load_preset(options.preset, options.overrides)
             if options.out is None:
                 raise UserError("give --out RUN_DIR (where checkpoints, logs and exports go)")
-            self.run_dir = Path(options.out)
+            self.run_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
             data = [Path(p).expanduser().resolve() for p in options.data]
             init_from, vgg_weights = options.init_from, options.vgg_weights
             allow_random_vgg = options.allow_random_vgg
@@ -386,6 +386,9 @@ class Trainer:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserError(f"--out {self.run_dir}: exists and is not a folder; give a new or existing run directory")
         present = [n for n in RUN_FILES if (self.run_dir / n).exists()]
+        if present and "preset.toml" not in present:  # a run writes it first: these are someone else's files
+            raise UserError(f"--out {self.run_dir}: holds {', '.join(present)} but no srtool run (no preset.toml); "
+                            "choose another folder (nothing there is replaced, not even with --overwrite)")
         if present and not self.options.overwrite:
             raise UserError(
                 f"--out {self.run_dir} already holds a run ({', '.join(present)}): continue it with "
