@@ -16,7 +16,7 @@ from .engine import SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
 from .memory import retain_freed_memory
-from .model_files import bundled_model_path, check_model_options, read_export_metadata, run_directory_export
+from .model_files import bundled_model_path, check_model_options, read_export_metadata, weights_in
 from .models.integrity import check_model_path
 
 
@@ -95,11 +95,7 @@ def load_model(
             "or a named model such as realesrgan-x4plus)"
         )
     check_model_path(path, spec_str)
-    if path.is_dir():
-        export = run_directory_export(path)
-        if export is None:
-            raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
-        path = export
+    path = weights_in(path)
     network, info = load_network(path, scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:

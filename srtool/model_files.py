@@ -36,6 +36,17 @@ def run_directory_export(path: Path) -> Path | None:
     return None
 
 
+def weights_in(path: Path) -> Path:
+    """``path`` itself, or for a training run directory its export (:func:`run_directory_export`); a folder
+    that holds none is refused in one line."""
+    if not path.is_dir():
+        return path
+    export = run_directory_export(path)
+    if export is None:
+        raise UserError(f"{path}: a directory but not a training run (no exports/best.safetensors or exports/last.safetensors)")
+    return export
+
+
 def check_model_options(tile: int | None, tile_pad: int | None, alpha: str, scale: int | None) -> None:
     """The model options whose validity does not depend on the model (``load_model`` checks them first)."""
     if tile is not None and tile < MIN_TILE:

@@ -22,7 +22,13 @@ DEFAULT_OPSET = 17
 
 
 def _source(path: str | Path) -> Path:
-    path = Path(path).expanduser()
+    """The weights file ``path`` names: a file, a training run directory (its export, as ``--model``
+    takes it), or ``default`` (the bundled model)."""
+    from .model_files import bundled_model_path, weights_in
+
+    if str(path) == "default" and bundled_model_path() is not None and not Path("default").exists():
+        return bundled_model_path()
+    path = weights_in(Path(path).expanduser())
     if not path.is_file():
         raise UserError(f"model file not found: {path}")
     return path

@@ -221,3 +221,20 @@ def test_output_under_a_file_is_one_line(tmp_path: Path, capsys):
     (tmp_path / "afile").write_text("x")
     assert run_cli("models", "convert", str(path), str(tmp_path / "afile" / "o.safetensors")) == 2
     assert f"{tmp_path / 'afile'}: is not a folder" in capsys.readouterr().err
+
+
+def test_inspect_takes_a_run_directory_and_default_as_upscale_does(tmp_path: Path, capsys):
+    """`--model` takes a training run directory and `default`; `models inspect` said "model file not found"."""
+    from srtool.model_files import bundled_model_path
+
+    run = tmp_path / "run"
+    (run / "exports").mkdir(parents=True)
+    save_export(run / "exports" / "last.safetensors", SRResNet(SRResNetConfig(n_blocks=1, n_feats=8)))
+    assert run_cli("models", "inspect", str(run), "--json") == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["architecture"] == "srresnet" and info["scale"] == 4
+    assert run_cli("models", "inspect", "default", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["sha256"] == hashlib.sha256(bundled_model_path().read_bytes()).hexdigest()
+    assert run_cli("models", "inspect", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "not a training run" in err and "Traceback" not in err
