@@ -324,10 +324,10 @@ def evaluate_models(
     default up to 4, one per core). Results are the same as one image at a time and keep the
     dataset's order; an image's ``seconds`` is then its time in its lane, on its share of the cores.
     """
-    from .threads import check_workers, default_workers
+    from .threads import workers_or_default
 
     scale = _common_scale(models, protocol)
-    workers = default_workers() if workers is None else check_workers(workers)
+    workers = workers_or_default(workers)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = dataset if isinstance(dataset, Dataset) else open_dataset(dataset, scale)
     if data.scale != scale:
@@ -377,12 +377,8 @@ def evaluate_models(
                 advance()
 
         try:
-            if lanes == 1:
-                for index in range(len(data.pairs)):
-                    evaluate_pair(index)
-            else:
-                _evaluate_in_lanes(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1,
-                                   scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
+            _evaluate_pairs(data, evaluate_pair, lanes, stop, held_outputs=len(models) if on_image else 1,
+                               scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
         finally:
             if scorer.lpips is not None:  # the last HR features are not held after the run (GPU memory in training)
                 scorer.lpips.forget()
@@ -394,10 +390,10 @@ def evaluate_models(
     return results
 
 
-def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lanes: int,
+def _evaluate_pairs(data: Dataset, evaluate_pair: Callable[[int], None], lanes: int,
                        stop: threading.Event, held_outputs: int = 1, scoring_bytes_per_pixel: int = 0) -> None:
-    """Pairs, largest first (results keep the dataset's order), each read and evaluated
-    (``evaluate_pair(index)``) by the next free lane (:func:`srtool.threads.run_lanes`): one image per
+    """Every pair read and evaluated (``evaluate_pair(index)``): in the dataset's order with one lane;
+    with several, largest first (results keep the dataset's order), each by the next free lane (:func:`srtool.threads.run_lanes`): one image per
     core, so the network's threads never wait for each other at the end of a layer, and one image's
     reading and scoring overlap another's network.
 
@@ -407,6 +403,10 @@ def _evaluate_in_lanes(data: Dataset, evaluate_pair: Callable[[int], None], lane
     :meth:`Scorer.working_bytes_per_pixel`), would not fit in half of the free memory (LPIPS-vgg on 2K
     images: ~4 GB each). Ctrl-C or a lane's error stops the others at their next tile (or next image,
     for work that has no tiles)."""
+    if lanes == 1:
+        for index in range(len(data.pairs)):
+            evaluate_pair(index)
+        return
     from .engine import LARGE_OUTPUT_BYTES, Cancelled
     from .memory import free_memory
     from .threads import LaneCores, run_lanes
@@ -842,7 +842,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     (default up to 4, one per core); the scores do not depend on it and keep the folder's order."""
     from . import __version__
     from .imageio import read_dataset_image
-    from .threads import check_workers, default_workers
+    from .threads import workers_or_default
 
     if scorer.needs_reference:
         raise UserError("images without HR can only be scored with no-reference metrics (--metric niqe)")
@@ -851,7 +851,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
     for data in datasets:
         result = DatasetResult(data.name, str(data.path), 1, protocol, entry.label, AS_IS, AS_IS)
         scored: list[ImageResult | None] = [None] * len(data.pairs)
-        lanes = eval_lanes([], default_workers() if workers is None else check_workers(workers), len(data.pairs))
+        lanes = eval_lanes([], workers_or_default(workers), len(data.pairs))
         one_at_a_time = threading.Lock()
         with _progress_bar(progress, data.name, len(data)) as advance:
 
@@ -862,12 +862,8 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
                 with one_at_a_time:
                     advance()
 
-            if lanes == 1:
-                for index in range(len(data.pairs)):
-                    score_one(index)
-            else:
-                _evaluate_in_lanes(data, score_one, lanes, threading.Event(),
-                                   scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
+            _evaluate_pairs(data, score_one, lanes, threading.Event(),
+                               scoring_bytes_per_pixel=scorer.working_bytes_per_pixel())
         if None in scored:
             raise RuntimeError(f"{data.name}: {scored.count(None)} image(s) were not scored")
         result.images.extend(scored)
@@ -959,7 +955,7 @@ def run_eval(
     from .imageio import write_png
     from .scoring import parse_metrics
     from .sharding import current_shard
-    from .threads import check_workers
+    from .threads import workers_or_default
 
     shard = current_shard()
 
@@ -968,8 +964,7 @@ def run_eval(
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
-    if workers is not None:
-        check_workers(workers)  # before any model loads
+    workers_or_default(workers)  # checked before any model loads
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
     if labels and len(labels) != len(model_specs or ["default"]):

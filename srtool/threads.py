@@ -46,6 +46,11 @@ def default_workers() -> int:
     return min(4, usable_cores())
 
 
+def workers_or_default(workers: object) -> int:
+    """``workers=None``: :func:`default_workers` (as on the command line); anything else :func:`check_workers`."""
+    return default_workers() if workers is None else check_workers(workers)
+
+
 def check_workers(workers: object) -> int:
     """``workers=`` (``-j``) from Python, refused as the command line refuses it: a whole number, at least 1.
 

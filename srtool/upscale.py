@@ -100,15 +100,14 @@ def _write(job: Job, data: bytes, overwrite: bool) -> None:
 
     Without ``overwrite``, a file that appeared under the output's name after planning (a second run
     into the same folder) is kept, and this image fails."""
-    from .atomic import OutputExists, atomic_path
+    from .atomic import OutputExists, write_bytes_atomic
 
     if job.output is None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
     try:
-        with atomic_path(job.output, replace=overwrite) as tmp:
-            tmp.write_bytes(data)
+        write_bytes_atomic(job.output, data, replace=overwrite)
     except OutputExists:
         raise UserError(f"{job.output} appeared after the batch started (another run?); kept as it is "
                         "(use --overwrite to replace it)") from None
