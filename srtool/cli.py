@@ -558,8 +558,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from .errors import ImageWarning
 
+    from .threads import fit_threads_to_cpu_quota
+
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", ImageWarning)  # one line per image, not once per code location
+    fit_threads_to_cpu_quota()  # before torch loads: a container's CPU quota, not the host's cores
     args = list(sys.argv[1:] if argv is None else argv)
     end = args.index("--") if "--" in args else len(args)
     debug = "--debug" in args[:end]

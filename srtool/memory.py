@@ -33,20 +33,28 @@ _libc = None
 
 
 def free_memory() -> int:
-    """Bytes of memory the system can give this process now (Linux MemAvailable; elsewhere the free
-    physical pages; 4 GB when neither can be read). Torch-free, for planning before any model loads."""
+    """Bytes of memory the system can give this process now (Linux MemAvailable, or less where a
+    container's memory limit leaves less: :mod:`srtool.cgroups`; elsewhere the free physical pages; 4 GB
+    when neither can be read). Torch-free, for planning before any model loads."""
     from pathlib import Path
 
+    from .cgroups import memory_headroom
+
+    available = None
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
+                available = int(line.split()[1]) * 1024
+                break
     except OSError:
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            available = 4 << 30
+    headroom = memory_headroom()
+    return available if headroom is None else min(available, headroom)
 
 
 def retain_freed_memory() -> bool:

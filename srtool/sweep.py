@@ -42,6 +42,7 @@ from typing import Any
 from .atomic import write_text_atomic
 from .config import Preset, load_preset, parse_override
 from .errors import UserError
+from .threads import usable_cores
 
 SCHEMA = "srtool-sweep/1"
 MANIFEST = "sweep.json"
@@ -477,7 +478,7 @@ class SweepRunner:
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         elif self.options.jobs > 1:  # split the CPU between the points running at once
-            threads = str(max(1, (os.cpu_count() or 1) // self.options.jobs))
+            threads = str(max(1, usable_cores() // self.options.jobs))
             env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
         return env
 

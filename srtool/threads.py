@@ -34,11 +34,45 @@ WAIT_POLL_SECONDS = 0.02  # how often run_in_threads looks whether its threads h
 
 
 def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, which is what torch's own check uses)."""
+    """CPU cores this process may keep busy: its affinity mask (what torch's own check uses), or fewer
+    where a container's CPU quota grants less time than that (:mod:`srtool.cgroups`)."""
+    from .cgroups import cpu_quota_cores
+
+    quota = cpu_quota_cores()
+    return visible_cores() if quota is None else min(visible_cores(), quota)
+
+
+def visible_cores() -> int:
+    """Cores in this process's affinity mask (all of the host's in a container with only a quota)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def fit_threads_to_cpu_quota() -> int | None:
+    """Size torch's (and NumPy's) thread teams to a container's CPU quota; the new count, or None.
+
+    torch starts one OpenMP thread per visible core, and a quota (``docker run --cpus 2`` on a 32-core
+    host) does not hide cores: the team outnumbers the time it may use and is throttled as a whole. Only
+    when the quota is the tighter limit, and never over the user's own ``OMP_NUM_THREADS``: before
+    torch is imported (the command line) through the environment, which OpenMP and the BLAS libraries
+    read; afterwards with ``torch.set_num_threads``.
+    """
+    import sys
+
+    from .cgroups import cpu_quota_cores
+
+    quota = cpu_quota_cores()
+    if quota is None or os.environ.get("OMP_NUM_THREADS"):
+        return None
+    if quota >= visible_cores():
+        return None
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(min(quota, sys.modules["torch"].get_num_threads()))
+    else:
+        os.environ["OMP_NUM_THREADS"] = str(quota)
+    return quota
 
 
 def default_workers() -> int:

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from srtool.errors import UserError
+from srtool.threads import usable_cores
 from srtool.evaluate import run_eval
 from srtool.sweep import SweepOptions, SweepRunner, point_name, read_manifest, run_sweep, split_values, visible_gpus
 from srtool.sweep_report import evaluate_sweep
@@ -283,7 +284,7 @@ def test_jobs_give_each_point_its_own_gpu_or_a_share_of_the_cpu(data, tmp_path, 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
     assert visible_gpus("auto") == []  # one GPU: every point uses it
     runner = SweepRunner(sweep_options(data, tmp_path, jobs=2), [], {"points": []})
-    assert runner._environment(None)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    assert runner._environment(None)["OMP_NUM_THREADS"] == str(max(1, usable_cores() // 2))
     assert runner._environment("1")["CUDA_VISIBLE_DEVICES"] == "1"
 
 

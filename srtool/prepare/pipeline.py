@@ -42,6 +42,7 @@ from ..atomic import is_srtool_temp, write_bytes_atomic, write_text_atomic
 from ..errors import UserError
 from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
 from ..resize import EDGE_MODES, downscale, modcrop
+from ..threads import usable_cores
 from ..atomic import sha256_file
 from .archive import MAX_IMAGE_MEMBER_BYTES, read_member
 from .control import out_lock, stoppable, stop_workers, worker_signals
@@ -537,7 +538,7 @@ def _run_locked(inputs: list[ImageSource], out: Path, recipe: Recipe, *, kind: s
     (out / "HR").mkdir(exist_ok=True)
     lr_dir.mkdir(parents=True, exist_ok=True)
 
-    workers = max(1, int(workers or os.cpu_count() or 1))
+    workers = max(1, int(workers or usable_cores()))
     workers = min(workers, len(inputs))
     started = time.perf_counter()
     results: dict[str, dict[str, Any]] = {}

@@ -46,6 +46,7 @@ from ..atomic import write_text_atomic
 from ..config import Preset, dump_toml, load_preset
 from ..errors import UserError
 from ..models.registry import build_network
+from ..threads import usable_cores
 from .checkpoint import CheckpointDir, capture_rng_state, load_checkpoint, restore_rng_state
 from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, make_loader, open_stores
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
@@ -162,7 +163,8 @@ def environment_info(device: torch.device, info: DistInfo) -> dict[str, Any]:
         "srtool_version": __version__, "python": sys.version.split()[0], "platform": platform.platform(),
         "hostname": platform.node(), "torch": torch.__version__, "cuda": torch.version.cuda,
         "cuda_available": torch.cuda.is_available(), "device": str(device), "world_size": info.world_size,
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "argv": sys.argv,
+        "cpu_count": os.cpu_count(), "usable_cores": usable_cores(), "torch_threads": torch.get_num_threads(),
+        "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if device.type == "cuda":
