@@ -80,6 +80,8 @@ def _group_dirs(proc_self: Path, controller: str) -> list[Path]:
         inside = root == "/" or group == root or group.startswith(root.rstrip("/") + "/")
         relative = group[len(root.rstrip("/")):] if inside else ""
         names = [p for p in relative.split("/") if p]
+        if ".." in names:  # a group above this namespace's root ("0::/../.."): only the root is ours to read
+            names = []
         dirs = [point.joinpath(*names[:k]) for k in range(len(names), -1, -1)]
         if any((folder / name).exists() for folder in dirs for name in files):
             return dirs

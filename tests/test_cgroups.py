@@ -102,6 +102,8 @@ def test_escaped_mount_points_and_unreadable_or_garbled_files(tmp_path):
     bad = _tree(tmp_path / "bad", [V2_MOUNT], "0::/g\n", {"cg/g/cpu.max": "fifty 100000\n", "cg/g/memory.max": "100\n"})
     assert cgroups.cpu_quota_cores(bad) is None
     assert cgroups.memory_headroom(bad) is None  # a limit without a readable usage is not guessed
+    above = _tree(tmp_path / "above", [V2_MOUNT], "0::/../../other\n", {"cg/cpu.max": "200000 100000\n"})
+    assert cgroups.cpu_quota_cores(above) == 2  # a group outside the namespace: its root is read, nothing above
     empty = tmp_path / "none"
     empty.mkdir()
     assert cgroups.cpu_quota_cores(empty) is None and cgroups.memory_headroom(empty) is None
