@@ -33,6 +33,8 @@ Every network forward of eval, train's validation and upscale goes through :func
 from __future__ import annotations
 
 import math
+import numbers
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -128,10 +130,10 @@ class SRModel:
 
     name: str
     scale: int
-    network: nn.Module | None = None
+    network: nn.Module | None = field(default=None, repr=False)  # a module tree: pages when printed
     identity: str = ""  # sha256 of the weights file, or "bicubic"
     source: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)  # the export's metadata (its preset TOML...)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     tile: int | None = None
@@ -384,25 +386,22 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
                   cancel: threading.Event | None = None) -> np.ndarray:
     """Upscale an (H, W) or (H, W, C) array (C = 1..4; uint8, uint16 or float in [0, 1]) by ``model``.
 
-    Returns the same dtype and channel count. The bicubic model is MATLAB ``imresize`` on all
+    Returns the same dtype and channel count (float results in [0, 1]); what else is accepted or
+    refused: :func:`checked_image`. The bicubic model is MATLAB ``imresize`` on all
     channels (integer images rounded after each pass, exactly as MATLAB does). ``cancel``: an event
     checked before every tile; once it is set the call raises :class:`Cancelled` (how a batch running
     in threads stops on Ctrl-C, which only the main thread receives).
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
-        raise UserError(f"expected an (H, W) or (H, W, C<=4) image array, got shape {image.shape}")
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise UserError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32/float64 in [0, 1]")
-    if min(image.shape[:2]) < 1:
-        raise UserError(f"empty image of shape {image.shape}")
-    if model.is_bicubic:
-        return imresize(image, float(model.scale))
-    if model.device.type == "cpu":
-        retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
+    image = checked_image(image)
     alpha_mode = alpha or model.alpha
     if alpha_mode not in ALPHA_MODES:
         raise UserError(f"--alpha: unknown mode {alpha_mode!r}; use one of {', '.join(ALPHA_MODES)}")
+    if model.is_bicubic:
+        out = imresize(image, float(model.scale))
+        # MATLAB's bicubic overshoots at edges; a float image in [0, 1] stays in [0, 1], as a network's does
+        return np.clip(out, 0.0, 1.0, out=out) if out.dtype.kind == "f" else out
+    if model.device.type == "cpu":
+        retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
     squeeze = image.ndim == 2
     img3 = image[..., None] if squeeze else image
     tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
@@ -430,6 +429,53 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
     return out[..., 0] if squeeze else out
 
 
+def checked_image(image: Any) -> np.ndarray:
+    """The pixels :func:`upscale_array` accepts, as a native-byte-order numpy array, or a :class:`UserError`
+    naming what is wrong: an (H, W) or (H, W, C<=4) uint8, uint16 or float32/float64 array (a torch
+    tensor is detached and copied to the CPU); float values finite and in [0, 1].
+
+    Why so strict with floats: float pixels on the 0..255 scale (the classic mistake) would come back as a
+    white image, and a NaN would surface as a broken network output.
+    """
+    if image is None or isinstance(image, (str, bytes, os.PathLike, numbers.Number)):
+        hint = "; read a file with srtool.imageio.read_image(path).array or PIL.Image.open" if not (
+            image is None or isinstance(image, numbers.Number)) else ""
+        raise UserError(f"expected an image (numpy array, torch tensor or PIL image), got {type(image).__name__}{hint}")
+    if isinstance(image, torch.Tensor):
+        if image.device.type == "meta":
+            raise UserError("the image is a tensor on the meta device, which holds no data")
+        if image.dtype == torch.bfloat16:
+            raise UserError("unsupported image dtype bfloat16; use uint8, uint16 or float32/float64 in [0, 1]")
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
+        raise UserError(f"expected an (H, W) or (H, W, C<=4) image array, got shape {image.shape}{_shape_hint(image.shape)}")
+    if not image.dtype.isnative:  # big-endian data (FITS, some TIFF readers): the same values, native order
+        image = image.astype(image.dtype.newbyteorder("="))
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise UserError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32/float64 in [0, 1]")
+    if min(image.shape[:2]) < 1:
+        raise UserError(f"empty image of shape {image.shape}")
+    if image.dtype.kind == "f":
+        low, high = float(image.min()), float(image.max())  # NaN propagates into both
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise UserError("the image holds NaN or infinite values; float images must hold values in [0, 1]")
+        if low < 0.0 or high > 1.0:
+            raise UserError(
+                f"float image values span [{low:.4g}, {high:.4g}]; float images must be in [0, 1] "
+                "(0..255 data: pass uint8 or divide by 255; small overshoots: np.clip(image, 0, 1))"
+            )
+    return image
+
+
+def _shape_hint(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and 1 <= shape[0] <= 4 and shape[2] > 4:
+        return " (channels first? pass image.transpose(1, 2, 0))"
+    if len(shape) == 4 and shape[0] == 1:
+        return " (a batch of one? pass image[0])"
+    return ""
+
+
 def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int,
                cancel: threading.Event | None = None) -> np.ndarray:
     """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
@@ -437,7 +483,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
     h, w, channels = image.shape
     traits = model.traits or network_traits(network)
     plan = _Plan(channels, alpha_mode, traits.in_channels, traits.out_channels)
-    dtype = image.dtype if image.dtype != np.float64 else np.dtype(np.float32)
+    dtype = image.dtype
     out = np.empty((h * s, w * s, channels), dtype=dtype)
     pad = max(0, int(model.tile_pad))
     # The float strip spans the full output width; on very wide images the tiles get shorter so that
@@ -597,13 +643,17 @@ def upscale_image(model: SRModel, image, alpha: str | None = None):
     """Upscale a PIL image or numpy array with ``model``; returns the same type.
 
     PIL images keep their mode family: L stays L, LA stays LA, RGB(A) stays RGB(A), palette images
-    come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit.
+    come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit. A torch tensor
+    (H, W[, C]) is read as an array (detached, copied to the CPU) and gives a numpy array.
     """
     from PIL import Image
 
     from .imageio import array_from_pil, pil_from_array
 
     if isinstance(image, Image.Image):
-        arr = array_from_pil(image)
+        try:
+            arr = array_from_pil(image)
+        except ValueError as exc:  # 'F', or 'I' beyond 16 bits: no lossless array form
+            raise UserError(f"PIL image of mode {image.mode}: {exc}") from None
         return pil_from_array(upscale_array(model, arr, alpha=alpha))
-    return upscale_array(model, np.asarray(image), alpha=alpha)
+    return upscale_array(model, image, alpha=alpha)

@@ -10,6 +10,7 @@ spec's file (``default``, a run directory's export) and its header are resolved 
 from __future__ import annotations
 
 import json
+import numbers
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,9 @@ def weights_in(path: Path) -> Path:
 
 def check_model_options(tile: int | None, tile_pad: int | None, alpha: str, scale: int | None) -> None:
     """The model options whose validity does not depend on the model (``load_model`` checks them first)."""
+    for option, value in (("--tile", tile), ("--tile-pad", tile_pad), ("--scale", scale)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise UserError(f"{option}: must be a whole number (got {value!r})")  # Python callers: "64", 16.5
     if tile is not None and tile < MIN_TILE:
         raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
     if tile_pad is not None and tile_pad < 0:
