@@ -228,3 +228,26 @@ def test_load_model_accepts_numpy_integers_and_paths(tmp_path):
 
 def test_model_repr_is_short(net_model):
     assert len(repr(net_model)) < 600  # the network's module tree and the export metadata are not printed
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def test_evaluation_names_a_model_that_is_not_one(benchmarks_dir):
+    from srtool.evaluate import evaluate_dataset, evaluate_models
+
+    for thing, words in (("bicubic", ("str", "srtool.load_model('bicubic')")), (None, ("NoneType",)),
+                         (lambda lr: lr, ("function",))):
+        with pytest.raises(UserError) as info:
+            evaluate_dataset(thing, benchmarks_dir / "Set5", progress=False)
+        assert all(w in str(info.value) for w in words), str(info.value)
+    with pytest.raises(UserError, match="got str"):
+        evaluate_models(["bicubic"], benchmarks_dir / "Set5", progress=False)
+
+
+def test_evaluate_takes_one_model_and_one_dataset_as_well_as_lists(benchmarks_dir):
+    from srtool.evaluate import evaluate
+
+    one = evaluate(srtool.load_model("bicubic"), str(benchmarks_dir / "Set5"), progress=False, workers=1)
+    listed = evaluate([srtool.load_model("bicubic")], [benchmarks_dir / "Set5"], progress=False, workers=1)
+    assert [r.name for r in one.results] == ["Set5"] and one.results[0].psnr == listed.results[0].psnr
