@@ -32,6 +32,7 @@ Every network forward of eval, train's validation and upscale goes through :func
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -504,7 +505,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         x, n = plan.batch(tiles)
         th, tw = x.shape[-2:]
         x = pad_to_requirements(x.to(model.device, dtype=net_dtype), traits).contiguous(memory_format=mem_format)
-        with torch.inference_mode():
+        with torch.inference_mode(), _no_autocast(model.device):  # a caller's autocast would change precision
             y = network(x)
         check_network_output(y, x, s)
         if y.shape[-2:] != (th * s, tw * s):
@@ -538,6 +539,13 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         done = row_spans[i + 1][0] if i + 1 < len(rows) else h * s  # rows no later tile row touches
         strip.release(done, sink)
     return out
+
+
+def _no_autocast(device: torch.device):
+    """Autocast switched off for ``device`` (the network runs in the model's resolved precision)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _nonzero_span(t: AxisTile, weights: np.ndarray, scale: int) -> tuple[int, int]:

@@ -251,3 +251,11 @@ def test_evaluate_takes_one_model_and_one_dataset_as_well_as_lists(benchmarks_di
     one = evaluate(srtool.load_model("bicubic"), str(benchmarks_dir / "Set5"), progress=False, workers=1)
     listed = evaluate([srtool.load_model("bicubic")], [benchmarks_dir / "Set5"], progress=False, workers=1)
     assert [r.name for r in one.results] == ["Set5"] and one.results[0].psnr == listed.results[0].psnr
+
+
+def test_callers_autocast_does_not_change_the_models_precision(net_model, rgb):
+    unit = (rgb / 255.0).astype(np.float32)
+    expected = net_model(unit)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. a training script's inference block
+        assert np.array_equal(net_model(unit), expected)
+        assert torch.is_autocast_enabled("cpu")
