@@ -259,3 +259,13 @@ def test_callers_autocast_does_not_change_the_models_precision(net_model, rgb):
     with torch.autocast("cpu", dtype=torch.bfloat16):  # e.g. a training script's inference block
         assert np.array_equal(net_model(unit), expected)
         assert torch.is_autocast_enabled("cpu")
+
+
+def test_compute_metrics_reads_tensors_and_views_like_arrays(photo):
+    from srtool.metrics import compute_metrics
+
+    sr = np.clip(photo.astype(np.int16) + np.random.default_rng(3).integers(-6, 7, photo.shape), 0, 255).astype(np.uint8)
+    expected = compute_metrics(sr, photo, scale=4)
+    assert compute_metrics(torch.from_numpy(sr), torch.from_numpy(photo), scale=4) == expected
+    assert compute_metrics(sr[::-1][::-1], np.asfortranarray(photo), scale=4) == expected
+    assert compute_metrics(sr / 255.0, photo.astype(np.float32) / 255, scale=4) == expected
