@@ -125,7 +125,7 @@ def pad_to_requirements(x: torch.Tensor, traits: NetworkTraits) -> torch.Tensor:
 class SRModel:
     """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity.
 
-    ``tile`` (LR pixels, None = automatic, see :func:`auto_tile`), ``tile_pad`` and ``alpha`` set how
+    ``tile`` (LR pixels, None = automatic, see :func:`auto_tile`; 0 = no tiling), ``tile_pad`` and ``alpha`` set how
     :func:`upscale_array` runs it; ``precision`` is the resolved one (fp32, fp16 or bf16).
     """
 
@@ -405,7 +405,10 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
         retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
     squeeze = image.ndim == 2
     img3 = image[..., None] if squeeze else image
-    tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
+    if model.tile == 0:  # no tiling: the whole image in one pass (halved like any tile on out-of-memory)
+        tile, batch = max(img3.shape[:2]), 1
+    else:
+        tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
     while True:
         try:
             out = _run_tiled(model, img3, alpha_mode, tile, batch, cancel)

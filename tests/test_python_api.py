@@ -269,3 +269,14 @@ def test_compute_metrics_reads_tensors_and_views_like_arrays(photo):
     assert compute_metrics(torch.from_numpy(sr), torch.from_numpy(photo), scale=4) == expected
     assert compute_metrics(sr[::-1][::-1], np.asfortranarray(photo), scale=4) == expected
     assert compute_metrics(sr / 255.0, photo.astype(np.float32) / 255, scale=4) == expected
+
+
+def test_load_model_tile_zero_is_one_pass_as_on_the_command_line(photo):
+    # README: --tile 0 = no tiling; the Python keyword means the same (tiles of 16 would differ at the seams)
+    untiled = srtool.load_model("default", device="cpu", precision="fp32", tile=0)
+    assert untiled.tile == 0
+    whole = srtool.load_model("default", device="cpu", precision="fp32", tile=1024)
+    small = photo[:20, :24]
+    assert np.array_equal(untiled(small), whole(small))
+    with pytest.raises(UserError, match="0 for no tiling"):
+        srtool.load_model("bicubic", tile=8)
