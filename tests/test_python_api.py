@@ -280,3 +280,18 @@ def test_load_model_tile_zero_is_one_pass_as_on_the_command_line(photo):
     assert np.array_equal(untiled(small), whole(small))
     with pytest.raises(UserError, match="0 for no tiling"):
         srtool.load_model("bicubic", tile=8)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_train_options_take_one_folder_or_override_bare(tmp_path):
+    from srtool.train import TrainOptions, Trainer
+
+    missing = tmp_path / "my-data"
+    with pytest.raises(UserError, match=f"--data {missing}: no such folder"):  # not the path's first letter
+        Trainer(TrainOptions(preset="srresnet", data=str(missing), out=tmp_path / "run", progress=False))
+    (tmp_path / "hr").mkdir()
+    with pytest.raises(UserError, match="train.lr.*'abc'"):
+        Trainer(TrainOptions(preset="srresnet", data=tmp_path / "hr", out=tmp_path / "run", overrides="train.lr=abc",
+                             progress=False))
