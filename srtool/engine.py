@@ -664,7 +664,8 @@ def upscale_image(model: SRModel, image, alpha: str | None = None):
     if isinstance(image, Image.Image):
         try:
             arr = array_from_pil(image)
-        except ValueError as exc:  # 'F', or 'I' beyond 16 bits: no lossless array form
-            raise UserError(f"PIL image of mode {image.mode}: {exc}") from None
+        except (ValueError, OSError, AssertionError) as exc:  # 'F'; 'I' beyond 16 bits; a closed or truncated file
+            reason = str(exc).strip() or "its file was closed before the pixels were loaded (call image.load() first)"
+            raise UserError(f"PIL image of mode {image.mode}: {reason}") from None
         return pil_from_array(upscale_array(model, arr, alpha=alpha))
     return upscale_array(model, image, alpha=alpha)

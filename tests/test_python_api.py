@@ -295,3 +295,13 @@ def test_train_options_take_one_folder_or_override_bare(tmp_path):
     with pytest.raises(UserError, match="train.lr.*'abc'"):
         Trainer(TrainOptions(preset="srresnet", data=tmp_path / "hr", out=tmp_path / "run", overrides="train.lr=abc",
                              progress=False))
+
+
+def test_a_pil_image_whose_file_is_closed_is_named(bicubic, rgb, tmp_path):
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    with Image.open(tmp_path / "a.png") as image:  # never loaded: its pixels went with the file
+        pass
+    _refused(bicubic, image, "mode RGB", "load")
+    with Image.open(tmp_path / "a.png") as loaded:
+        loaded.load()
+    assert srtool.upscale_image(bicubic, loaded).size == (44, 52)  # loaded inside the block: still usable
