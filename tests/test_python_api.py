@@ -305,3 +305,16 @@ def test_a_pil_image_whose_file_is_closed_is_named(bicubic, rgb, tmp_path):
     with Image.open(tmp_path / "a.png") as loaded:
         loaded.load()
     assert srtool.upscale_image(bicubic, loaded).size == (44, 52)  # loaded inside the block: still usable
+
+
+def test_top_level_entry_points_show_the_real_parameters():
+    import inspect
+
+    from srtool import engine, loading
+
+    for wrapper, real in ((srtool.load_model, loading.load_model), (srtool.upscale_image, engine.upscale_image)):
+        assert list(inspect.signature(wrapper).parameters) == list(inspect.signature(real).parameters)
+        assert [p.default for p in inspect.signature(wrapper).parameters.values()] == \
+            [p.default for p in inspect.signature(real).parameters.values()]
+    with pytest.raises(TypeError, match="half"):
+        srtool.load_model("bicubic", half=True)
