@@ -393,6 +393,7 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
     checked before every tile; once it is set the call raises :class:`Cancelled` (how a batch running
     in threads stops on Ctrl-C, which only the main thread receives).
     """
+    check_model(model)
     image = checked_image(image)
     alpha_mode = alpha or model.alpha
     if alpha_mode not in ALPHA_MODES:
@@ -431,6 +432,19 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
     if model.device.type == "cpu" and out.nbytes >= RELEASE_AFTER_OUTPUT_BYTES:
         release_freed_memory()  # a large image's free pages go back before its output is encoded
     return out[..., 0] if squeeze else out
+
+
+def check_model(model: Any) -> None:
+    """A :class:`UserError` unless ``model`` is an :class:`SRModel` (a spec string gets load_model's hint)."""
+    if isinstance(model, SRModel):
+        return
+    if isinstance(model, (str, os.PathLike)):
+        hint = f"; load it first: srtool.load_model({str(model)!r})"
+    elif isinstance(model, np.ndarray) or hasattr(model, "__array_interface__"):
+        hint = "; the image came first? call upscale_image(model, image)"
+    else:
+        hint = ""
+    raise UserError(f"model: expected an srtool model (srtool.load_model(...)), got {type(model).__name__}{hint}")
 
 
 def checked_image(image: Any) -> np.ndarray:

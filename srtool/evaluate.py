@@ -287,14 +287,12 @@ ImageCallback = Callable[[str, "np.ndarray", "np.ndarray", "dict[int, np.ndarray
 
 def _model_list(models: SRModel | Sequence[SRModel]) -> list[SRModel]:
     """``models`` as a list (one model is a list of one); anything that is not an srtool model is named."""
-    from .engine import SRModel
+    from .engine import SRModel, check_model
 
     single = isinstance(models, (SRModel, str, Path)) or not hasattr(models, "__iter__")
     items = [models] if single else list(models)
     for model in items:
-        if not isinstance(model, SRModel):
-            hint = f"; load it first: srtool.load_model({str(model)!r})" if isinstance(model, (str, Path)) else ""
-            raise UserError(f"model: expected an srtool model (srtool.load_model(...)), got {type(model).__name__}{hint}")
+        check_model(model)
     return items
 
 

@@ -318,3 +318,11 @@ def test_top_level_entry_points_show_the_real_parameters():
             [p.default for p in inspect.signature(real).parameters.values()]
     with pytest.raises(TypeError, match="half"):
         srtool.load_model("bicubic", half=True)
+
+
+def test_upscale_image_names_a_model_that_is_not_one(rgb, bicubic):
+    for thing, words in (("default", ("got str", "srtool.load_model('default')")), (None, ("got NoneType",)),
+                         (rgb, ("got ndarray", "upscale_image(model, image)"))):
+        with pytest.raises(UserError) as info:
+            srtool.upscale_image(thing, bicubic if thing is rgb else rgb)
+        assert all(w in str(info.value) for w in words), str(info.value)
