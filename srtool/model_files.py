@@ -10,7 +10,6 @@ spec's file (``default``, a run directory's export) and its header are resolved 
 from __future__ import annotations
 
 import json
-import numbers
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ def weights_in(path: Path) -> Path:
 def check_model_options(tile: int | None, tile_pad: int | None, alpha: str, scale: int | None) -> None:
     """The model options whose validity does not depend on the model (``load_model`` checks them first)."""
     for option, value in (("--tile", tile), ("--tile-pad", tile_pad), ("--scale", scale)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):  # int, numpy ints
             raise UserError(f"{option}: must be a whole number (got {value!r})")  # Python callers: "64", 16.5
     if tile is not None and tile != 0 and tile < MIN_TILE:
         raise UserError(f"--tile: must be at least {MIN_TILE} pixels, or 0 for no tiling (got {tile})")
