@@ -32,7 +32,10 @@ Every network forward of eval, train's validation and upscale goes through :func
 
 from __future__ import annotations
 
+import contextlib
 import math
+import numbers
+import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -122,16 +125,16 @@ def pad_to_requirements(x: torch.Tensor, traits: NetworkTraits) -> torch.Tensor:
 class SRModel:
     """A ready-to-run upscaler: a network (or the MATLAB bicubic baseline) plus its identity.
 
-    ``tile`` (LR pixels, None = automatic, see :func:`auto_tile`), ``tile_pad`` and ``alpha`` set how
+    ``tile`` (LR pixels, None = automatic, see :func:`auto_tile`; 0 = no tiling), ``tile_pad`` and ``alpha`` set how
     :func:`upscale_array` runs it; ``precision`` is the resolved one (fp32, fp16 or bf16).
     """
 
     name: str
     scale: int
-    network: nn.Module | None = None
+    network: nn.Module | None = field(default=None, repr=False)  # a module tree: pages when printed
     identity: str = ""  # sha256 of the weights file, or "bicubic"
     source: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict, repr=False)  # the export's metadata (its preset TOML...)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     precision: str = "fp32"
     tile: int | None = None
@@ -384,28 +387,29 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
                   cancel: threading.Event | None = None) -> np.ndarray:
     """Upscale an (H, W) or (H, W, C) array (C = 1..4; uint8, uint16 or float in [0, 1]) by ``model``.
 
-    Returns the same dtype and channel count. The bicubic model is MATLAB ``imresize`` on all
+    Returns the same dtype and channel count (float results in [0, 1]); what else is accepted or
+    refused: :func:`checked_image`. The bicubic model is MATLAB ``imresize`` on all
     channels (integer images rounded after each pass, exactly as MATLAB does). ``cancel``: an event
     checked before every tile; once it is set the call raises :class:`Cancelled` (how a batch running
     in threads stops on Ctrl-C, which only the main thread receives).
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
-        raise UserError(f"expected an (H, W) or (H, W, C<=4) image array, got shape {image.shape}")
-    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
-        raise UserError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32/float64 in [0, 1]")
-    if min(image.shape[:2]) < 1:
-        raise UserError(f"empty image of shape {image.shape}")
-    if model.is_bicubic:
-        return imresize(image, float(model.scale))
-    if model.device.type == "cpu":
-        retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
+    check_model(model)
+    image = checked_image(image)
     alpha_mode = alpha or model.alpha
     if alpha_mode not in ALPHA_MODES:
         raise UserError(f"--alpha: unknown mode {alpha_mode!r}; use one of {', '.join(ALPHA_MODES)}")
+    if model.is_bicubic:
+        out = imresize(image, float(model.scale))
+        # MATLAB's bicubic overshoots at edges; a float image in [0, 1] stays in [0, 1], as a network's does
+        return np.clip(out, 0.0, 1.0, out=out) if out.dtype.kind == "f" else out
+    if model.device.type == "cpu":
+        retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
     squeeze = image.ndim == 2
     img3 = image[..., None] if squeeze else image
-    tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
+    if model.tile == 0:  # no tiling: the whole image in one pass (halved like any tile on out-of-memory)
+        tile, batch = max(img3.shape[:2]), 1
+    else:
+        tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
     while True:
         try:
             out = _run_tiled(model, img3, alpha_mode, tile, batch, cancel)
@@ -430,6 +434,66 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
     return out[..., 0] if squeeze else out
 
 
+def check_model(model: Any) -> None:
+    """A :class:`UserError` unless ``model`` is an :class:`SRModel` (a spec string gets load_model's hint)."""
+    if isinstance(model, SRModel):
+        return
+    if isinstance(model, (str, os.PathLike)):
+        hint = f"; load it first: srtool.load_model({str(model)!r})"
+    elif isinstance(model, np.ndarray) or hasattr(model, "__array_interface__"):
+        hint = "; the image came first? call upscale_image(model, image)"
+    else:
+        hint = ""
+    raise UserError(f"model: expected an srtool model (srtool.load_model(...)), got {type(model).__name__}{hint}")
+
+
+def checked_image(image: Any) -> np.ndarray:
+    """The pixels :func:`upscale_array` accepts, as a native-byte-order numpy array, or a :class:`UserError`
+    naming what is wrong: an (H, W) or (H, W, C<=4) uint8, uint16 or float32/float64 array (a torch
+    tensor is detached and copied to the CPU); float values finite and in [0, 1].
+
+    Why so strict with floats: float pixels on the 0..255 scale (the classic mistake) would come back as a
+    white image, and a NaN would surface as a broken network output.
+    """
+    if image is None or isinstance(image, (str, bytes, os.PathLike, numbers.Number)):
+        hint = "; read a file with srtool.imageio.read_image(path).array or PIL.Image.open" if not (
+            image is None or isinstance(image, numbers.Number)) else ""
+        raise UserError(f"expected an image (numpy array, torch tensor or PIL image), got {type(image).__name__}{hint}")
+    if isinstance(image, torch.Tensor):
+        if image.device.type == "meta":
+            raise UserError("the image is a tensor on the meta device, which holds no data")
+        if image.dtype == torch.bfloat16:
+            raise UserError("unsupported image dtype bfloat16; use uint8, uint16 or float32/float64 in [0, 1]")
+        image = image.detach().cpu().numpy()
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and not 1 <= image.shape[2] <= 4):
+        raise UserError(f"expected an (H, W) or (H, W, C<=4) image array, got shape {image.shape}{_shape_hint(image.shape)}")
+    if not image.dtype.isnative:  # big-endian data (FITS, some TIFF readers): the same values, native order
+        image = image.astype(image.dtype.newbyteorder("="))
+    if image.dtype not in (np.uint8, np.uint16, np.float32, np.float64):
+        raise UserError(f"unsupported image dtype {image.dtype}; use uint8, uint16 or float32/float64 in [0, 1]")
+    if min(image.shape[:2]) < 1:
+        raise UserError(f"empty image of shape {image.shape}")
+    if image.dtype.kind == "f":
+        low, high = float(image.min()), float(image.max())  # NaN propagates into both
+        if not (math.isfinite(low) and math.isfinite(high)):
+            raise UserError("the image holds NaN or infinite values; float images must hold values in [0, 1]")
+        if low < 0.0 or high > 1.0:
+            raise UserError(
+                f"float image values span [{low:.4g}, {high:.4g}]; float images must be in [0, 1] "
+                "(0..255 data: pass uint8 or divide by 255; small overshoots: np.clip(image, 0, 1))"
+            )
+    return image
+
+
+def _shape_hint(shape: tuple[int, ...]) -> str:
+    if len(shape) == 3 and 1 <= shape[0] <= 4 and shape[2] > 4:
+        return " (channels first? pass image.transpose(1, 2, 0))"
+    if len(shape) == 4 and shape[0] == 1:
+        return " (a batch of one? pass image[0])"
+    return ""
+
+
 def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int,
                cancel: threading.Event | None = None) -> np.ndarray:
     """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
@@ -437,7 +501,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
     h, w, channels = image.shape
     traits = model.traits or network_traits(network)
     plan = _Plan(channels, alpha_mode, traits.in_channels, traits.out_channels)
-    dtype = image.dtype if image.dtype != np.float64 else np.dtype(np.float32)
+    dtype = image.dtype
     out = np.empty((h * s, w * s, channels), dtype=dtype)
     pad = max(0, int(model.tile_pad))
     # The float strip spans the full output width; on very wide images the tiles get shorter so that
@@ -458,7 +522,7 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         x, n = plan.batch(tiles)
         th, tw = x.shape[-2:]
         x = pad_to_requirements(x.to(model.device, dtype=net_dtype), traits).contiguous(memory_format=mem_format)
-        with torch.inference_mode():
+        with torch.inference_mode(), _no_autocast(model.device):  # a caller's autocast would change precision
             y = network(x)
         check_network_output(y, x, s)
         if y.shape[-2:] != (th * s, tw * s):
@@ -492,6 +556,13 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
         done = row_spans[i + 1][0] if i + 1 < len(rows) else h * s  # rows no later tile row touches
         strip.release(done, sink)
     return out
+
+
+def _no_autocast(device: torch.device):
+    """Autocast switched off for ``device`` (the network runs in the model's resolved precision)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _nonzero_span(t: AxisTile, weights: np.ndarray, scale: int) -> tuple[int, int]:
@@ -597,13 +668,18 @@ def upscale_image(model: SRModel, image, alpha: str | None = None):
     """Upscale a PIL image or numpy array with ``model``; returns the same type.
 
     PIL images keep their mode family: L stays L, LA stays LA, RGB(A) stays RGB(A), palette images
-    come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit.
+    come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit. A torch tensor
+    (H, W[, C]) is read as an array (detached, copied to the CPU) and gives a numpy array.
     """
     from PIL import Image
 
     from .imageio import array_from_pil, pil_from_array
 
     if isinstance(image, Image.Image):
-        arr = array_from_pil(image)
+        try:
+            arr = array_from_pil(image)
+        except (ValueError, OSError, AssertionError) as exc:  # 'F'; 'I' beyond 16 bits; a closed or truncated file
+            reason = str(exc).strip() or "its file was closed before the pixels were loaded (call image.load() first)"
+            raise UserError(f"PIL image of mode {image.mode}: {reason}") from None
         return pil_from_array(upscale_array(model, arr, alpha=alpha))
-    return upscale_array(model, np.asarray(image), alpha=alpha)
+    return upscale_array(model, image, alpha=alpha)

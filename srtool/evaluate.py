@@ -285,6 +285,17 @@ def _describe_failure(exc: BaseException) -> str:
 ImageCallback = Callable[[str, "np.ndarray", "np.ndarray", "dict[int, np.ndarray]"], None]
 
 
+def _model_list(models: SRModel | Sequence[SRModel]) -> list[SRModel]:
+    """``models`` as a list (one model is a list of one); anything that is not an srtool model is named."""
+    from .engine import SRModel, check_model
+
+    single = isinstance(models, (SRModel, str, Path)) or not hasattr(models, "__iter__")
+    items = [models] if single else list(models)
+    for model in items:
+        check_model(model)
+    return items
+
+
 def _common_scale(models: Sequence[SRModel], protocol: str) -> int:
     """Check the protocol and that all models share one scale (they are compared on the same images)."""
     if protocol not in PROTOCOLS:
@@ -326,6 +337,7 @@ def evaluate_models(
     """
     from .threads import workers_or_default
 
+    models = _model_list(models)
     scale = _common_scale(models, protocol)
     workers = workers_or_default(workers)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
@@ -521,6 +533,9 @@ def evaluate(
     ``workers``: images at once on the CPU (see :func:`evaluate_models`)."""
     from . import __version__
 
+    models = _model_list(models)
+    if isinstance(datasets, (str, Path)):  # one dataset, not its name's letters
+        datasets = [datasets]
     scale = _common_scale(models, protocol)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]

@@ -230,6 +230,7 @@ def prepare_pair(sr: np.ndarray, hr: np.ndarray, scale: int, protocol: str = "y"
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    sr, hr = np.asarray(sr), np.asarray(hr)  # CPU tensors, memory maps, lists of rows
     for label, image in (("SR", sr), ("HR", hr)):
         if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
             raise TypeError(f"{label} dtype {image.dtype} unsupported: use uint8 (0..255) or float in [0, 1]")

@@ -49,8 +49,11 @@ def weights_in(path: Path) -> Path:
 
 def check_model_options(tile: int | None, tile_pad: int | None, alpha: str, scale: int | None) -> None:
     """The model options whose validity does not depend on the model (``load_model`` checks them first)."""
-    if tile is not None and tile < MIN_TILE:
-        raise UserError(f"--tile: must be at least {MIN_TILE} pixels (got {tile})")
+    for option, value in (("--tile", tile), ("--tile-pad", tile_pad), ("--scale", scale)):
+        if value is not None and (isinstance(value, bool) or not hasattr(value, "__index__")):  # int, numpy ints
+            raise UserError(f"{option}: must be a whole number (got {value!r})")  # Python callers: "64", 16.5
+    if tile is not None and tile != 0 and tile < MIN_TILE:
+        raise UserError(f"--tile: must be at least {MIN_TILE} pixels, or 0 for no tiling (got {tile})")
     if tile_pad is not None and tile_pad < 0:
         raise UserError(f"--tile-pad: must be >= 0 (got {tile_pad})")
     if alpha not in ALPHA_MODES:

@@ -84,6 +84,13 @@ class TrainOptions:
     allow_random_vgg: bool = False  # --vgg-weights random (a smoke test) is refused without it
     quiet: bool = False  # no validation lines on stderr (the log, curves and exports are written anyway)
 
+    def __post_init__(self) -> None:
+        # Python callers: one folder or one override given bare is a list of one, not its characters
+        if isinstance(self.data, (str, Path)):
+            self.data = [self.data]
+        if isinstance(self.overrides, str):
+            self.overrides = [self.overrides]
+
 
 @dataclass
 class TrainResult:
