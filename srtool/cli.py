@@ -38,7 +38,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(sweep_app, name="sweep")
 
 _DEBUG = {"on": False}
-WHOLE_IMAGE_TILE = 1 << 30  # a tile larger than any image: one pass, no tiling
 
 FOREIGN_OPTIONS = {  # Real-ESRGAN / common spellings -> srtool's
     "-n": "--model/-m", "--model_name": "--model/-m", "--model-name": "--model/-m", "--model_path": "--model/-m",
@@ -385,8 +384,6 @@ def upscale(
         if precision not in ("auto", "fp32" if fp32 else "fp16"):
             raise UserError(f"--{'fp32' if fp32 else 'fp16'} contradicts --precision {precision}")
         precision = "fp32" if fp32 else "fp16"
-    if tile == 0:  # Real-ESRGAN's --tile 0: no tiling, the whole image in one pass
-        tile = WHOLE_IMAGE_TILE
     if suffix and not suffix.startswith(("_", "-", ".", " ")):
         suffix = "_" + suffix  # --suffix out -> photo_out.png, as Real-ESRGAN names them
     from .threads import default_workers

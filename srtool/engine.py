@@ -447,13 +447,17 @@ def check_model(model: Any) -> None:
     raise UserError(f"model: expected an srtool model (srtool.load_model(...)), got {type(model).__name__}{hint}")
 
 
+FLOAT_SLACK = 0.5  # float pixels beyond [-0.5, 1.5] are on another scale (0..255, -1..1), not an overshoot
+
+
 def checked_image(image: Any) -> np.ndarray:
     """The pixels :func:`upscale_array` accepts, as a native-byte-order numpy array, or a :class:`UserError`
     naming what is wrong: an (H, W) or (H, W, C<=4) uint8, uint16 or float32/float64 array (a torch
-    tensor is detached and copied to the CPU); float values finite and in [0, 1].
+    tensor is detached and copied to the CPU); float values finite and in [0, 1] (within FLOAT_SLACK).
 
-    Why so strict with floats: float pixels on the 0..255 scale (the classic mistake) would come back as a
-    white image, and a NaN would surface as a broken network output.
+    Why: float pixels on the 0..255 scale (the classic mistake) would come back as a white image, and a
+    NaN would surface as a broken network output. Overshoots within :data:`FLOAT_SLACK` (another
+    network's or a bicubic's output, a colour conversion's rounding) are taken as they are.
     """
     if image is None or isinstance(image, (str, bytes, os.PathLike, numbers.Number)):
         hint = "; read a file with srtool.imageio.read_image(path).array or PIL.Image.open" if not (
@@ -478,10 +482,10 @@ def checked_image(image: Any) -> np.ndarray:
         low, high = float(image.min()), float(image.max())  # NaN propagates into both
         if not (math.isfinite(low) and math.isfinite(high)):
             raise UserError("the image holds NaN or infinite values; float images must hold values in [0, 1]")
-        if low < 0.0 or high > 1.0:
+        if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
             raise UserError(
                 f"float image values span [{low:.4g}, {high:.4g}]; float images must be in [0, 1] "
-                "(0..255 data: pass uint8 or divide by 255; small overshoots: np.clip(image, 0, 1))"
+                "(0..255 data: pass uint8 or divide by 255)"
             )
     return image
 

@@ -184,6 +184,15 @@ def test_float_input_outside_unit_range_is_refused(model, rgb, scale_to):
     _refused(model, rgb.astype(np.float32) / 255 * scale_to, "[0, 1]")
 
 
+def test_float_input_with_a_small_overshoot_is_taken(model, rgb):
+    """Another model's output or a colour conversion overshoots [0, 1] a little: that is not a mistake."""
+    image = rgb.astype(np.float32) / 255
+    image[0, 0, 0], image[1, 1, 1] = -0.03, 1.04
+    out = model(image)
+    assert out.dtype == np.float32 and out.shape == (image.shape[0] * 4, image.shape[1] * 4, 3)
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
 def test_shape_mistakes_get_a_hint(model, rgb):
     _refused(model, np.ascontiguousarray(rgb.transpose(2, 0, 1)), "(3, 13, 11)", "transpose(1, 2, 0)")
     _refused(model, rgb[None], "(1, 13, 11, 3)", "[0]")
