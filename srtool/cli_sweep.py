@@ -91,7 +91,7 @@ def sweep(
     except ValueError:
         raise UserError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     options = SweepOptions(
-        preset=preset, data=[Path(d) for d in data or []], out=Path(out).expanduser(), grid=list(grid or []), overrides=list(set_ or []),
+        preset=preset, data=list(data or []), out=Path(out).expanduser(), grid=list(grid or []), overrides=list(set_ or []),
         seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights,
         allow_random_vgg=allow_random_vgg, device=device,
         jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
