@@ -190,4 +190,7 @@ class ReportCache:
         scores = {key: entry for key, entry in self.scores.items()
                   if isinstance(entry, dict) and entry.get("model") in models}
         doc = {"schema": CACHE_SCHEMA, "hashes": hashes, "scores": scores, "outputs": self.outputs}
-        write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        try:
+            write_text_atomic(self.path, json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        except OSError as exc:  # the report itself stands; the next one scores again
+            self.problem = f"{self.path}: not written ({exc.strerror or exc}); the next report scores again"

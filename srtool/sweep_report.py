@@ -195,6 +195,7 @@ def evaluate_sweep(
     device_type = resolve_device(device).type
     context = scoring_context(protocol, metrics, device_type, tile, lpips_net, lpips_weights)
     names = [p["name"] for p, _ in scored]
+    exports = {str(Path(path).absolute()) for _, path in scored}
     results, metric_sources, scorer = {}, {}, None
     for dataset in opened:
         keys = {name: _score_key(identities[name], dataset, context) for name in names}
@@ -212,10 +213,9 @@ def evaluate_sweep(
         for result in _score(models.get(missing), missing, dataset, protocol, progress, scorer):
             results[(dataset.name, result.model)] = result
             store.store(keys[result.model], result, metric_sources)
+        store.save(set(identities.values()), exports)  # each set's scores kept as soon as they are known
         report.rescored.extend(n for n in missing if n not in report.rescored)
     report.cached = [n for n in names if n not in report.rescored]
-    exports = {str(Path(path).absolute()) for _, path in scored}
-    store.save(set(identities.values()), exports)
     entries = [ModelEntry(name, name, identities[name], str(path), scale) for name, (_, path) in zip(names, scored)]
     eval_report = EvalReport(protocol, scale, entries, [results[(d.name, n)] for d in opened for n in names],
                              __version__, _now(), metrics=metrics, metric_sources=metric_sources)
@@ -242,6 +242,7 @@ def evaluate_sweep(
         write_text_atomic(path, writer(report))
         report.files.append(path)
     store.save(set(identities.values()), exports)
+    report.cache_problem = store.problem
     return report
 
 
