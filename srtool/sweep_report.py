@@ -10,7 +10,8 @@ that :class:`~srtool.evaluate.DatasetResult` gains later becomes a column withou
 Files (``SWEEP_DIR/``): ``report.json`` (schema ``srtool-sweep-report/1``), ``report.csv``,
 ``report.md``, ``eval.json`` (every per-image score, schema ``srtool-eval/1``), ``curves.png`` (each
 point's training curves overlaid, small multiples) and ``comparison.png`` (the same crop of one image
-from each point, labelled with that image's scores).
+from each point, labelled with that image's scores) and ``report-cache.json`` (the scores and the
+figures' inputs, :mod:`srtool.sweep_cache`: a report scores only what changed since the last one).
 """
 
 from __future__ import annotations
@@ -168,7 +169,7 @@ def evaluate_sweep(
     from .eval_results import EvalReport, ModelEntry
     from .report import write_json
     from .scoring import parse_metrics
-    from .sweep_cache import ReportCache, scoring_context
+    from .sweep_cache import ReportCache, dataset_identity, digest, scoring_context
 
     metrics = parse_metrics(metrics)
     sweep_dir = Path(sweep_dir).expanduser()
@@ -198,7 +199,8 @@ def evaluate_sweep(
     exports = {str(Path(path).absolute()) for _, path in scored}
     results, metric_sources, scorer = {}, {}, None
     for dataset in opened:
-        keys = {name: _score_key(identities[name], dataset, context) for name in names}
+        files = dataset_identity(dataset)  # every image file's path, size and mtime: stat once per set
+        keys = {name: digest({"model": identities[name], "dataset": files, "context": context}) for name in names}
         for name in names:
             results[(dataset.name, name)] = store.results(keys[name], dataset, name, identities[name], protocol)
             metric_sources = metric_sources or store.metric_sources(keys[name])
@@ -244,12 +246,6 @@ def evaluate_sweep(
     store.save(set(identities.values()), exports)
     report.cache_problem = store.problem
     return report
-
-
-def _score_key(identity: str, dataset, context: dict[str, Any]) -> str:
-    from .sweep_cache import dataset_identity, digest
-
-    return digest({"model": identity, "dataset": dataset_identity(dataset), "context": context})
 
 
 def _score(models: list, names: list[str], dataset, protocol: str, progress: bool, scorer) -> list:
