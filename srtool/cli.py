@@ -258,7 +258,7 @@ def train(
     from .train import train as run_training
 
     result = run_training(TrainOptions(
-        preset=preset, data=[Path(d) for d in data or []], out=Path(out) if out else None, overrides=list(set_ or []), init_from=init_from,
+        preset=preset, data=list(data or []), out=Path(out) if out else None, overrides=list(set_ or []), init_from=init_from,
         vgg_weights=vgg_weights, device=device, resume=Path(resume) if resume else None, overwrite=overwrite, progress=progress,
         restart=restart, allow_random_vgg=allow_random_vgg,
         quiet=quiet,

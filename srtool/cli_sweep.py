@@ -34,13 +34,15 @@ _LpipsWeightsOption = Annotated[
 
 def _sweep_report(sweep_dir: str, evals: Optional[list[str]], protocol: str, device: str, tile: Optional[int],
                   figure_image: Optional[str], metrics: Optional[list[str]] = None, lpips_weights: Optional[str] = None,
-                  progress: bool = True) -> None:
+                  progress: bool = True, cache: bool = True) -> None:
     from .scoring import DEFAULT_METRICS
-    from .sweep_report import evaluate_sweep, print_sweep_report
+    from .sweep_report import cache_summary, evaluate_sweep, print_sweep_report
 
     report = evaluate_sweep(sweep_dir, evals, protocol, device, tile, metrics=metrics or list(DEFAULT_METRICS),
-                            figure_image=figure_image, progress=progress, lpips_weights=lpips_weights)
+                            figure_image=figure_image, progress=progress, lpips_weights=lpips_weights, cache=cache)
     print_sweep_report(report, out_console)
+    for line in cache_summary(report):
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
     for path in report.files:
         err_console.print(f"wrote {escape(str(path))}", highlight=False, soft_wrap=True)
 
@@ -89,7 +91,7 @@ def sweep(
     except ValueError:
         raise UserError(f"--seeds {seeds!r}: expected integers separated by commas, e.g. 0,1,2") from None
     options = SweepOptions(
-        preset=preset, data=[Path(d) for d in data or []], out=Path(out).expanduser(), grid=list(grid or []), overrides=list(set_ or []),
+        preset=preset, data=list(data or []), out=Path(out).expanduser(), grid=list(grid or []), overrides=list(set_ or []),
         seeds=seed_list, zip_axes=zip_, evals=list(evals or []), init_from=init_from, vgg_weights=vgg_weights,
         allow_random_vgg=allow_random_vgg, device=device,
         jobs=jobs, max_minutes=max_minutes, retry=retry, dry_run=dry_run, progress=progress,
@@ -157,9 +159,13 @@ def sweep_report(
     figure_image: Annotated[Optional[str], typer.Option("--figure-image", metavar="NAME", help="Image of comparison.png: NAME or DATASET/NAME (default: where the points differ most).")] = None,
     metric: _MetricOption = None,
     lpips_weights: _LpipsWeightsOption = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Score every point and draw every figure again (ignore SWEEP_DIR/report-cache.json, which is rewritten).")] = False,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show the progress bar.")] = True,
     quiet: QuietOption = False,
 ) -> None:
-    """Score each point's best export (as srtool eval does) and write report.{json,csv,md}, curves.png, comparison.png."""
+    """Score each point's best export (as srtool eval does) and write report.{json,csv,md}, curves.png, comparison.png.
+
+    Scores of exports, datasets and options that did not change come from SWEEP_DIR/report-cache.json."""
     set_quiet(quiet)
-    _sweep_report(sweep_dir, evals, protocol, device, tile, figure_image, metric, lpips_weights, progress and not quiet)
+    _sweep_report(sweep_dir, evals, protocol, device, tile, figure_image, metric, lpips_weights, progress and not quiet,
+                  cache=not no_cache)

@@ -239,18 +239,24 @@ def backbone_url(net: str) -> str:
     return _TORCHVISION_URL + BACKBONES[net].file
 
 
-def _backbone_state(net: str, weights: str | Path | None) -> dict:
-    """The backbone's ``features`` state dict from a file, $SRTOOL_LPIPS_WEIGHTS, or torchvision's cache."""
+def backbone_path(net: str, weights: str | Path | None) -> Path:
+    """The backbone file LPIPS-``net`` loads: ``weights``, else ``$SRTOOL_LPIPS_WEIGHTS``, else
+    torchvision's hub cache (where it is downloaded to when missing)."""
     import torch
 
-    spec = BACKBONES[net]
     source = weights if weights is not None else os.environ.get(LPIPS_WEIGHTS_ENV) or None
     if source is None:
-        path = Path(torch.hub.get_dir()) / "checkpoints" / spec.file
+        return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONES[net].file
+    return Path(source).expanduser()
+
+
+def _backbone_state(net: str, weights: str | Path | None) -> dict:
+    """The backbone's ``features`` state dict from a file, $SRTOOL_LPIPS_WEIGHTS, or torchvision's cache."""
+    path = backbone_path(net, weights)
+    if weights is None and not os.environ.get(LPIPS_WEIGHTS_ENV):
         if not path.is_file():
             _download_backbone(net, path)
     else:
-        path = Path(source).expanduser()
         if not path.is_file():
             origin = "--lpips-weights" if weights is not None else LPIPS_WEIGHTS_ENV
             raise UserError(f"{origin}: file not found: {path}")

@@ -68,7 +68,7 @@ class SweepOptions:
     """Everything ``srtool sweep`` takes; the library entry point is :func:`run_sweep`."""
 
     preset: str
-    data: list[Path]
+    data: list[Path | str]  # as given (see check_distinct_data); resolved by prepare_sweep
     out: Path
     grid: list[str]
     overrides: list[str] = field(default_factory=list)
@@ -613,11 +613,12 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
     options.out = sweep_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise UserError(f"--out {sweep_dir}: is a file, not a folder")
-    options.data = [Path(p).expanduser().resolve() for p in options.data]
     if not options.data:
         raise UserError("give --data DIR (a prepared training set or a folder of HR images)")
-    from .train.data import check_data_paths
+    from .train.data import check_data_paths, check_distinct_data
 
+    check_distinct_data(options.data)
+    options.data = [Path(p).expanduser().resolve() for p in options.data]
     check_data_paths(options.data)
     points = plan_points(options)
     from .prepare.paths import resolve_dataset

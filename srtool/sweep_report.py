@@ -10,7 +10,8 @@ that :class:`~srtool.evaluate.DatasetResult` gains later becomes a column withou
 Files (``SWEEP_DIR/``): ``report.json`` (schema ``srtool-sweep-report/1``), ``report.csv``,
 ``report.md``, ``eval.json`` (every per-image score, schema ``srtool-eval/1``), ``curves.png`` (each
 point's training curves overlaid, small multiples) and ``comparison.png`` (the same crop of one image
-from each point, labelled with that image's scores).
+from each point, labelled with that image's scores) and ``report-cache.json`` (the scores and the
+figures' inputs, :mod:`srtool.sweep_cache`: a report scores only what changed since the last one).
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ class SweepReport:
     rows: list[Row]
     eval_report: Any = None  # srtool.evaluate.EvalReport
     figure: tuple[str, str, tuple[int, int, int, int]] | None = None
-    files: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # written by this report
+    kept: list[Path] = field(default_factory=list)  # figures whose inputs did not change (not drawn again)
+    rescored: list[str] = field(default_factory=list)  # points scored by this report (on some dataset at least)
+    cached: list[str] = field(default_factory=list)  # points whose every score came from the cache
+    cache_problem: str | None = None  # why an existing report-cache.json was ignored
 
 
 def _lookup(config: dict[str, Any], dotted: str) -> Any:
@@ -150,13 +155,21 @@ def evaluate_sweep(
     progress: bool = True,
     lpips_net: str = "alex",
     lpips_weights: str | Path | None = None,
+    cache: bool = True,
 ) -> SweepReport:
     """Score every finished point's export on ``evals`` (default: the sweep's ``--eval`` sets), fold the
-    seeds, and write the table (JSON/CSV/Markdown), ``eval.json``, ``curves.png`` and ``comparison.png``."""
-    from .evaluate import _unique_dataset_names, evaluate, load_models, open_dataset
-    from .report import write_json
+    seeds, and write the table (JSON/CSV/Markdown), ``eval.json``, ``curves.png`` and ``comparison.png``.
 
-    from .scoring import Scorer, parse_metrics
+    Scores and figures whose inputs did not change since the last report come from
+    ``SWEEP_DIR/report-cache.json`` (:mod:`srtool.sweep_cache`); ``cache=False`` scores and draws
+    everything again (and rewrites the cache)."""
+    from . import __version__
+    from .devices import resolve_device
+    from .evaluate import _now, _unique_dataset_names, open_dataset
+    from .eval_results import EvalReport, ModelEntry
+    from .report import write_json
+    from .scoring import parse_metrics
+    from .sweep_cache import ReportCache, dataset_identity, digest, scoring_context
 
     metrics = parse_metrics(metrics)
     sweep_dir = Path(sweep_dir).expanduser()
@@ -165,7 +178,9 @@ def evaluate_sweep(
     axes = grid_axes(points)
     rows = build_rows(points, axes)
     report = SweepReport(sweep_dir, axes, [], list(metrics), protocol, rows)
-    report.files.append(plot_sweep_curves(sweep_dir, points))
+    store = ReportCache(sweep_dir, use=cache)
+    report.cache_problem = store.problem
+    _curves(report, points, store)
     datasets = list(evals or doc.get("eval") or [])
     if not datasets:
         raise UserError(f"{sweep_dir}: no evaluation set recorded; give --eval NAME|DIR (e.g. --eval Set5)")
@@ -173,14 +188,39 @@ def evaluate_sweep(
     scored = [(p, path) for p, path in scored if path is not None]
     if not scored:
         raise UserError(f"{sweep_dir}: no point has finished yet; nothing to evaluate")
-    models = load_models([path for _, path in scored], device, tile)
-    for model, (point, _) in zip(models, scored):
-        model.name = point["name"]  # table rows and figure panels are named after the points
-    opened = [open_dataset(d, models[0].scale) for d in datasets]
+    models = _Models(scored, device, tile)
+    identities = {p["name"]: store.sha256(path) for p, path in scored}
+    scale = models.scale()
+    opened = [open_dataset(d, scale) for d in datasets]
     _unique_dataset_names(opened)
-    lpips_device = "cuda" if models[0].device.type == "cuda" else "cpu"
-    scorer = Scorer(metrics, models[0].scale, protocol, lpips_net, lpips_weights, lpips_device)
-    eval_report = evaluate(models, datasets, protocol, progress, opened=opened, scorer=scorer)
+    device_type = resolve_device(device).type
+    context = scoring_context(protocol, metrics, device_type, tile, lpips_net, lpips_weights)
+    names = [p["name"] for p, _ in scored]
+    exports = {str(Path(path).absolute()) for _, path in scored}
+    results, metric_sources, scorer = {}, {}, None
+    for dataset in opened:
+        files = dataset_identity(dataset)  # every image file's path, size and mtime: stat once per set
+        keys = {name: digest({"model": identities[name], "dataset": files, "context": context}) for name in names}
+        for name in names:
+            results[(dataset.name, name)] = store.results(keys[name], dataset, name, identities[name], protocol)
+            metric_sources = metric_sources or store.metric_sources(keys[name])
+        missing = [name for name in names if results[(dataset.name, name)] is None]
+        if not missing:
+            continue
+        if scorer is None:
+            from .scoring import Scorer
+
+            scorer = Scorer(metrics, scale, protocol, lpips_net, lpips_weights, "cuda" if device_type == "cuda" else "cpu")
+            metric_sources = scorer.describe()
+        for result in _score(models.get(missing), missing, dataset, protocol, progress, scorer):
+            results[(dataset.name, result.model)] = result
+            store.store(keys[result.model], result, metric_sources)
+        store.save(set(identities.values()), exports)  # each set's scores kept as soon as they are known
+        report.rescored.extend(n for n in missing if n not in report.rescored)
+    report.cached = [n for n in names if n not in report.rescored]
+    entries = [ModelEntry(name, name, identities[name], str(path), scale) for name, (_, path) in zip(names, scored)]
+    eval_report = EvalReport(protocol, scale, entries, [results[(d.name, n)] for d in opened for n in names],
+                             __version__, _now(), metrics=metrics, metric_sources=metric_sources)
     report.eval_report = eval_report
     report.datasets = eval_report.dataset_names
     by_name = {row_point: row for row in rows for row_point in row.points}
@@ -198,35 +238,97 @@ def evaluate_sweep(
                     row.notes.append(f"{point['name']}: failed on some {dataset} images (not scored there)")
     write_json(eval_report, sweep_dir / "eval.json")
     report.files.append(sweep_dir / "eval.json")
-    report.figure = _comparison(report, models, scored, opened, figure_image)
+    report.figure = _comparison(report, models, scored, opened, figure_image, store, identities, context)
     for suffix, writer in ((".json", to_json), (".csv", to_csv), (".md", to_markdown)):
         path = sweep_dir / f"report{suffix}"
         write_text_atomic(path, writer(report))
         report.files.append(path)
+    store.save(set(identities.values()), exports)
+    report.cache_problem = store.problem
     return report
+
+
+def _score(models: list, names: list[str], dataset, protocol: str, progress: bool, scorer) -> list:
+    """``models`` (named ``names``) scored on ``dataset``, as srtool eval scores them."""
+    from .evaluate import evaluate_models
+
+    return evaluate_models(models, dataset, protocol, progress, labels=names, scorer=scorer)
+
+
+class _Models:
+    """The points' networks, each loaded the first time something needs it (an unchanged report loads none)."""
+
+    def __init__(self, scored: list, device: str, tile: int | None):
+        self.paths = {p["name"]: path for p, path in scored}
+        self.device, self.tile = device, tile
+        self.loaded: dict[str, Any] = {}
+
+    def get(self, names: list[str]) -> list:
+        from .evaluate import load_models
+
+        wanted = [n for n in names if n not in self.loaded]
+        for name, model in zip(wanted, load_models([self.paths[n] for n in wanted], self.device, self.tile) if wanted else []):
+            model.name = name  # table rows and figure panels are named after the points
+            self.loaded[name] = model
+        return [self.loaded[n] for n in names]
+
+    def scale(self) -> int:
+        """The points' common scale, from the exports' headers (all loaded when they disagree or do not tell:
+        loading words the refusal)."""
+        from .model_files import scale_without_loading
+
+        scales = {scale_without_loading(path) for path in self.paths.values()}
+        if len(scales) == 1 and None not in scales:
+            return scales.pop()
+        return self.get(list(self.paths))[0].scale
 
 
 # ---------------------------------------------------------------------------------------- figures
 
 
-def _comparison(report: SweepReport, models: list, scored: list, opened: list, figure_image: str | None):
-    """``comparison.png``: one panel per row (its first scored seed), HR and bicubic first."""
+def _comparison(report: SweepReport, models: _Models, scored: list, opened: list, figure_image: str | None,
+                store, identities: dict[str, str], context: dict[str, Any]):
+    """``comparison.png``: one panel per row (its first scored seed), HR and bicubic first; kept as it is
+    when the cache says it shows these models on this image of this dataset."""
     from .evaluate import choose_figure_image
     from .figure import comparison_figure, save_figure
+    from .sweep_cache import dataset_identity, digest
 
     firsts = {row.scored[0] for row in report.rows if row.scored}
-    chosen = [(m, p["name"]) for m, (p, _) in zip(models, scored) if p["name"] in firsts]
+    chosen = [p["name"] for p, _ in scored if p["name"] in firsts]
     dataset_name, image_name = choose_figure_image(report.eval_report, figure_image)
     dataset = next(d for d in opened if d.name == dataset_name)
     pair = next(p for p in dataset.pairs if p.name == image_name)
-    hr, lr = dataset.load(pair)
     title = f"{dataset_name}/{image_name}, x{report.eval_report.scale}, protocol {report.protocol}"
-    figure, layout = comparison_figure(hr, lr, [m for m, _ in chosen], [n for _, n in chosen],
-                                       report.eval_report.scale, report.protocol, None, title)
     path = report.sweep_dir / "comparison.png"
+    key = digest({"figure": 1, "title": title, "image": image_name, "dataset": dataset_identity(dataset),
+                  "panels": [[name, identities[name]] for name in chosen], "context": context})
+    kept = store.output(path.name, key)
+    if kept is not None and isinstance(kept.get("region"), list) and len(kept["region"]) == 4:
+        report.kept.append(path)
+        return dataset_name, image_name, tuple(int(v) for v in kept["region"])
+    hr, lr = dataset.load(pair)
+    figure, layout = comparison_figure(hr, lr, models.get(chosen), chosen, report.eval_report.scale, report.protocol,
+                                       None, title)
     save_figure(figure, path)
+    store.record_output(path.name, key, region=[int(v) for v in layout.region])
     report.files.append(path)
     return dataset_name, image_name, layout.region
+
+
+def _curves(report: SweepReport, points: list[dict[str, Any]], store) -> None:
+    """``curves.png`` drawn, or kept when the cache says it was drawn from these points' logs as they are now."""
+    from . import __version__
+    from .sweep_cache import digest, file_state
+
+    sweep_dir = report.sweep_dir
+    key = digest({"curves": __version__, "logs": [[p["name"], file_state(sweep_dir / p["name"] / "log.jsonl")]
+                                                   for p in points]})
+    if store.output("curves.png", key) is not None:
+        report.kept.append(sweep_dir / "curves.png")
+        return
+    report.files.append(plot_sweep_curves(sweep_dir, points))
+    store.record_output("curves.png", key)
 
 
 def plot_sweep_curves(sweep_dir: Path, points: list[dict[str, Any]]) -> Path:
@@ -342,6 +444,17 @@ def print_sweep_report(report: SweepReport, console) -> None:
     console.print(rich_table(report))
     for note in notes(report):
         console.print(f"[yellow]* {escape(note)}[/yellow]", highlight=False, soft_wrap=True)
+
+
+def cache_summary(report: SweepReport) -> list[str]:
+    """What the report took from ``report-cache.json`` and what it scored or drew again (stderr lines)."""
+    from .sweep_cache import CACHE_NAME
+
+    lines = [report.cache_problem] if report.cache_problem else []
+    lines.append(f"scored {len(report.rescored)} point(s), {len(report.cached)} from {report.sweep_dir / CACHE_NAME}")
+    if report.kept:
+        lines.append(f"unchanged, not drawn again: {', '.join(p.name for p in report.kept)}")
+    return lines
 
 
 def to_markdown(report: SweepReport) -> str:

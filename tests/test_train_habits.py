@@ -194,3 +194,41 @@ def test_out_and_resume_with_a_tilde_go_to_the_home_folder(t91_subset, tmp_path,
     assert (home / "runs" / "x" / "exports" / "last.safetensors").is_file() and not (cwd / "~").exists()
     assert run_cli("train", "--resume", "~/runs/x", "--set", "train.epochs=2", "-q") == 0
     assert (home / "runs" / "x" / "checkpoints" / "iter_00000002.pt").is_file() and not (cwd / "~").exists()
+
+
+@pytest.mark.parametrize("second", ["t91", "./t91", "t91/", "ABSOLUTE", "link", "t91/store", "~/t91"])
+def test_the_same_training_set_given_twice_is_refused_naming_both_spellings(t91_subset, tmp_path, monkeypatch,
+                                                                            capsys, second):
+    from cli_runner import run_cli_err
+
+    monkeypatch.chdir(t91_subset.parent)
+    monkeypatch.setenv("HOME", str(t91_subset.parent))
+    link = tmp_path / "link"
+    link.symlink_to(t91_subset)
+    second = second.replace("ABSOLUTE", str(t91_subset)).replace("link", str(link))
+    run = tmp_path / "run"
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", "t91", "--data", second, "--out", str(run),
+                            *[x for item in [*TINY, "train.epochs=1"] for x in ("--set", item)])
+    assert code == 2 and "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    alias = "" if second == "t91" else " (also as t91)"
+    assert len(lines) == 1 and f"--data {second}: given twice{alias}; give each training set once" in lines[0]
+    assert not run.exists()  # refused before anything is written
+    # the sweep refuses it the same way, before its folder exists
+    code, err = run_cli_err(capsys, "sweep", "--preset", "srresnet", "--data", "t91", "--data", second,
+                            "--out", str(tmp_path / "sweep"), "--grid", "train.lr=1e-3,2e-3", "--dry-run")
+    assert code == 2 and f"--data {second}: given twice{alias}" in err and not (tmp_path / "sweep").exists()
+
+
+def test_a_plain_image_folder_twice_is_refused_and_distinct_sets_are_not(t91_subset, shared_data, tmp_path):
+    from srtool.errors import UserError
+    from srtool.train.data import check_distinct_data
+
+    plain = tmp_path / "hr"
+    plain.mkdir()
+    (plain / "t1.png").symlink_to(shared_data / "train" / "T91" / "t1.png")
+    with pytest.raises(UserError, match=rf"--data {plain}/\.: given twice \(also as {plain}\)"):
+        train(TrainOptions(preset="srresnet", data=[plain, f"{plain}/."], out=tmp_path / "run",
+                           overrides=[*TINY, "train.epochs=1"], progress=False))
+    assert not (tmp_path / "run").exists()
+    check_distinct_data([t91_subset, plain, tmp_path / "missing"])  # distinct (a missing one is named later)

@@ -145,6 +145,12 @@ class _Image:
     lr_path: Path
 
 
+def store_folder(dir: Path) -> Path:  # noqa: A002 - as TrainingStore.open names it
+    """The store of a prepared dataset folder: ``DIR/store``, or ``DIR`` itself when it is the store."""
+    dir = Path(dir)
+    return dir / "store" if (dir / "store" / "index.json").exists() or not (dir / "index.json").exists() else dir
+
+
 class TrainingStore:
     """Random access to the sub-images of a prepared training set, as zero-copy memory-map views.
 
@@ -167,7 +173,7 @@ class TrainingStore:
         """Open the store of a prepared dataset folder (``DIR`` or ``DIR/store``) built at ``scale``;
         ``verify`` checks every array file's header and size against the index first."""
         dir = Path(dir)
-        store_dir = dir / "store" if (dir / "store" / "index.json").exists() or not (dir / "index.json").exists() else dir
+        store_dir = store_folder(dir)
         index_path = store_dir / "index.json"
         if not index_path.is_file():
             raise UserError(

@@ -208,6 +208,27 @@ def check_data_paths(paths: list[Path]) -> None:
             raise UserError(f"--data {path}: no such folder")
 
 
+def check_distinct_data(given: list[str | Path]) -> None:
+    """Refuse a training set given twice, whatever the spelling (``t``, ``./t``, ``t/``, an absolute path, a
+    link to it, a prepared set's ``store/`` folder): its samples would silently count twice. Run on the
+    user's spellings as typed (before they are resolved), so that the message names both."""
+    from ..prepare.store import store_folder
+
+    seen: dict[tuple[int, int], str] = {}
+    for spelling in map(str, given):
+        path = Path(spelling).expanduser()
+        read = store_folder(path) if _is_prepared(path) else path  # the folder training reads
+        try:
+            st = os.stat(read)
+        except OSError:
+            continue  # a missing folder: check_data_paths names it
+        first = seen.get((st.st_dev, st.st_ino))
+        if first is not None:
+            alias = "" if first == spelling else f" (also as {first})"
+            raise UserError(f"--data {spelling}: given twice{alias}; give each training set once")
+        seen[(st.st_dev, st.st_ino)] = spelling
+
+
 def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, workers: int | None = None,
                 progress: bool = True) -> tuple[list, list[str]]:
     """Open the training store of each ``--data`` folder; a plain folder of HR images is prepared once

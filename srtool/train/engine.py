@@ -48,7 +48,8 @@ from ..errors import UserError
 from ..models.registry import build_network
 from ..threads import usable_cores
 from .checkpoint import CheckpointDir, capture_rng_state, load_checkpoint, restore_rng_state
-from .data import CropSource, KeyedCropDataset, warn_stderr, check_data_paths, make_loader, open_stores
+from .data import (CropSource, KeyedCropDataset, check_data_paths, check_distinct_data, make_loader, open_stores,
+                   warn_stderr)
 from .distributed import DistInfo, any_flag, barrier, init_distributed, shutdown
 from .finite import NonFiniteWatch
 from .losses import GeneratorLoss, discriminator_loss
@@ -70,7 +71,7 @@ class TrainOptions:
     """Everything ``srtool train`` takes; the library entry point is :func:`train`."""
 
     preset: str | None = None
-    data: list[Path] = field(default_factory=list)
+    data: list[Path | str] = field(default_factory=list)  # as given: --data twice is refused naming both spellings
     out: Path | None = None
     overrides: list[str] = field(default_factory=list)
     init_from: str | None = None
@@ -221,6 +222,7 @@ class Trainer:
             if options.out is None:
                 raise UserError("give --out RUN_DIR (where checkpoints, logs and exports go)")
             self.run_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
+            check_distinct_data(options.data)
             data = [Path(p).expanduser().resolve() for p in options.data]
             init_from, vgg_weights = options.init_from, options.vgg_weights
             allow_random_vgg = options.allow_random_vgg
