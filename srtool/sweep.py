@@ -302,6 +302,13 @@ def reconcile(points: list[Point], sweep_dir: Path, data: list[Path], manifest: 
         raise UserError("\n".join(problems))
 
 
+def _lasting_spec(spec: str) -> str:
+    """A dataset as the manifest keeps it: an existing path made absolute (``sweep report`` may run from
+    another folder), anything else (a name such as ``Set5``) as typed."""
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 def manifest_document(options: SweepOptions, points: list[Point], previous: dict[str, Any] | None) -> dict[str, Any]:
     """The manifest: this invocation's grid added to the grids used before, every point ever planned."""
     grid = {"grid": list(options.grid), "zip": options.zip_axes, "seeds": options.seeds, "overrides": list(options.overrides)}
@@ -317,8 +324,8 @@ def manifest_document(options: SweepOptions, points: list[Point], previous: dict
             "iteration": point.iteration, "total": point.total,
             "started": old.get("started"), "finished": old.get("finished"),
         }
-    evals = list(options.evals) or list((previous or {}).get("eval", []))
-    return {"schema": SCHEMA, "preset": options.preset, "data": [str(p) for p in options.data], "eval": evals,
+    evals = [_lasting_spec(e) for e in options.evals] or list((previous or {}).get("eval", []))
+    return {"schema": SCHEMA, "preset": options.preset, "data": [_lasting_spec(str(p)) for p in options.data], "eval": evals,
             "grids": grids, "points": list(by_name.values())}
 
 

@@ -304,3 +304,19 @@ def test_sigterm_ends_the_sweep_with_143_and_the_point_resumable(data, tmp_path)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 143, proc.stderr.read()
     assert [p["status"] for p in read_manifest(out)["points"]] == ["interrupted"]
+
+
+def test_manifest_keeps_eval_and_data_folders_absolute_so_a_report_runs_from_anywhere(data, tmp_path, monkeypatch):
+    """`srtool sweep --eval sets/mine` from one folder, `srtool sweep report` from another: the relative
+    path was stored as typed and no longer found."""
+    import dataclasses
+
+    from srtool.sweep import manifest_document
+
+    (tmp_path / "sets" / "mine").mkdir(parents=True)
+    (tmp_path / "t").mkdir()
+    monkeypatch.chdir(tmp_path)
+    options = dataclasses.replace(sweep_options(data, tmp_path / "sw"), evals=["sets/mine", "Set5"], data=[Path("t")])
+    doc = manifest_document(options, [], None)
+    assert doc["eval"] == [str(tmp_path / "sets" / "mine"), "Set5"]  # a name stays a name
+    assert doc["data"] == [str(tmp_path / "t")]
