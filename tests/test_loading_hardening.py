@@ -1,0 +1,340 @@
+"""What users really hand ``--model``: wrapped and prefixed state dicts, renamed files, hostile files, and
+named-model downloads that go wrong (a local HTTP server on 127.0.0.1 stands in for GitHub releases).
+
+The bar: a file loads and computes exactly what the reference architecture computes, or it is one
+line naming the file and what is wrong (srtool's UserError; exit 2 from the CLI); no traceback, no
+executed pickle, no huge allocation from a small file, nothing half-written left under a cache name.
+Networks are tiny (spandrel's SRVGGNetCompact with 8 features, a 1-block ESRGAN): the file runs in
+a few seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import io
+import pickle
+import threading
+import time
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import torch
+
+from cli_runner import run_cli_err
+from srtool import model_zoo
+from srtool.errors import UserError
+from srtool.loading import load_model
+
+spandrel = pytest.importorskip("spandrel")
+from spandrel.architectures.Compact import Compact  # noqa: E402
+from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+
+X = torch.rand(1, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+
+
+def _random(module: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / (p[0].numel() ** 0.5 if p.ndim > 1 else 10))
+    return module.eval()
+
+
+@pytest.fixture(scope="module")
+def compact():
+    """(state dict, reference output on X) of a tiny realesr-general-x4v3-style network."""
+    net = _random(Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4))
+    with torch.no_grad():
+        return {k: v.clone() for k, v in net.state_dict().items()}, net(X)
+
+
+@pytest.fixture(scope="module")
+def esrgan_old():
+    """(state dict, reference output) of a tiny ESRGAN in the 2018 layout, whose own keys start with ``model.``."""
+    net = _random(ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=4))
+    with torch.no_grad():
+        return {k: v.clone() for k, v in net.state_dict().items()}, net(X)
+
+
+def _max_diff(path: Path, ref: torch.Tensor) -> float:
+    model = load_model(path, device="cpu", precision="fp32")
+    with torch.no_grad():
+        return float((model.network(X) - ref).abs().max())
+
+
+# ------------------------------------------------------------------------------ wrappers and prefixes
+
+
+@pytest.mark.parametrize("wrap", [
+    lambda s: {"model": s},  # spandrel, many training scripts
+    lambda s: {"net_g": s},  # BasicSR-style training state
+    lambda s: {"netG": s},
+    lambda s: {"net": s},
+    lambda s: {"params-ema": s},
+    lambda s: {"model": s, "optimizer": {"state": {}, "param_groups": []}, "epoch": 7},  # a training checkpoint
+    lambda s: {"model." + k: v for k, v in s.items()},  # a Lightning module's `self.model`
+    lambda s: {"net_g." + k: v for k, v in s.items()},
+    lambda s: {"module.model." + k: v for k, v in s.items()},  # DDP around it
+], ids=["model", "net_g", "netG", "net", "params-ema", "training-checkpoint", "model.-prefix", "net_g.-prefix",
+        "module.model.-prefix"])
+def test_wrapped_and_prefixed_state_dicts_load_exactly(tmp_path, compact, wrap):
+    state, ref = compact
+    path = tmp_path / "wrapped.pth"
+    torch.save(wrap(state), path)
+    assert _max_diff(path, ref) < 1e-5  # today: "holds no tensors" / "unrecognised checkpoint layout"
+
+
+def test_model_prefix_is_not_stripped_from_esrgan_own_names(tmp_path, esrgan_old):
+    """ESRGAN 2018 keys are ``model.0.weight``...: a Lightning ``model.`` around them is stripped once, not twice."""
+    state, ref = esrgan_old
+    torch.save(state, tmp_path / "bare.pth")
+    torch.save({"model." + k: v for k, v in state.items()}, tmp_path / "lightning.pth")
+    assert _max_diff(tmp_path / "bare.pth", ref) < 1e-5
+    assert _max_diff(tmp_path / "lightning.pth", ref) < 1e-5
+
+
+def test_params_ema_is_chosen_over_params(tmp_path, compact):
+    state, ref = compact
+    zeros = {k: torch.zeros_like(v) for k, v in state.items()}
+    for doc in ({"params": zeros, "params_ema": state}, {"params_ema": state, "params": zeros}):
+        torch.save(doc, tmp_path / "both.pth")
+        assert _max_diff(tmp_path / "both.pth", ref) < 1e-5
+
+
+# ------------------------------------------------------------------------ the file's format, not its name
+
+
+def test_format_is_read_from_the_content_not_the_extension(tmp_path, esrgan_old):
+    from safetensors.torch import save_file
+
+    state, ref = esrgan_old
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "renamed.pth"))
+    torch.save(state, tmp_path / "renamed.safetensors")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "UPPER.SAFETENSORS"))
+    for name in ("renamed.pth", "renamed.safetensors", "UPPER.SAFETENSORS"):
+        assert _max_diff(tmp_path / name, ref) < 1e-5, name  # today: "refused ... could run code" / "header too large"
+
+
+def test_onnx_file_is_named_as_such(tmp_path, compact, capsys):
+    state, _ = compact
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=4).eval()
+    net.load_state_dict(state)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (X,), str(tmp_path / "model.onnx"), dynamo=False)
+    (tmp_path / "model.pth").write_bytes((tmp_path / "model.onnx").read_bytes())
+    for name in ("model.onnx", "model.pth"):
+        code, err = run_cli_err(capsys, "models", "inspect", str(tmp_path / name))
+        assert code == 2 and "ONNX" in err and "could run code" not in err, err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+# --------------------------------------------------------------------------------------- hostile files
+
+
+class _Evil:
+    """Unpickling this creates a file: a stand-in for any code a malicious checkpoint would run."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, "w"))
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy-format"])
+def test_code_in_a_pickle_is_refused_naming_what_it_would_call(tmp_path, capsys, legacy):
+    target = tmp_path / "pwned.txt"
+    path = tmp_path / "RealESRGAN_x4plus.pth"
+    torch.save({"conv_first.weight": torch.zeros(1), "x": _Evil(str(target))}, path,
+               _use_new_zipfile_serialization=not legacy)
+    code, err = run_cli_err(capsys, "models", "inspect", str(path))
+    assert code == 2 and "refused to load" in err and "open" in err, err  # the global it would call
+    assert "weights_only` set to `False`" not in err and "add_safe_globals" not in err, err  # never advise that
+    assert len(err.strip().splitlines()) == 1, err
+    assert not target.exists()
+
+
+def _torch_zip(path: Path, numel: int, compress: bool) -> None:
+    """A torch zip checkpoint whose one float tensor has ``numel`` zeros, stored deflated if ``compress``
+    (torch.save never compresses; a deflated run of zeros is a zip bomb: ~1000x)."""
+
+    class Storage:
+        pass
+
+    class Tensor:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (Storage(), 0, (numel,), (1,), False, collections.OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", numel) if isinstance(obj, Storage) else None
+
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"body.0.weight": Tensor()})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", "little")
+        zf.writestr("archive/version", "3\n")
+        info = zipfile.ZipInfo("archive/data/0")
+        info.compress_type = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zf.open(info, "w", force_zip64=True) as fh:
+            for _ in range(numel // (1 << 20)):
+                fh.write(bytes(4 << 20))
+
+
+def test_zip_bomb_is_refused_before_inflating(tmp_path):
+    path = tmp_path / "bomb.pth"
+    _torch_zip(path, 16 << 20, compress=True)  # 64 MiB of zeros in a ~64 kB file
+    assert path.stat().st_size < 1 << 20
+    with pytest.raises(UserError, match=r"bomb\.pth: .*64\.0 MiB.*compressed"):
+        load_model(path, device="cpu")  # today: inflated, then refused for its keys
+
+
+def test_tensor_larger_than_its_stored_data_is_refused(tmp_path):
+    """A stride-0 view: a 3 kB file declaring a 4096 x 4096 tensor over one stored float (6 GB of RSS
+    for 30000 x 30000 before the fix: the NaN check materialised it)."""
+    path = tmp_path / "expanded.pth"
+    torch.save({"conv_first.weight": torch.randn(8, 3, 3, 3), "huge": torch.zeros(1).expand(4096, 4096)}, path)
+    assert path.stat().st_size < 10_000
+    with pytest.raises(UserError, match=r"expanded\.pth: tensor 'huge' .*16,777,216 elements.*4 bytes"):
+        load_model(path, device="cpu")
+
+
+# ------------------------------------------------------------------------------------ named downloads
+
+
+class _Release:
+    """A release server: ``mode`` "ok", "hold" (the first full response stops halfway, sets ``half_sent``
+    and waits for ``go``) or "loop" (a redirect to itself)."""
+
+    def __init__(self, files: dict[str, bytes]):
+        self.files, self.mode, self.requests = files, "ok", []
+        self.half_sent, self.go = threading.Event(), threading.Event()
+        release = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                release.requests.append(self.path)
+                if release.mode == "loop":
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                body = release.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                rng = self.headers.get("Range")
+                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
+                if start >= len(body):
+                    self.send_error(416)
+                    return
+                self.send_response(206 if rng else 200)
+                if rng:
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if release.mode == "hold" and not rng and not release.half_sent.is_set():
+                    half = len(body) // 2
+                    self.wfile.write(body[:half])
+                    self.wfile.flush()
+                    release.half_sent.set()
+                    release.go.wait(20)
+                    start = half
+                self.wfile.write(body[start:])
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+NAME = "realesr-general-x4v3"
+
+
+@pytest.fixture
+def release(monkeypatch, tmp_path, compact):
+    """realesr-general-x4v3 served from 127.0.0.1 (a tiny Compact under ``params``, as the release has it),
+    pinned to that file's sha256; a fresh cache under tmp_path."""
+    buf = io.BytesIO()
+    torch.save({"params": compact[0]}, buf)
+    data = buf.getvalue()
+    entry = model_zoo.ZOO[NAME]
+    monkeypatch.setitem(model_zoo.ZOO, NAME, model_zoo.ZooModel(
+        entry.name, entry.url, entry.architecture, entry.scale, entry.licence, len(data), hashlib.sha256(data).hexdigest()))
+    server = _Release({"/" + entry.filename: data})
+    monkeypatch.setenv("SRTOOL_MODEL_MIRROR", server.url)
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    yield server, data, tmp_path / "cache" / "models" / entry.filename
+    server.close()
+
+
+def test_redirect_loop_is_one_line(release, capsys):
+    server, _, dest = release
+    server.mode = "loop"
+    code, err = run_cli_err(capsys, "models", "inspect", NAME)  # models inspect takes a name as --model does
+    code2, err2 = run_cli_err(capsys, "upscale", "-", "-o", "-", "--model", NAME)
+    for c, e in ((code, err), (code2, err2)):
+        assert c == 2 and "redirect" in e and len(e.strip().splitlines()) == 1, e
+    assert not dest.exists()
+
+
+def test_cache_folder_that_cannot_be_made_is_one_line(release, monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(blocker))
+    code, err = run_cli_err(capsys, "upscale", "-", "-o", "-", "--model", NAME)
+    assert code == 2 and "SRTOOL_CACHE_DIR" in err and len(err.strip().splitlines()) == 1, err  # today: internal error
+
+
+def test_verified_file_in_a_read_only_cache_is_used(release, monkeypatch, compact):
+    """A cache an administrator filled and made read-only: the file is checked and used; the sidecar that
+    remembers the check cannot be written, which is no reason to fail."""
+    server, data, dest = release
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data)
+
+    def read_only(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(model_zoo, "write_text_atomic", read_only)  # as root, chmod would not stop a write
+    assert _max_diff(Path(model_zoo.fetch(NAME)), compact[1]) < 1e-5  # today: PermissionError
+    assert server.requests == []
+
+
+def test_two_downloads_of_one_model_at_once_both_get_the_verified_file(release):
+    """Two processes (here: threads, each with its own file descriptors, as processes have) asking for the
+    same model: one downloads, the other waits for it; nobody appends to the other's ``.part``."""
+    server, data, dest = release
+    server.mode = "hold"
+    results: dict[int, object] = {}
+
+    def fetch(i: int) -> None:
+        try:
+            results[i] = model_zoo.fetch(NAME).read_bytes() == data
+        except Exception as exc:  # noqa: BLE001 -- recorded for the assertion message
+            results[i] = f"{type(exc).__name__}: {exc}"
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(2)]
+    threads[0].start()
+    assert server.half_sent.wait(20)  # the first is mid-download
+    threads[1].start()
+    time.sleep(0.5)  # the second either waits for the first (fixed) or races it (today)
+    server.go.set()
+    for t in threads:
+        t.join(60)
+    assert results == {0: True, 1: True}, results  # today: a sha256 mismatch and a FileNotFoundError
+    assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith((".lock", ".verified.json"))) == [dest.name]
