@@ -2,8 +2,9 @@
 
 A checkpoint is read only through :func:`srtool.models.export.read_state_dict` (safetensors or
 ``torch.load(weights_only=True)``: a pickle that would run code, or a TorchScript archive, is
-refused). Wrappers are peeled first: ``params_ema`` (preferred, the EMA weights), ``params``,
-``state_dict``; a ``module.`` prefix (DataParallel) is stripped. Then there is exactly one detection
+refused). Wrappers are peeled first (:func:`unwrap_state`): ``params_ema`` (preferred, the EMA
+weights), ``params``, ``state_dict``, ``model``, ``net_g``...; prefixes such as ``module.``
+(DataParallel) and ``model.`` (a Lightning module) are stripped. Then there is exactly one detection
 path per family:
 
 1. srtool's own detectors (:data:`LAYOUTS`), for layouts spandrel does not load; they never import
@@ -45,22 +46,45 @@ class CheckpointError(UserError):
 # ------------------------------------------------------------------------------------------ helpers
 
 
+# Where training code keeps the generator's weights: BasicSR (params_ema, preferred: the EMA weights the
+# official inference scripts load; params), PyTorch Lightning/generic (state_dict, model_state_dict,
+# model, net), BasicSR/ESRGAN training states (net_g, netG), srtool's own training checkpoints (generator).
+WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "generator", "model", "net_g",
+            "netG", "net")
+# Prefixes a wrapper module adds to every key: DataParallel/DDP, a Lightning module's attribute.
+PREFIXES = ("module.", "model.", "net_g.", "netG.", "generator.")
+
+
 def unwrap_state(obj: Any) -> StateDict:
-    """Peel ``params_ema`` / ``params`` / ``state_dict`` wrappers and ``module.`` prefixes; keep tensors."""
-    for _ in range(3):
+    """Peel wrappers (:data:`WRAPPERS`, and a dict holding just one dict) and common key prefixes
+    (:data:`PREFIXES`); keep the tensors.
+
+    ``model.`` is an ESRGAN 2018 checkpoint's own first name (``model.0.weight``): it is only stripped
+    while no key would then start with a digit (a Sequential's index), so a Lightning
+    ``model.model.0.weight`` loses one ``model.`` and the bare file none.
+    """
+    for _ in range(4):
         if not isinstance(obj, dict):
             break
-        for key in ("params_ema", "params", "state_dict", "model_state_dict", "generator"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-        else:
+        inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict) and obj[k]), None)
+        if inner is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+            inner = next(iter(obj.values()))
+        if inner is None:
             break
+        obj = inner
     if not isinstance(obj, dict):
         return {}
     state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    while state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    stripped = True
+    while state and stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not (
+                prefix == "model." and any(k[len(prefix):][:1].isdigit() for k in state)
+            ):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
+                break
     return state
 
 
