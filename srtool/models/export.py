@@ -45,7 +45,8 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise UserError(f"weights file not found: {path}")
     kind = sniff_weights_format(path)
     if kind == "empty":
-        raise UserError(f"{path}: is empty (0 bytes): an interrupted copy or download?")
+        what = "safetensors file" if path.suffix.lower() == ".safetensors" else "PyTorch checkpoint"
+        raise UserError(f"{path}: not a readable {what} (it is empty, 0 bytes: an interrupted copy or download?)")
     if kind == "onnx":
         raise UserError(f"{path}: looks like an ONNX model (a compiled graph), not PyTorch weights; srtool loads "
                         ".pth/.pt/.ckpt state dicts and .safetensors files (the model's project usually publishes one)")
