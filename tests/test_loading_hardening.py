@@ -345,3 +345,42 @@ def test_two_downloads_of_one_model_at_once_both_get_the_verified_file(release):
         t.join(60)
     assert results == {0: True, 1: True}, results  # today: a sha256 mismatch and a FileNotFoundError
     assert sorted(p.name for p in dest.parent.iterdir() if not p.name.endswith((".lock", ".verified.json"))) == [dest.name]
+
+
+# ------------------------------------------------------------- architectures inferred from a few keys
+
+
+def _rss_growth_mib(fn) -> float:
+    """Peak resident memory gained while running ``fn`` (MiB), read from /proc (Linux; the peak is reset first)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+    def hwm() -> int:
+        status = Path("/proc/self/status").read_text()
+        return int(next(ln for ln in status.splitlines() if ln.startswith("VmHWM:")).split()[1])
+
+    before = hwm()
+    fn()
+    return (hwm() - before) / 1024
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from /proc")
+@pytest.mark.parametrize("layout", ["tiny-tensors", "far-index"])
+def test_a_few_keys_cannot_make_spandrel_build_a_huge_network(tmp_path, layout):
+    """SRVGGNetCompact's width comes from ``body.0.weight`` and its depth from the highest ``body.N`` key.
+    far-index: five tensors (50 kB) naming body.4002 built 2000 64-channel convolutions (300 MB; body.800002
+    would need 60 GB) before loading found the keys missing. tiny-tensors: every key present, each holding
+    one number (100 kB): 300 full-size convolutions."""
+    f = 64
+    state = {"body.0.weight": torch.randn(f, 3, 3, 3), "body.0.bias": torch.zeros(f), "body.1.weight": torch.ones(f)}
+    last = 4002 if layout == "far-index" else 602
+    if layout == "tiny-tensors":  # (the far index is refused by itself; these keys are all there)
+        state.update({f"body.{i}.{p}": torch.ones(1) for i in range(2, last) for p in (("weight", "bias") if i % 2 == 0 else ("weight",))})
+    state.update({f"body.{last}.weight": torch.randn(48, f, 3, 3), f"body.{last}.bias": torch.zeros(48)})
+    path = tmp_path / "deep.pth"
+    torch.save(state, path)
+
+    def load():
+        with pytest.raises(UserError, match=r"deep\.pth: .*body"):
+            load_model(path, device="cpu")
+
+    assert _rss_growth_mib(load) < 16  # today: +300 MiB (far-index), +45 MiB (tiny-tensors)
