@@ -11,13 +11,11 @@ a few seconds.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import pickle
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -27,6 +25,7 @@ from cli_runner import run_cli_err
 from srtool import model_zoo
 from srtool.errors import UserError
 from srtool.loading import load_model
+from test_model_zoo import serve_named_model
 
 spandrel = pytest.importorskip("spandrel")
 from spandrel.architectures.Compact import Compact  # noqa: E402
@@ -209,59 +208,6 @@ def test_tensor_larger_than_its_stored_data_is_refused(tmp_path):
 # ------------------------------------------------------------------------------------ named downloads
 
 
-class _Release:
-    """A release server: ``mode`` "ok", "hold" (the first full response stops halfway, sets ``half_sent``
-    and waits for ``go``) or "loop" (a redirect to itself)."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.mode, self.requests = files, "ok", []
-        self.half_sent, self.go = threading.Event(), threading.Event()
-        release = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                release.requests.append(self.path)
-                if release.mode == "loop":
-                    self.send_response(302)
-                    self.send_header("Location", self.path)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-                body = release.files.get(self.path)
-                if body is None:
-                    self.send_error(404)
-                    return
-                rng = self.headers.get("Range")
-                start = int(rng.split("=")[1].split("-")[0]) if rng else 0
-                if start >= len(body):
-                    self.send_error(416)
-                    return
-                self.send_response(206 if rng else 200)
-                if rng:
-                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if release.mode == "hold" and not rng and not release.half_sent.is_set():
-                    half = len(body) // 2
-                    self.wfile.write(body[:half])
-                    self.wfile.flush()
-                    release.half_sent.set()
-                    release.go.wait(20)
-                    start = half
-                self.wfile.write(body[start:])
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 NAME = "realesr-general-x4v3"
 
 
@@ -272,13 +218,8 @@ def release(monkeypatch, tmp_path, compact):
     buf = io.BytesIO()
     torch.save({"params": compact[0]}, buf)
     data = buf.getvalue()
-    entry = model_zoo.ZOO[NAME]
-    monkeypatch.setitem(model_zoo.ZOO, NAME, model_zoo.ZooModel(
-        entry.name, entry.url, entry.architecture, entry.scale, entry.licence, len(data), hashlib.sha256(data).hexdigest()))
-    server = _Release({"/" + entry.filename: data})
-    monkeypatch.setenv("SRTOOL_MODEL_MIRROR", server.url)
-    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
-    yield server, data, tmp_path / "cache" / "models" / entry.filename
+    server = serve_named_model(monkeypatch, tmp_path, NAME, data)
+    yield server, data, tmp_path / "cache" / "models" / model_zoo.ZOO[NAME].filename
     server.close()
 
 
@@ -291,7 +232,7 @@ def _errors(err: str) -> list[str]:
 
 def test_redirect_loop_is_one_line(release, capsys):
     server, _, dest = release
-    server.mode = "loop"
+    server.redirect_loop.add("/" + dest.name)
     code, err = run_cli_err(capsys, "models", "inspect", NAME)  # models inspect takes a name as --model does
     code2, err2 = run_cli_err(capsys, "upscale", "-", "-o", "-", "--model", NAME)
     for c, e in ((code, err), (code2, err2)):
@@ -326,7 +267,8 @@ def test_two_downloads_of_one_model_at_once_both_get_the_verified_file(release):
     """Two processes (here: threads, each with its own file descriptors, as processes have) asking for the
     same model: one downloads, the other waits for it; nobody appends to the other's ``.part``."""
     server, data, dest = release
-    server.mode = "hold"
+    sent, go = threading.Event(), threading.Event()
+    server.hold["/" + dest.name] = (len(data) // 2, sent, go)
     results: dict[int, object] = {}
 
     def fetch(i: int) -> None:
@@ -337,10 +279,10 @@ def test_two_downloads_of_one_model_at_once_both_get_the_verified_file(release):
 
     threads = [threading.Thread(target=fetch, args=(i,)) for i in range(2)]
     threads[0].start()
-    assert server.half_sent.wait(20)  # the first is mid-download
+    assert sent.wait(20)  # the first is mid-download
     threads[1].start()
     time.sleep(0.5)  # the second either waits for the first (fixed) or races it (today)
-    server.go.set()
+    go.set()
     for t in threads:
         t.join(60)
     assert results == {0: True, 1: True}, results  # today: a sha256 mismatch and a FileNotFoundError
