@@ -123,6 +123,19 @@ def _load(network: nn.Module, state: StateDict, path: str, layout: str) -> nn.Mo
     return network.eval()
 
 
+def _build_loaded(config: dict, state: StateDict, path: str, layout: str) -> nn.Module:
+    """srtool's network for ``config`` with ``state`` loaded strictly. The hyperparameters come from a few
+    tensors (widths) and key counts (depth); the others are checked against them on PyTorch's meta device
+    first (shapes only), so tensors that do not fit never cost the memory of the network they imply."""
+    import warnings
+
+    cfg = generator_config_from_dict(config, source=path)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": only shapes are checked
+        _load(build_network(cfg), state, path, layout)
+    return _load(build_network(cfg), state, path, layout)
+
+
 def _scale_from_stages(stages: int, factor: int = 2, scale_hint: int | None = None) -> int:
     if stages == 1 and scale_hint == 3:
         return 3
@@ -188,8 +201,7 @@ def srtool_rrdbnet(state: StateDict, path: str, scale_hint: int | None) -> tuple
     }
     if config["scale"] not in (2, 3, 4, 8):
         return None
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, state, path, "ESRGAN/RRDBNet"), config
+    return _build_loaded(config, state, path, "ESRGAN/RRDBNet"), config
 
 
 # ----------------------------------------------------------------------------------- SRResNet family
@@ -216,8 +228,7 @@ class BasicSRMSRResNet:
             "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats,
             "n_blocks": len(_indices(state, r"^body\.(\d+)\.conv1\.weight$")),
         }
-        net = build_network(generator_config_from_dict(config, source=path))
-        return _load(net, state, path, self.name), config
+        return _build_loaded(config, state, path, self.name), config
 
 
 def _build_srresnet(state: StateDict, path: str, layout: str) -> tuple[nn.Module, dict]:
@@ -232,8 +243,7 @@ def _build_srresnet(state: StateDict, path: str, layout: str) -> tuple[nn.Module
         "tail_kernel": _shape(state, "tail.weight", path)[2], "batch_norm": "body.0.bn1.weight" in state,
         "trunk_batch_norm": "body_bn.weight" in state,
     }
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, state, path, layout), config
+    return _build_loaded(config, state, path, layout), config
 
 
 class SRToolSRResNet:
@@ -319,8 +329,7 @@ def _build_edsr(state: StateDict, path: str, layout: str, mean: torch.Tensor) ->
         "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats, "n_blocks": n_blocks,
         "res_scale": 0.1 if n_feats >= 256 else 1.0,
     }
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, {**state, "mean": mean.reshape(1, -1, 1, 1).float()}, path, layout), config
+    return _build_loaded(config, {**state, "mean": mean.reshape(1, -1, 1, 1).float()}, path, layout), config
 
 
 class EDSRPyTorch:

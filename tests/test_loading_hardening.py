@@ -326,3 +326,23 @@ def test_a_few_keys_cannot_make_spandrel_build_a_huge_network(tmp_path, layout):
             load_model(path, device="cpu")
 
     assert _rss_growth_mib(load) < 16  # today: +300 MiB (far-index), +45 MiB (tiny-tensors)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from /proc")
+def test_a_few_keys_cannot_make_srtools_own_detectors_build_a_huge_network(tmp_path):
+    """srtool's own layouts count blocks and read widths the same way: a BasicSR EDSR whose 120 blocks hold
+    one number each built 120 full 96-channel blocks (80 MB; up to 2.4 GB at the configs' limits of 128
+    blocks of 512 features) before loading found them wrong."""
+    f = 96
+    state = {"conv_first.weight": torch.randn(f, 3, 3, 3), "conv_first.bias": torch.zeros(f),
+             "conv_after_body.weight": torch.randn(f, f, 3, 3), "upsample.0.weight": torch.randn(4 * f, f, 3, 3),
+             "upsample.2.weight": torch.randn(4 * f, f, 3, 3), "conv_last.weight": torch.randn(3, f, 3, 3)}
+    state.update({f"body.{i}.conv{j}.weight": torch.ones(1) for i in range(120) for j in (1, 2)})
+    path = tmp_path / "edsr.pth"
+    torch.save(state, path)
+
+    def load():
+        with pytest.raises(UserError, match=r"edsr\.pth: looks like basicsr-edsr but the tensors do not fit"):
+            load_model(path, device="cpu")
+
+    assert _rss_growth_mib(load) < 16
