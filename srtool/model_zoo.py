@@ -205,6 +205,8 @@ def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = 
     url = _url(entry)
     if dest.is_file() and _verified(entry, dest):
         return dest
+    if dest.exists() and not dest.is_file():
+        raise UserError(f"{dest}: is in the way of {entry.name}'s file (not a regular file); remove it and run again")
     _cache_folder(dest.parent, entry, url)
     with _download_lock(dest, notice):
         if dest.is_file():  # a bad file, or one another run finished while this one waited

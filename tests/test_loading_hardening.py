@@ -346,3 +346,10 @@ def test_a_few_keys_cannot_make_srtools_own_detectors_build_a_huge_network(tmp_p
             load_model(path, device="cpu")
 
     assert _rss_growth_mib(load) < 16
+
+
+def test_a_folder_where_the_cached_file_goes_is_one_line(release):
+    _, _, dest = release
+    (dest / "x").mkdir(parents=True)
+    with pytest.raises(UserError, match="in the way"):
+        model_zoo.fetch(NAME)  # before: downloaded, then os.replace onto the folder: IsADirectoryError
