@@ -48,8 +48,9 @@ class CheckpointError(UserError):
 
 # Where training code keeps the generator's weights: BasicSR (params_ema, preferred: the EMA weights the
 # official inference scripts load; params), PyTorch Lightning/generic (state_dict, model_state_dict,
-# model, net), BasicSR/ESRGAN training states (net_g, netG), srtool's own training checkpoints (generator).
-WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "generator", "model", "net_g",
+# model, net), BasicSR/ESRGAN training states (net_g, netG), srtool's own training checkpoints (ema, the
+# weights srtool exports, before generator).
+WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "ema", "generator", "model", "net_g",
             "netG", "net")
 # Prefixes a wrapper module adds to every key: DataParallel/DDP, a Lightning module's attribute.
 PREFIXES = ("module.", "model.", "net_g.", "netG.", "generator.")

@@ -353,3 +353,13 @@ def test_a_folder_where_the_cached_file_goes_is_one_line(release):
     (dest / "x").mkdir(parents=True)
     with pytest.raises(UserError, match="in the way"):
         model_zoo.fetch(NAME)  # before: downloaded, then os.replace onto the folder: IsADirectoryError
+
+
+def test_srtool_training_checkpoint_loads_its_ema_weights(tmp_path, compact):
+    """A training checkpoint (``checkpoints/iter_*.pt``) holds the raw generator and its EMA; srtool exports,
+    validates and publishes the EMA, so ``--model`` on the checkpoint must run the EMA too."""
+    state, ref = compact
+    raw = {k: torch.zeros_like(v) for k, v in state.items()}
+    torch.save({"generator": raw, "ema": state, "optimizer_g": {"state": {}, "param_groups": []}, "iteration": 10},
+               tmp_path / "iter_00000010.pt")
+    assert _max_diff(tmp_path / "iter_00000010.pt", ref) < 1e-5  # before: the raw generator
