@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .engine import DEFAULT_TILE_PAD, NetworkTraits
 from .errors import UserError
@@ -123,28 +124,42 @@ def check_layer_indices(state: dict[str, torch.Tensor], path: str) -> None:
             )
 
 
+class _WeightsOnMeta(TorchFunctionMode):
+    """``torch.empty`` (how convolution, linear and norm layers allocate their weights) on the meta device,
+    every other tensor as usual: for constructors that compute with tensors (attention masks, ``.item()``
+    of drop-path rates), which ``torch.device("meta")`` breaks."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.empty and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def describe(state: dict[str, torch.Tensor]):
     """spandrel's descriptor for ``state``, or None when no spandrel architecture recognises it.
 
-    The architecture is first built on PyTorch's meta device (shapes only, no memory) and the tensors
-    loaded into it: hyperparameters read from a few keys (a width from one tensor, a depth from the
-    highest index) that the other tensors do not fit fail there, before a network that may be far larger
-    than the file is allocated. Architectures that cannot be built on the meta device (the window-attention
-    transformers compute with tensors in their constructors) are built directly.
+    The architecture is first built without memory for its weights (on PyTorch's meta device, else with
+    just the layers' weights there: :class:`_WeightsOnMeta`) and the tensors loaded into it: hyperparameters
+    read from a few keys (a width from one tensor, a depth from the highest index) that the other tensors
+    do not fit fail there, before a network that may be far larger than the file is allocated. An
+    architecture that cannot be built either way (RCAN assigns tensors to its parameters) is built directly.
     Raises when an architecture recognises the keys but cannot build from them.
     """
     import warnings
 
     spandrel = _spandrel()
-    try:
-        with torch.device("meta"), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": that is the point
-            spandrel.ModelLoader(device="meta").load_from_state_dict(dict(state))
-    except spandrel.UnsupportedModelError:
-        return None
-    except Exception as exc:
-        if "Error(s) in loading state_dict" in str(exc):
-            raise  # the tensors do not fit the architecture their keys name: nothing was allocated
+    for shapes_only in (lambda: torch.device("meta"), _WeightsOnMeta):
+        try:
+            with shapes_only(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": that is the point
+                spandrel.ModelLoader(device="meta").load_from_state_dict(dict(state))
+            break
+        except spandrel.UnsupportedModelError:
+            return None
+        except Exception as exc:
+            if "Error(s) in loading state_dict" in str(exc):
+                raise  # the tensors do not fit the architecture their keys name: nothing large was allocated
     return spandrel.ModelLoader(device="cpu").load_from_state_dict(state)
 
 

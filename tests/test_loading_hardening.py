@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import re
 import threading
 import time
 import zipfile
@@ -306,26 +307,45 @@ def _rss_growth_mib(fn) -> float:
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from /proc")
-@pytest.mark.parametrize("layout", ["tiny-tensors", "far-index"])
+@pytest.mark.parametrize("layout", ["tiny-tensors", "far-index", "swinir-tiny-tensors"])
 def test_a_few_keys_cannot_make_spandrel_build_a_huge_network(tmp_path, layout):
     """SRVGGNetCompact's width comes from ``body.0.weight`` and its depth from the highest ``body.N`` key.
     far-index: five tensors (50 kB) naming body.4002 built 2000 64-channel convolutions (300 MB; body.800002
     would need 60 GB) before loading found the keys missing. tiny-tensors: every key present, each holding
-    one number (100 kB): 300 full-size convolutions."""
-    f = 64
-    state = {"body.0.weight": torch.randn(f, 3, 3, 3), "body.0.bias": torch.zeros(f), "body.1.weight": torch.ones(f)}
-    last = 4002 if layout == "far-index" else 602
-    if layout == "tiny-tensors":  # (the far index is refused by itself; these keys are all there)
-        state.update({f"body.{i}.{p}": torch.ones(1) for i in range(2, last) for p in (("weight", "bias") if i % 2 == 0 else ("weight",))})
-    state.update({f"body.{last}.weight": torch.randn(48, f, 3, 3), f"body.{last}.bias": torch.zeros(48)})
+    one number (375 kB): 300 full-size convolutions. swinir-tiny-tensors: a 384-wide SwinIR whose linear and
+    convolution weights hold one number each (0.36 MB): 75 MB of weights, +250 MiB while building."""
+    if layout == "swinir-tiny-tensors":
+        from spandrel.architectures.SwinIR import SwinIR
+
+        # built 8 wide (nothing large is ever allocated here, so none can be reused by the load measured
+        # below), then made to name 384: widths scaled x48, weights one number, the buffers as they are
+        narrow = SwinIR(upscale=2, img_size=16, window_size=4, embed_dim=8, depths=[4, 4, 4], num_heads=[2, 2, 2],
+                        mlp_ratio=2, upsampler="pixelshuffledirect").state_dict()
+        buffers = re.compile(r"relative_position_(bias_table|index)$|attn_mask$")
+
+        def wide(key: str, v: torch.Tensor) -> torch.Tensor:
+            if buffers.search(key) or key.startswith("upsample."):
+                return v
+            return torch.zeros(v.shape[0] * 48) if v.ndim == 1 else torch.ones(1)
+
+        state = {k: wide(k, v) for k, v in narrow.items()}
+        state["conv_first.weight"] = torch.randn(384, 3, 3, 3)
+    else:
+        f = 64
+        state = {"body.0.weight": torch.randn(f, 3, 3, 3), "body.0.bias": torch.zeros(f), "body.1.weight": torch.ones(f)}
+        last = 4002 if layout == "far-index" else 602
+        if layout == "tiny-tensors":  # (the far index is refused by itself; these keys are all there)
+            state.update({f"body.{i}.{p}": torch.ones(1) for i in range(2, last)
+                          for p in (("weight", "bias") if i % 2 == 0 else ("weight",))})
+        state.update({f"body.{last}.weight": torch.randn(48, f, 3, 3), f"body.{last}.bias": torch.zeros(48)})
     path = tmp_path / "deep.pth"
     torch.save(state, path)
 
     def load():
-        with pytest.raises(UserError, match=r"deep\.pth: .*body"):
+        with pytest.raises(UserError, match=r"deep\.pth: .*(body|layers)"):
             load_model(path, device="cpu")
 
-    assert _rss_growth_mib(load) < 16  # today: +300 MiB (far-index), +45 MiB (tiny-tensors)
+    assert _rss_growth_mib(load) < 16  # before: +300 MiB (far-index), +50 MiB (tiny-tensors), +250 MiB (swinir)
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="peak memory read from /proc")
