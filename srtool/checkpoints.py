@@ -67,7 +67,7 @@ def unwrap_state(obj: Any) -> StateDict:
     for _ in range(4):
         if not isinstance(obj, dict):
             break
-        inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict) and obj[k]), None)
+        inner = next((obj[k] for k in WRAPPERS if _holds_tensors(obj.get(k))), None)
         if inner is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
             inner = next(iter(obj.values()))
         if inner is None:
@@ -87,6 +87,12 @@ def unwrap_state(obj: Any) -> StateDict:
                 stripped = True
                 break
     return state
+
+
+def _holds_tensors(obj: Any, depth: int = 3) -> bool:
+    """A dict with a tensor in it (at most ``depth`` dicts down): a wrapper worth peeling."""
+    return isinstance(obj, dict) and depth > 0 and any(
+        isinstance(v, torch.Tensor) or _holds_tensors(v, depth - 1) for v in obj.values())
 
 
 def _indices(state: StateDict, pattern: str) -> list[int]:

@@ -383,3 +383,10 @@ def test_srtool_training_checkpoint_loads_its_ema_weights(tmp_path, compact):
     torch.save({"generator": raw, "ema": state, "optimizer_g": {"state": {}, "param_groups": []}, "iteration": 10},
                tmp_path / "iter_00000010.pt")
     assert _max_diff(tmp_path / "iter_00000010.pt", ref) < 1e-5  # before: the raw generator
+
+
+def test_a_wrapper_key_without_tensors_is_passed_over(tmp_path, compact):
+    """``ema`` / ``model`` also name other things (an EMA's settings, a model's name or config)."""
+    state, ref = compact
+    torch.save({"ema": {"decay": 0.999, "updates": 10}, "model": {"arch": "compact"}, "net_g": state}, tmp_path / "m.pth")
+    assert _max_diff(tmp_path / "m.pth", ref) < 1e-5
