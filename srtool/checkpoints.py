@@ -2,8 +2,9 @@
 
 A checkpoint is read only through :func:`srtool.models.export.read_state_dict` (safetensors or
 ``torch.load(weights_only=True)``: a pickle that would run code, or a TorchScript archive, is
-refused). Wrappers are peeled first: ``params_ema`` (preferred, the EMA weights), ``params``,
-``state_dict``; a ``module.`` prefix (DataParallel) is stripped. Then there is exactly one detection
+refused). Wrappers are peeled first (:func:`unwrap_state`): ``params_ema`` (preferred, the EMA
+weights), ``params``, ``state_dict``, ``model``, ``net_g``...; prefixes such as ``module.``
+(DataParallel) and ``model.`` (a Lightning module) are stripped. Then there is exactly one detection
 path per family:
 
 1. srtool's own detectors (:data:`LAYOUTS`), for layouts spandrel does not load; they never import
@@ -45,23 +46,53 @@ class CheckpointError(UserError):
 # ------------------------------------------------------------------------------------------ helpers
 
 
+# Where training code keeps the generator's weights: BasicSR (params_ema, preferred: the EMA weights the
+# official inference scripts load; params), PyTorch Lightning/generic (state_dict, model_state_dict,
+# model, net), BasicSR/ESRGAN training states (net_g, netG), srtool's own training checkpoints (ema, the
+# weights srtool exports, before generator).
+WRAPPERS = ("params_ema", "params-ema", "params", "state_dict", "model_state_dict", "ema", "generator", "model", "net_g",
+            "netG", "net")
+# Prefixes a wrapper module adds to every key: DataParallel/DDP, a Lightning module's attribute.
+PREFIXES = ("module.", "model.", "net_g.", "netG.", "generator.")
+
+
 def unwrap_state(obj: Any) -> StateDict:
-    """Peel ``params_ema`` / ``params`` / ``state_dict`` wrappers and ``module.`` prefixes; keep tensors."""
-    for _ in range(3):
+    """Peel wrappers (:data:`WRAPPERS`, and a dict holding just one dict) and common key prefixes
+    (:data:`PREFIXES`); keep the tensors.
+
+    ``model.`` is an ESRGAN 2018 checkpoint's own first name (``model.0.weight``): it is only stripped
+    while no key would then start with a digit (a Sequential's index), so a Lightning
+    ``model.model.0.weight`` loses one ``model.`` and the bare file none.
+    """
+    for _ in range(4):
         if not isinstance(obj, dict):
             break
-        for key in ("params_ema", "params", "state_dict", "model_state_dict", "generator"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-        else:
+        inner = next((obj[k] for k in WRAPPERS if _holds_tensors(obj.get(k))), None)
+        if inner is None and len(obj) == 1 and isinstance(next(iter(obj.values())), dict):
+            inner = next(iter(obj.values()))
+        if inner is None:
             break
+        obj = inner
     if not isinstance(obj, dict):
         return {}
     state = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-    while state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    stripped = True
+    while state and stripped:
+        stripped = False
+        for prefix in PREFIXES:
+            if all(k.startswith(prefix) for k in state) and not (
+                prefix == "model." and any(k[len(prefix):][:1].isdigit() for k in state)
+            ):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
+                break
     return state
+
+
+def _holds_tensors(obj: Any, depth: int = 3) -> bool:
+    """A dict with a tensor in it (at most ``depth`` dicts down): a wrapper worth peeling."""
+    return isinstance(obj, dict) and depth > 0 and any(
+        isinstance(v, torch.Tensor) or _holds_tensors(v, depth - 1) for v in obj.values())
 
 
 def _indices(state: StateDict, pattern: str) -> list[int]:
@@ -97,6 +128,19 @@ def _load(network: nn.Module, state: StateDict, path: str, layout: str) -> nn.Mo
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         raise CheckpointError(f"{path}: looks like {layout} but the tensors do not fit ({' '.join(lines[1:3])[:300]})") from None
     return network.eval()
+
+
+def _build_loaded(config: dict, state: StateDict, path: str, layout: str) -> nn.Module:
+    """srtool's network for ``config`` with ``state`` loaded strictly. The hyperparameters come from a few
+    tensors (widths) and key counts (depth); the others are checked against them on PyTorch's meta device
+    first (shapes only), so tensors that do not fit never cost the memory of the network they imply."""
+    import warnings
+
+    cfg = generator_config_from_dict(config, source=path)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": only shapes are checked
+        _load(build_network(cfg), state, path, layout)
+    return _load(build_network(cfg), state, path, layout)
 
 
 def _scale_from_stages(stages: int, factor: int = 2, scale_hint: int | None = None) -> int:
@@ -164,8 +208,7 @@ def srtool_rrdbnet(state: StateDict, path: str, scale_hint: int | None) -> tuple
     }
     if config["scale"] not in (2, 3, 4, 8):
         return None
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, state, path, "ESRGAN/RRDBNet"), config
+    return _build_loaded(config, state, path, "ESRGAN/RRDBNet"), config
 
 
 # ----------------------------------------------------------------------------------- SRResNet family
@@ -192,8 +235,7 @@ class BasicSRMSRResNet:
             "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats,
             "n_blocks": len(_indices(state, r"^body\.(\d+)\.conv1\.weight$")),
         }
-        net = build_network(generator_config_from_dict(config, source=path))
-        return _load(net, state, path, self.name), config
+        return _build_loaded(config, state, path, self.name), config
 
 
 def _build_srresnet(state: StateDict, path: str, layout: str) -> tuple[nn.Module, dict]:
@@ -208,8 +250,7 @@ def _build_srresnet(state: StateDict, path: str, layout: str) -> tuple[nn.Module
         "tail_kernel": _shape(state, "tail.weight", path)[2], "batch_norm": "body.0.bn1.weight" in state,
         "trunk_batch_norm": "body_bn.weight" in state,
     }
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, state, path, layout), config
+    return _build_loaded(config, state, path, layout), config
 
 
 class SRToolSRResNet:
@@ -295,8 +336,7 @@ def _build_edsr(state: StateDict, path: str, layout: str, mean: torch.Tensor) ->
         "out_channels": _shape(state, "conv_last.weight", path)[0], "n_feats": n_feats, "n_blocks": n_blocks,
         "res_scale": 0.1 if n_feats >= 256 else 1.0,
     }
-    net = build_network(generator_config_from_dict(config, source=path))
-    return _load(net, {**state, "mean": mean.reshape(1, -1, 1, 1).float()}, path, layout), config
+    return _build_loaded(config, {**state, "mean": mean.reshape(1, -1, 1, 1).float()}, path, layout), config
 
 
 class EDSRPyTorch:

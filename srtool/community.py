@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from .engine import DEFAULT_TILE_PAD, NetworkTraits
 from .errors import UserError
@@ -103,20 +104,68 @@ def _spandrel():
     return spandrel
 
 
+MAX_INDEX_GAP = 4  # a layer list may skip indices (Sequential activations), not reach past 4x its keys (+32)
+
+
+def check_layer_indices(state: dict[str, torch.Tensor], path: str) -> None:
+    """Refuse keys whose numbered layers skip far ahead (``body.0``, ``body.1``, ``body.8002``): spandrel
+    reads an architecture's depth from the highest index and would build every layer up to it."""
+    seen: dict[str, set[int]] = {}
+    for key in state:
+        parts = key.split(".")
+        for i, part in enumerate(parts):
+            if part.isdigit():
+                seen.setdefault(".".join(parts[:i]), set()).add(int(part))
+    for group, indices in seen.items():
+        if max(indices) + 1 > MAX_INDEX_GAP * len(indices) + 32:
+            raise UserError(
+                f"{path}: its numbered layers skip far ahead ({group}.N: {len(indices)} present, up to {group}.{max(indices)}); "
+                "a damaged or hostile checkpoint (the architecture read from it would be built that deep)"
+            )
+
+
+class _WeightsOnMeta(TorchFunctionMode):
+    """``torch.empty`` (how convolution, linear and norm layers allocate their weights) on the meta device,
+    every other tensor as usual: for constructors that compute with tensors (attention masks, ``.item()``
+    of drop-path rates), which ``torch.device("meta")`` breaks."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.empty and kwargs.get("device") is None:
+            kwargs["device"] = "meta"
+        return func(*args, **kwargs)
+
+
 def describe(state: dict[str, torch.Tensor]):
     """spandrel's descriptor for ``state``, or None when no spandrel architecture recognises it.
 
-    Raises :class:`UserError` when an architecture recognises the keys but cannot build from them.
+    The architecture is first built without memory for its weights (on PyTorch's meta device, else with
+    just the layers' weights there: :class:`_WeightsOnMeta`) and the tensors loaded into it: hyperparameters
+    read from a few keys (a width from one tensor, a depth from the highest index) that the other tensors
+    do not fit fail there, before a network that may be far larger than the file is allocated. An
+    architecture that cannot be built either way (RCAN assigns tensors to its parameters) is built directly.
+    Raises when an architecture recognises the keys but cannot build from them.
     """
+    import warnings
+
     spandrel = _spandrel()
-    try:
-        return spandrel.ModelLoader(device="cpu").load_from_state_dict(state)
-    except spandrel.UnsupportedModelError:
-        return None
+    for shapes_only in (lambda: torch.device("meta"), _WeightsOnMeta):
+        try:
+            with shapes_only(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "copying ... to a meta parameter is a no-op": that is the point
+                spandrel.ModelLoader(device="meta").load_from_state_dict(dict(state))
+            break
+        except spandrel.UnsupportedModelError:
+            return None
+        except Exception as exc:
+            if "Error(s) in loading state_dict" in str(exc):
+                raise  # the tensors do not fit the architecture their keys name: nothing large was allocated
+    return spandrel.ModelLoader(device="cpu").load_from_state_dict(state)
 
 
 def load_community(state: dict[str, torch.Tensor], path: str, scale_hint: int | None) -> CommunityNetwork | None:
     """Build the spandrel network for ``state`` (None if unknown); refuse what is not single-image SR."""
+    check_layer_indices(state, path)
     descriptor = describe(state)
     if descriptor is None:
         return None

@@ -16,7 +16,7 @@ from .engine import SRModel, network_traits
 from .errors import UserError
 from .fusion import prepare_network
 from .memory import retain_freed_memory
-from .model_files import bundled_model_path, check_model_options, read_export_metadata, weights_in
+from .model_files import bundled_model_path, check_model_options, looks_like_safetensors, read_export_metadata, weights_in
 from .models.integrity import check_model_path
 
 
@@ -30,7 +30,7 @@ def load_network(path: Path, scale: int | None = None) -> tuple[torch.nn.Module,
     from .checkpoints import load_checkpoint
     from .models.export import load_export
 
-    doc = read_export_metadata(path) if path.suffix == ".safetensors" else None
+    doc = read_export_metadata(path) if looks_like_safetensors(path) else None
     if doc is None:
         return load_checkpoint(path, scale_hint=scale)
     if "generator" not in doc and isinstance(doc.get("checkpoint"), dict):

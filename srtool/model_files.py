@@ -10,6 +10,7 @@ spec's file (``default``, a run directory's export) and its header are resolved 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,18 @@ def check_model_options(tile: int | None, tile_pad: int | None, alpha: str, scal
         raise UserError(f"--alpha: unknown mode {alpha!r}; use one of {', '.join(ALPHA_MODES)}")
     if scale is not None and scale not in MODEL_SCALES:
         raise UserError(f"--scale: unsupported value {scale}; supported: 1 (restoration models), 2, 3, 4, 8")
+
+
+def looks_like_safetensors(path: str | Path) -> bool:
+    """Whether the file is in safetensors' format, from its first bytes (whatever its name): an 8-byte
+    little-endian header length that fits the file, then the JSON header's ``{``."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+            size = os.fstat(fh.fileno()).st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and 2 <= int.from_bytes(head[:8], "little") <= size - 8
 
 
 def read_export_metadata(path: str | Path) -> dict[str, Any] | None:

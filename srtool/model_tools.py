@@ -7,6 +7,7 @@ a ``.safetensors`` file that never needs unpickling again.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,11 +24,14 @@ DEFAULT_OPSET = 17
 
 def _source(path: str | Path) -> Path:
     """The weights file ``path`` names: a file, a training run directory (its export, as ``--model``
-    takes it), or ``default`` (the bundled model)."""
+    takes it), ``default`` (the bundled model) or a named official model (downloaded once, verified)."""
     from .model_files import bundled_model_path, weights_in
+    from .model_zoo import fetch, zoo_entry
 
     if str(path) == "default" and bundled_model_path() is not None and not Path("default").exists():
         return bundled_model_path()
+    if not Path(path).expanduser().exists() and zoo_entry(str(path)) is not None:
+        return fetch(str(path), notice=lambda msg: print(f"notice: {msg}", file=sys.stderr))
     path = weights_in(Path(path).expanduser())
     if not path.is_file():
         raise UserError(f"model file not found: {path}")

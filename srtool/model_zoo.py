@@ -18,9 +18,10 @@ file name (``...-ff704c30.pth``) instead; the README lists which.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,51 +124,107 @@ def _matches(entry: ZooModel, digest: str) -> bool:
 
 
 def _verified(entry: ZooModel, path: Path) -> bool:
-    """Whether ``path`` holds the pinned file; the hash is remembered by (size, mtime) in a sidecar."""
+    """Whether ``path`` holds the pinned file; the hash is remembered by (size, mtime) in a sidecar (not
+    written where the cache is read-only: the check is then redone next time)."""
     stamp = path.with_name(path.name + ".verified.json")
     st = path.stat()
     try:
         seen = json.loads(stamp.read_text())
         if seen.get("size") == st.st_size and seen.get("mtime_ns") == st.st_mtime_ns:
             return _matches(entry, seen.get("sha256", ""))
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         pass
     digest = sha256_file(path)
     if not _matches(entry, digest):
         return False
-    write_text_atomic(stamp, json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}) + "\n")
+    with contextlib.suppress(OSError):
+        write_text_atomic(stamp, json.dumps({"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}) + "\n")
     return True
+
+
+def _refuse_unverified(entry: ZooModel, dest: Path, what: str) -> UserError:
+    """The error for a cached file that fails its pin: moved aside (never used, never deleted) when possible."""
+    from .prepare.download import move_aside
+
+    try:
+        where = f"moved aside to {move_aside(dest)}"
+    except OSError as exc:
+        where = f"it could not be moved aside ({exc.strerror or exc}): delete it"
+    return UserError(f"{what} does not match the pinned sha256 of {entry.name} ({_pin(entry)}); {where}; "
+                     "run again to download it afresh")
+
+
+def _cache_folder(folder: Path, entry: ZooModel, url: str) -> None:
+    """Create the cache folder; one line when it cannot be made or written (read-only, a file in the way)."""
+    hint = f"set SRTOOL_CACHE_DIR to a writable folder, or fetch {url} by hand and pass the file to --model"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot create the model cache folder ({exc.strerror or exc}); {hint}") from None
+    if not os.access(folder, os.W_OK):
+        raise UserError(f"{folder}: the model cache folder is not writable; {hint}")
+
+
+@contextlib.contextmanager
+def _download_lock(dest: Path, notice: Callable[[str], None] | None) -> Iterator[None]:
+    """Hold ``<dest>.lock`` while downloading: a second srtool asking for the same model waits, then finds
+    the verified file, instead of appending to the first one's ``.part``. The kernel drops the lock when
+    its holder dies. (Windows has no flock: no lock there.)"""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(dest.with_name(dest.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if notice:
+                notice(f"waiting for another srtool that is downloading {dest.name}")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = None,
           notice: Callable[[str], None] | None = None) -> Path:
-    """The verified local file of model ``name``, downloaded into :func:`cache_dir` on first use."""
-    from .prepare.download import DownloadError, download, move_aside
+    """The verified local file of model ``name``, downloaded into :func:`cache_dir` on first use.
+
+    A verified file is used as it is (also from a read-only cache). Otherwise the download runs under a
+    lock (:func:`_download_lock`), so concurrent runs download once; the file gets its final name only
+    once complete and, for a full pin, verified.
+    """
+    from .prepare.download import DownloadError, download
 
     entry = zoo_entry(name)
     if entry is None:
         raise UserError(f"{name}: not a named model; known: {', '.join(ZOO)}")
     dest = cache_dir() / entry.filename
     url = _url(entry)
-    if dest.is_file():
-        if _verified(entry, dest):
-            return dest
-        bad = move_aside(dest)
-        raise UserError(f"{dest}: does not match the pinned sha256 of {entry.name} ({_pin(entry)}); moved aside to {bad}; "
-                        "run again to download it afresh")
-    if notice:
-        size = f" ({entry.size / 1e6:.1f} MB)" if entry.size else ""
-        notice(f"downloading {entry.name}{size} from {url} to {dest}")
-    try:
-        download(url, dest, sha256=entry.sha256, on_progress=on_progress)
-    except DownloadError as exc:
-        if "sha256 mismatch" in str(exc) or "moved the file aside" in str(exc):
-            raise
-        raise UserError(
-            f"{entry.name}: cannot download {url} ({str(exc).split(': ', 1)[-1].split(';')[0]}); "
-            f"offline? fetch that URL by hand and save it as {dest}"
-        ) from None
-    if not _verified(entry, dest):
-        bad = move_aside(dest)
-        raise UserError(f"{url}: sha256 does not start with the published {entry.sha256_prefix}; moved aside to {bad}")
+    if dest.is_file() and _verified(entry, dest):
+        return dest
+    if dest.exists() and not dest.is_file():
+        raise UserError(f"{dest}: is in the way of {entry.name}'s file (not a regular file); remove it and run again")
+    _cache_folder(dest.parent, entry, url)
+    with _download_lock(dest, notice):
+        if dest.is_file():  # a bad file, or one another run finished while this one waited
+            if _verified(entry, dest):
+                return dest
+            raise _refuse_unverified(entry, dest, str(dest))
+        if notice:
+            size = f" ({entry.size / 1e6:.1f} MB)" if entry.size else ""
+            notice(f"downloading {entry.name}{size} from {url} to {dest}")
+        try:
+            download(url, dest, sha256=entry.sha256, on_progress=on_progress)
+        except DownloadError as exc:
+            if "sha256 mismatch" in str(exc) or "moved the file aside" in str(exc):
+                raise
+            raise UserError(
+                f"{entry.name}: cannot download {url} ({str(exc).split(': ', 1)[-1].split(';')[0]}); "
+                f"offline? fetch that URL by hand and save it as {dest}"
+            ) from None
+        if not _verified(entry, dest):
+            raise _refuse_unverified(entry, dest, f"{url}: the downloaded file")
     return dest

@@ -33,17 +33,24 @@ def rrdb_release_file() -> bytes:
     return buf.getvalue()
 
 
-@pytest.fixture
-def zoo(monkeypatch, tmp_path):
-    """A local mirror serving the test's file for realesrgan-x4plus, pinned to its sha256; a fresh cache."""
-    data = rrdb_release_file()
-    entry = model_zoo.ZOO[NAME]
-    monkeypatch.setitem(model_zoo.ZOO, NAME, model_zoo.ZooModel(
+def serve_named_model(monkeypatch, tmp_path, name: str, data: bytes) -> Server:
+    """A local mirror serving ``data`` as named model ``name``'s release file, pinned to its sha256; a fresh
+    cache under tmp_path (the caller closes the server)."""
+    entry = model_zoo.ZOO[name]
+    monkeypatch.setitem(model_zoo.ZOO, name, model_zoo.ZooModel(
         entry.name, entry.url, entry.architecture, entry.scale, entry.licence, len(data), hashlib.sha256(data).hexdigest()))
     server = Server()
     server.files["/" + entry.filename] = data
     monkeypatch.setenv("SRTOOL_MODEL_MIRROR", server.url)
     monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    return server
+
+
+@pytest.fixture
+def zoo(monkeypatch, tmp_path):
+    """A local mirror serving the test's file for realesrgan-x4plus, pinned to its sha256; a fresh cache."""
+    data = rrdb_release_file()
+    server = serve_named_model(monkeypatch, tmp_path, NAME, data)
     yield server, data
     server.close()
 

@@ -45,11 +45,15 @@ def div2k_zip(split: str, size=(16, 12), corrupt_member: str | None = None) -> b
 
 
 class Server:
-    """Serves ``files`` (path -> bytes); ``drop_after[path] = n`` cuts the next full response after n bytes."""
+    """Serves ``files`` (path -> bytes); ``drop_after[path] = n`` cuts the next full response after n bytes;
+    ``hold[path] = (n, sent, go)`` sends the next full response's first n bytes, sets ``sent`` and waits for
+    ``go`` before the rest; a path in ``redirect_loop`` redirects to itself."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.drop_after: dict[str, int] = {}
+        self.hold: dict[str, tuple[int, threading.Event, threading.Event]] = {}
+        self.redirect_loop: set[str] = set()
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
@@ -60,6 +64,12 @@ class Server:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 server.requests.append((self.path, rng))
+                if self.path in server.redirect_loop:
+                    self.send_response(302)
+                    self.send_header("Location", self.path)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = server.files.get(self.path)
                 if body is None:
                     self.send_error(404)
@@ -79,6 +89,13 @@ class Server:
                     self.wfile.flush()
                     self.close_connection = True
                     return
+                held = server.hold.pop(self.path, None) if not rng else None
+                if held is not None:
+                    self.wfile.write(body[:held[0]])
+                    self.wfile.flush()
+                    held[1].set()
+                    held[2].wait(30)
+                    start = held[0]
                 self.wfile.write(body[start:])
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -27,12 +27,30 @@ from ..model_files import json_kind as _json_kind
 
 
 
+ZIP_EXPANSION_LIMIT = 4  # declared zip contents / file size above which compressed entries are refused (plus 1 MiB)
+
+
 def read_state_dict(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint's top-level mapping without ever executing pickled code."""
+    """Load a checkpoint's top-level mapping without ever executing pickled code.
+
+    The format is read from the content, not the name (a renamed ``.safetensors`` saved as ``.pth``
+    loads; an ONNX graph is named as such), and decoding is guarded against bombs: compressed zip
+    entries that would inflate far beyond the file, and tensors addressing more than their data
+    (:func:`srtool.models.integrity.check_tensor_extents`).
+    """
+    from .integrity import check_tensor_extents
+
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    kind = sniff_weights_format(path)
+    if kind == "empty":
+        what = "safetensors file" if path.suffix.lower() == ".safetensors" else "PyTorch checkpoint"
+        raise UserError(f"{path}: not a readable {what} (it is empty, 0 bytes: an interrupted copy or download?)")
+    if kind == "onnx":
+        raise UserError(f"{path}: looks like an ONNX model (a compiled graph), not PyTorch weights; srtool loads "
+                        ".pth/.pt/.ckpt state dicts and .safetensors files (the model's project usually publishes one)")
+    if kind == "safetensors" or (kind is None and path.suffix.lower() == ".safetensors"):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -40,13 +58,10 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as exc:
             raise UserError(f"{path}: not a readable safetensors file ({exc})") from None
-    if _is_torchscript(path):
-        raise UserError(
-            f"{path}: refused to load: a TorchScript archive (compiled code, which runs when loaded), not a weights file; "
-            "ask for a state-dict .pth or .safetensors"
-        )
+    _check_zip(path)  # also where the zip is not at the start (torch.jit finds archives by their end)
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with open(path, "rb") as fh:  # a file object: torch.load must not pick a reader from the name either
+            obj = torch.load(fh, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
             f"{path}: refused to load: PyTorch's safe loader (weights_only) rejected it ({_unpickler_reason(exc)}). "
@@ -58,32 +73,71 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable PyTorch checkpoint ({detail})") from None
     if not isinstance(obj, dict):
         raise UserError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    check_tensor_extents(obj, path)
     return obj
 
 
-def _is_torchscript(path: Path) -> bool:
-    """A torch.jit archive: a zip whose top folder holds ``constants.pkl`` or a ``code/`` tree."""
+def sniff_weights_format(path: Path) -> str | None:
+    """"safetensors", "zip" (torch.save's format, or TorchScript), "pickle" (torch's legacy format),
+    "onnx", "empty", or None (unknown), from the first bytes."""
+    from ..model_files import looks_like_safetensors
+
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        return "empty"
+    if looks_like_safetensors(path):
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[0] == 0x80:  # pickle protocol 2+ (torch's legacy format starts with a pickled magic number)
+        return "pickle"
+    # ONNX ModelProto: field 1 (ir_version, a small varint), then producer name / graph / opset fields
+    if len(head) > 2 and head[0] == 0x08 and head[1] < 0x80 and head[2] in (0x12, 0x1A, 0x22, 0x2A, 0x3A, 0x42):
+        return "onnx"
+    return None
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a TorchScript archive (its code runs when loaded) and a zip bomb (compressed entries that
+    would inflate far beyond the file: torch.save stores entries uncompressed), before torch reads it."""
     import zipfile
 
     try:
         if not zipfile.is_zipfile(path):
-            return False
+            return
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-    return any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names)
+            infos = zf.infolist()
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return  # torch.load words the damage
+    names = [i.filename for i in infos]
+    if any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in names):
+        raise UserError(
+            f"{path}: refused to load: a TorchScript archive (compiled code, which runs when loaded), not a weights file; "
+            "ask for a state-dict .pth or .safetensors"
+        )
+    declared = sum(i.file_size for i in infos)
+    size = path.stat().st_size
+    if any(i.compress_type != zipfile.ZIP_STORED for i in infos) and declared > ZIP_EXPANSION_LIMIT * size + (1 << 20):
+        raise UserError(
+            f"{path}: declares {declared / 2**20:.1f} MiB of data in a {size / 2**10:.0f} KiB file (compressed zip "
+            "entries, which torch.save never writes); refused as a possible zip bomb"
+        )
 
 
 def _unpickler_reason(exc: Exception) -> str:
-    """The informative line of torch's long weights_only error, e.g. 'Trying to load unsupported GLOBAL
-    posix.system ...' or 'Unsupported operand 35' (the rest is boilerplate about torch.load's defaults)."""
-    boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
-    for line in str(exc).splitlines():
-        line = line.strip().removeprefix("WeightsUnpickler error:").strip()
-        if line and not line.startswith(boilerplate):
-            return line[:200]
-    return type(exc).__name__
+    """The informative part of torch's long weights_only error, e.g. 'Unsupported global: GLOBAL io.open was
+    not an allowed global by default' or 'Unsupported operand 35'; never its advice to allow-list the global
+    or to load with weights_only=False, which is exactly what must not be done with an untrusted file."""
+    text = str(exc)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    else:
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation", "(1)", "(2)")
+        text = next((ln for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)), "")
+    text = " ".join(text.split()).split(" Please use `torch.serialization")[0].split(" Check the documentation")[0]
+    return text[:200].rstrip(".") or type(exc).__name__
 
 
 def save_export(path: str | Path, network: nn.Module, info: dict[str, Any] | None = None) -> Path:

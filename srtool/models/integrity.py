@@ -10,6 +10,9 @@ line naming the file and the tensor or field, never an internal error, a hang or
   safetensors header without loading any data) must be exactly what its metadata's architecture
   holds. The expected table comes from the network built on PyTorch's ``meta`` device (shapes only,
   no memory), so a 2 kB file whose metadata describes a large network allocates nothing.
+* :func:`check_tensor_extents`, on whatever ``torch.load`` returned: no tensor may address much more
+  data than the file stores (a stride-0 view of one float can declare 10^10 elements in a 3 kB file;
+  the first check that reads it would allocate them), and only dense tensors are weights.
 * :func:`validate_state_dict`: no NaN/inf weights, no zero-size tensors, no scalar ``.weight``, and
   the convolutions every supported layout names (``conv_first``, ``conv_last``, ``upconv1`` ...)
   are 4-D.
@@ -56,6 +59,36 @@ def _tensors(obj: Any, prefix: str = "", depth: int = 0) -> Iterator[tuple[str, 
     elif isinstance(obj, Mapping) and depth < 4:
         for key, value in obj.items():
             yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key), depth + 1)
+
+
+EXTENT_SLACK = 16 << 20  # bytes that views may address beyond their stored data, all tensors together
+
+
+def check_tensor_extents(obj: Any, path: str | Path) -> None:
+    """Refuse tensors (anywhere in ``obj``, to any depth) that address more than their stored data by
+    over :data:`EXTENT_SLACK` in total, and non-dense tensors; names the worst tensor. Touches no data."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", obj)]
+    excess, worst = 0, (0, "", 0, 0)
+    while stack:
+        name, item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            if item.layout != torch.strided:
+                raise UserError(f"{path}: tensor {name!r} is {item.layout} (not dense); weights files hold dense tensors")
+            logical, stored = item.numel() * item.element_size(), item.untyped_storage().nbytes()
+            if logical > stored:
+                excess += logical - stored
+                worst = max(worst, (logical - stored, name, item.numel(), stored))
+        elif isinstance(item, (Mapping, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            pairs = item.items() if isinstance(item, Mapping) else enumerate(item)
+            stack.extend((f"{name}.{k}" if name else str(k), v) for k, v in pairs)
+    if excess > EXTENT_SLACK:
+        _, name, numel, stored = worst
+        raise UserError(
+            f"{path}: tensor {name!r} declares {numel:,} elements but its stored data holds {stored:,} bytes (an expanded "
+            "or overlapping view); refused: reading it would allocate far more memory than the file holds"
+        )
 
 
 def validate_state_dict(state: Mapping[str, Any], path: str | Path) -> None:

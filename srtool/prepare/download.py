@@ -121,7 +121,8 @@ def download(
                 part.unlink(missing_ok=True)
                 restarted = True
                 continue
-            raise DownloadError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            reason = "too many redirects (a redirect loop)" if 300 <= exc.code < 400 else " ".join(str(exc.reason).split())
+            raise DownloadError(f"{url}: HTTP {exc.code} {reason}") from None
         except (urllib.error.URLError, ConnectionError, HTTPException, socket.timeout, TimeoutError, OSError) as exc:
             if isinstance(exc, DownloadError):
                 raise
