@@ -4,6 +4,7 @@ directories and third-party checkpoints, made ready for the engine (device, prec
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -63,6 +64,8 @@ def load_model(
     ``notice`` receives one-line notices (default: printed to stderr).
     """
     say = notice or (lambda msg: print(f"notice: {msg}", file=sys.stderr))
+    if not isinstance(spec, (str, os.PathLike)):
+        raise UserError(f"model: expected a name or a path (str or pathlib.Path), got {type(spec).__name__}")
     check_model_options(tile, tile_pad, alpha, scale)
     dev = resolve_device(device)  # checked first: an unusable --device is refused whatever the model
     resolve_precision(precision, dev)  # and a bad --precision, even for bicubic (which runs no network)
@@ -96,7 +99,8 @@ def load_model(
         )
     check_model_path(path, spec_str)
     path = weights_in(path)
-    network, info = load_network(path, scale)
+    with torch.device("cpu"):  # built on the CPU whatever default device the caller set (meta, cuda)
+        network, info = load_network(path, scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
         raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale} "

@@ -335,3 +335,19 @@ def test_upscale_image_names_a_model_that_is_not_one(rgb, bicubic):
         with pytest.raises(UserError) as info:
             srtool.upscale_image(thing, bicubic if thing is rgb else rgb)
         assert all(w in str(info.value) for w in words), str(info.value)
+
+
+@pytest.mark.parametrize("spec", [None, 3])
+def test_load_model_names_a_spec_that_is_not_a_name_or_path(spec):
+    with pytest.raises(UserError, match=f"expected a name or a path .* got {type(spec).__name__}"):
+        srtool.load_model(spec)
+
+
+def test_load_model_builds_on_the_cpu_whatever_default_device_the_caller_set():
+    """A caller inside `with torch.device("meta")` (or with set_default_device) got "Cannot copy out of
+    meta tensor" from deep inside torch."""
+    image = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+    reference = srtool.load_model("default", device="cpu")(image)
+    with torch.device("meta"):
+        model = srtool.load_model("default", device="cpu")
+        assert np.array_equal(model(image), reference)
