@@ -303,10 +303,12 @@ def reconcile(points: list[Point], sweep_dir: Path, data: list[Path], manifest: 
 
 
 def _lasting_spec(spec: str) -> str:
-    """A dataset as the manifest keeps it: an existing path made absolute (``sweep report`` may run from
-    another folder), anything else (a name such as ``Set5``) as typed."""
-    path = Path(spec).expanduser()
-    return str(path.resolve()) if path.exists() else spec
+    """A dataset as the manifest keeps it: a folder made absolute (``sweep report`` may run from another
+    folder), a known name that means the data dir's copy (``Set5``) as typed, as eval resolves them."""
+    from .prepare.paths import given_dataset_folder
+
+    path = given_dataset_folder(spec)
+    return str(path.resolve()) if path is not None and path.exists() else spec
 
 
 def manifest_document(options: SweepOptions, points: list[Point], previous: dict[str, Any] | None) -> dict[str, Any]:

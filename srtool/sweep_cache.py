@@ -26,6 +26,7 @@ longer in the sweep are dropped on writing, so the file stays the size of the sw
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,23 @@ def file_state(path: str | os.PathLike) -> list[int] | None:
     except OSError:
         return None
     return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def export_key(path: str | os.PathLike) -> str:
+    """How the cache names an export file (absolute and normalised: ``../sweep/x`` and ``sweep/x`` agree)."""
+    return os.path.abspath(path)
+
+
+@functools.lru_cache(maxsize=1)
+def code_revision() -> str:
+    """sha256 of srtool's own code and data files (the bundled weights aside): a score computed by other code
+    (a metric, the resize, the engine fixed) is not served again, whatever ``__version__`` says."""
+    package = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and p.suffix in (".py", ".npz", ".toml", ".json")
+                       and "__pycache__" not in p.parts and "weights" not in p.relative_to(package).parts):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def digest(document: Any) -> str:
@@ -73,13 +91,17 @@ def scoring_context(protocol: str, metrics: tuple[str, ...], device_type: str, t
     """Everything but the model and the dataset that can move a score."""
     from . import __version__
 
-    context: dict[str, Any] = {"format": CACHE_SCHEMA, "srtool": __version__, "protocol": protocol,
-                               "metrics": list(metrics), "device": device_type, "tile": tile}
+    context: dict[str, Any] = {"format": CACHE_SCHEMA, "srtool": __version__, "code": code_revision(),
+                               "protocol": protocol, "metrics": list(metrics), "device": device_type, "tile": tile}
     if "lpips" in metrics:
-        from .perceptual import LPIPS_NETS, backbone_path
+        from .perceptual import LPIPS_NETS, LPIPS_WEIGHTS_ENV, backbone_path
 
         path = backbone_path(lpips_net, lpips_weights) if lpips_net in LPIPS_NETS else None  # else Scorer refuses it
-        context["lpips"] = {"net": lpips_net, "backbone": _file_id(path) if path is not None else None}
+        # torchvision's cached backbone is named by its hash and checked when downloaded: its path is its
+        # identity (its state would change when the first report downloads it); a user's file is stat'd
+        own = lpips_weights is not None or bool(os.environ.get(LPIPS_WEIGHTS_ENV))
+        context["lpips"] = {"net": lpips_net, "backbone": (_file_id(path) if own else os.path.realpath(path))
+                            if path is not None else None}
     return context
 
 
@@ -132,7 +154,7 @@ class ReportCache:
 
     def sha256(self, path: Path) -> str:
         """The export's sha256: the recorded one while its size, mtime_ns and inode are unchanged."""
-        key = os.path.abspath(path)
+        key = export_key(path)
         state = file_state(path)
         known = self.hashes.get(key)
         if isinstance(known, dict) and known.get("state") == state and isinstance(known.get("sha256"), str):

@@ -169,7 +169,7 @@ def evaluate_sweep(
     from .eval_results import EvalReport, ModelEntry
     from .report import write_json
     from .scoring import parse_metrics
-    from .sweep_cache import ReportCache, dataset_identity, digest, scoring_context
+    from .sweep_cache import ReportCache, dataset_identity, digest, export_key, scoring_context
 
     metrics = parse_metrics(metrics)
     sweep_dir = Path(sweep_dir).expanduser()
@@ -196,7 +196,7 @@ def evaluate_sweep(
     device_type = resolve_device(device).type
     context = scoring_context(protocol, metrics, device_type, tile, lpips_net, lpips_weights)
     names = [p["name"] for p, _ in scored]
-    exports = {str(Path(path).absolute()) for _, path in scored}
+    exports = {export_key(path) for _, path in scored}
     results, metric_sources, scorer = {}, {}, None
     for dataset in opened:
         files = dataset_identity(dataset)  # every image file's path, size and mtime: stat once per set
@@ -304,9 +304,10 @@ def _comparison(report: SweepReport, models: _Models, scored: list, opened: list
     key = digest({"figure": 1, "title": title, "image": image_name, "dataset": dataset_identity(dataset),
                   "panels": [[name, identities[name]] for name in chosen], "context": context})
     kept = store.output(path.name, key)
-    if kept is not None and isinstance(kept.get("region"), list) and len(kept["region"]) == 4:
+    region = kept.get("region") if kept is not None else None
+    if isinstance(region, list) and len(region) == 4 and all(type(v) is int for v in region):
         report.kept.append(path)
-        return dataset_name, image_name, tuple(int(v) for v in kept["region"])
+        return dataset_name, image_name, tuple(region)
     hr, lr = dataset.load(pair)
     figure, layout = comparison_figure(hr, lr, models.get(chosen), chosen, report.eval_report.scale, report.protocol,
                                        None, title)
@@ -318,11 +319,10 @@ def _comparison(report: SweepReport, models: _Models, scored: list, opened: list
 
 def _curves(report: SweepReport, points: list[dict[str, Any]], store) -> None:
     """``curves.png`` drawn, or kept when the cache says it was drawn from these points' logs as they are now."""
-    from . import __version__
-    from .sweep_cache import digest, file_state
+    from .sweep_cache import code_revision, digest, file_state
 
     sweep_dir = report.sweep_dir
-    key = digest({"curves": __version__, "logs": [[p["name"], file_state(sweep_dir / p["name"] / "log.jsonl")]
+    key = digest({"curves": code_revision(), "logs": [[p["name"], file_state(sweep_dir / p["name"] / "log.jsonl")]
                                                    for p in points]})
     if store.output("curves.png", key) is not None:
         report.kept.append(sweep_dir / "curves.png")

@@ -315,8 +315,11 @@ def test_manifest_keeps_eval_and_data_folders_absolute_so_a_report_runs_from_any
 
     (tmp_path / "sets" / "mine").mkdir(parents=True)
     (tmp_path / "t").mkdir()
+    (tmp_path / "Set5").mkdir()  # a flat folder named like a known set: eval reads the data dir's Set5
+    (tmp_path / "Set14" / "HR").mkdir(parents=True)  # ... unless the folder is a dataset (HR/): then this one
     monkeypatch.chdir(tmp_path)
-    options = dataclasses.replace(sweep_options(data, tmp_path / "sw"), evals=["sets/mine", "Set5"], data=[Path("t")])
+    options = dataclasses.replace(sweep_options(data, tmp_path / "sw"), evals=["sets/mine", "Set5", "Set14"],
+                                  data=[Path("t")])
     doc = manifest_document(options, [], None)
-    assert doc["eval"] == [str(tmp_path / "sets" / "mine"), "Set5"]  # a name stays a name
+    assert doc["eval"] == [str(tmp_path / "sets" / "mine"), "Set5", str(tmp_path / "Set14")]
     assert doc["data"] == [str(tmp_path / "t")]

@@ -215,3 +215,43 @@ def test_an_interrupted_report_leaves_the_previous_cache_whole(sweep, counted, c
         evaluate_sweep(sweep, progress=False)
     assert (sweep / CACHE_NAME).read_bytes() == before
     assert not [p for p in sweep.iterdir() if p.name.startswith(".srtool-")]
+
+
+def test_a_sweep_folder_given_through_dotdot_keeps_its_export_hashes(sweep, counted, monkeypatch):
+    """`srtool sweep report ../sweep`: the hashes were filed under one spelling of the path and looked up
+    under another, so every report hashed every export again."""
+    import srtool.sweep_cache
+
+    work = sweep.parent / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    evaluate_sweep(Path("..") / "sweep", progress=False)
+    assert len(json.loads((sweep / CACHE_NAME).read_text())["hashes"]) == 3
+    hashed = []
+    real = srtool.sweep_cache.sha256_file
+    monkeypatch.setattr(srtool.sweep_cache, "sha256_file", lambda path: hashed.append(path) or real(path))
+    counted["scored"].clear()
+    evaluate_sweep(Path("..") / "sweep", progress=False)
+    assert hashed == [] and counted["scored"] == []
+
+
+def test_other_scoring_code_scores_again(sweep, counted, capsys, monkeypatch):
+    """The version string does not move when a metric or the engine is fixed; the code's digest does."""
+    import srtool.sweep_cache
+
+    _report(capsys, sweep)
+    counted["scored"].clear()
+    monkeypatch.setattr(srtool.sweep_cache, "code_revision", lambda: "other code")
+    _report(capsys, sweep)
+    assert len(counted["scored"]) == 3
+
+
+def test_a_damaged_figure_region_is_drawn_again_not_an_internal_error(sweep, counted, capsys):
+    _report(capsys, sweep)
+    cache = sweep / CACHE_NAME
+    doc = json.loads(cache.read_text())
+    doc["outputs"]["comparison.png"]["region"] = ["x", 1, 2, 3]
+    cache.write_text(json.dumps(doc))
+    counted["figures"].clear()
+    _, err = _report(capsys, sweep)
+    assert "internal error" not in err and counted["figures"] == [["n_blocks=1,seed=0", "n_blocks=2,seed=0"]]

@@ -51,6 +51,16 @@ def is_flat_hr_folder(path: Path) -> bool:
     return path.is_dir() and not (path / "HR").is_dir() and bool(list_images(path))
 
 
+def given_dataset_folder(name_or_path: str | Path) -> Path | None:
+    """The folder a dataset argument names as a path, or None where it names a known dataset: a known
+    name (``Set5``) means the data dir's copy unless a same-named folder here has an ``HR/`` subfolder."""
+    text = str(name_or_path)
+    path = Path(text).expanduser()
+    if _KNOWN.get(text.lower()) is None or (path.exists() and (path / "HR").is_dir()):
+        return path
+    return None
+
+
 def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
     """Folder of a dataset given as a path (a folder with ``HR/``) or a known name (Set5, Set14, B100,
     Urban100, DIV2K-valid, DIV2K-train, case-insensitive) prepared under :func:`data_dir`.
@@ -59,9 +69,9 @@ def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
     check for ``LR_bicubic/X{scale}`` only in the advice (the LR folder is optional: eval can make it).
     """
     text = str(name_or_path)
-    path = Path(text).expanduser()
+    path = given_dataset_folder(text)
     known = _KNOWN.get(text.lower())
-    if known is None or (path.exists() and (path / "HR").is_dir()):
+    if path is not None:
         if not path.exists():
             names = ", ".join(DATASET_NAMES)
             raise UserError(f"dataset {text!r}: no such folder, and not a known dataset name ({names})")
