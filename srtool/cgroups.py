@@ -16,6 +16,7 @@ nothing readable: not Linux, no cgroup mount, no permission).
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def _group_dirs(proc_self: Path, controller: str) -> list[Path]:
         if ".." in names:  # a group above this namespace's root ("0::/../.."): only the root is ours to read
             names = []
         dirs = [point.joinpath(*names[:k]) for k in range(len(names), -1, -1)]
-        if any((folder / name).exists() for folder in dirs for name in files):
+        if any(os.path.exists(folder / name) for folder in dirs for name in files):  # never raises
             return dirs
     return []
 

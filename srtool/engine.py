@@ -406,7 +406,8 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
         retain_freed_memory()  # layer outputs reuse freed pages instead of faulting in new ones
     squeeze = image.ndim == 2
     img3 = image[..., None] if squeeze else image
-    if model.tile == 0:  # no tiling: the whole image in one pass (halved like any tile on out-of-memory)
+    if model.tile == 0:  # no tiling: one tile the image's size (very wide images still get row strips within
+        # STRIP_BUDGET; halved like any tile on out-of-memory)
         tile, batch = max(img3.shape[:2]), 1
     else:
         tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)

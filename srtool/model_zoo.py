@@ -175,7 +175,12 @@ def _download_lock(dest: Path, notice: Callable[[str], None] | None) -> Iterator
     except ImportError:
         yield
         return
-    fd = os.open(dest.with_name(dest.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    lock = dest.with_name(dest.name + ".lock")
+    try:  # read-only is enough for flock, and lets users sharing a cache open each other's lock file
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{lock}: cannot open the download lock ({exc.strerror or exc}); "
+                        "set SRTOOL_CACHE_DIR to a folder you can write") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

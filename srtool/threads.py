@@ -63,7 +63,10 @@ def fit_threads_to_cpu_quota() -> int | None:
 
     from .cgroups import cpu_quota_cores
 
-    quota = cpu_quota_cores()
+    try:
+        quota = cpu_quota_cores()
+    except Exception:  # noqa: BLE001 -- best effort: a cgroup file system this code cannot read changes nothing
+        return None
     if quota is None or os.environ.get("OMP_NUM_THREADS"):
         return None
     if quota >= visible_cores():
