@@ -921,10 +921,14 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
     for option, value in (("--figure", outputs.figure), ("--save-images", outputs.save_images)):
         if value is not None:
             raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
-    opened = [open_image_folder(d) for d in datasets]
-    _unique_dataset_names(opened)
-    _check_outputs(outputs, [], [])
-    check_niqe_sizes(opened)
+    def prepare():
+        opened = [open_image_folder(d) for d in datasets]
+        _unique_dataset_names(opened)
+        _check_outputs(outputs, [], [])
+        check_niqe_sizes(opened)
+        return opened
+
+    opened = shard.run_everywhere(prepare)  # a refusal on any rank stops every rank, in one line
     if shard.enabled:
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(
@@ -994,20 +998,26 @@ def run_eval(
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
         return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers)
-    models = load_models(model_specs, shard.device(device), tile, scale)
-    for model, label in zip(models, labels or []):
-        model.name = label
-    model_scale = models[0].scale
-    scorer.scale = model_scale
-    if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
-        scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
-    opened = [open_dataset(d, model_scale) for d in datasets]
-    _unique_dataset_names(opened)
+    def prepare():
+        """Models loaded, datasets opened, outputs checked: under torchrun a refusal on any rank stops
+        every rank, and rank 0 alone prints it (sharding.report_once)."""
+        models = load_models(model_specs, shard.device(device), tile, scale)
+        for model, label in zip(models, labels or []):
+            model.name = label
+        model_scale = models[0].scale
+        scorer.scale = model_scale
+        if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
+            scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
+        opened = [open_dataset(d, model_scale) for d in datasets]
+        _unique_dataset_names(opened)
+        _check_outputs(outputs, opened, model_labels(models), models)
+        if "niqe" in chosen:
+            check_niqe_sizes(opened)
+        _check_figure_options(outputs, opened)
+        return models, opened
+
+    models, opened = shard.run_everywhere(prepare)
     labels = model_labels(models)
-    _check_outputs(outputs, opened, labels, models)
-    if "niqe" in chosen:
-        check_niqe_sizes(opened)
-    _check_figure_options(outputs, opened)
 
     on_image = None
     if outputs.save_images is not None:
