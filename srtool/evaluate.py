@@ -912,6 +912,11 @@ def _gathered(shard, report: EvalReport) -> EvalReport | None:
     return report
 
 
+def _agree_on_images(shard, opened: list[Dataset]) -> None:
+    """Every rank found the same images in the same order (the slices and the gathered table rely on it)."""
+    shard.agree([(d.name, [pair.name for pair in d.pairs]) for d in opened], "found the datasets' images")
+
+
 def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None) -> EvalReport | None:
     """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
 
@@ -930,6 +935,7 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
 
     opened = shard.run_everywhere(prepare)  # a refusal on any rank stops every rank, in one line
     if shard.enabled:
+        _agree_on_images(shard, opened)
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(
             lambda: score_images(mine, scorer, protocol, progress if shard.is_main else False, workers)))
@@ -1032,8 +1038,8 @@ def run_eval(
                     raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
                                     "kept as it is (use --overwrite to replace it)") from None
 
-    if shard.enabled:
-        shard.barrier()  # every rank has checked the outputs before any rank writes one
+    if shard.enabled:  # the same images on every rank; also the barrier: every rank has checked the outputs
+        _agree_on_images(shard, opened)
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(lambda: evaluate(
             models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine, scorer=scorer,

@@ -105,6 +105,27 @@ class Shard:
             raise shared
         return result
 
+    def agree(self, value: Any, what: str) -> None:
+        """Every rank must hold the same ``value`` (e.g. its plan of the batch): else a UserError on every rank.
+
+        Why: the slices are taken from each rank's own plan. Where two ranks see the files differently (a
+        filesystem that a node caches, another run writing into the same folder meanwhile), images would
+        be done twice or not at all and the outcomes gathered into the wrong places. ``what`` names the
+        what the ranks did, in the message."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(values, value, group=self.info.cpu_group)
+        differing = [rank for rank, other in enumerate(values) if other != values[0]]
+        if differing:
+            error = UserError(f"rank{'s' if len(differing) > 1 else ''} {', '.join(map(str, differing))} {what} "
+                              "differently from rank 0: every rank must see the same files at the same paths "
+                              "(is another run writing into them?)")
+            error.every_rank = True
+            raise error
+
     def barrier(self) -> None:
         if self.enabled:
             import torch.distributed as dist

@@ -123,3 +123,50 @@ def test_a_refusal_under_torchrun_stops_every_rank_and_is_printed_once(photos, b
     assert done.stdout == "" and "MP/s" not in done.stderr  # no progress bar: refused before any work
     assert not out.exists() and not (tmp_path / "r.json").exists()
     assert (tmp_path / "old.json").read_text() == "the user's file"
+
+
+# ------------------------------------------------------------------------------- ranks that disagree
+
+
+DIFFERENT_PLANS = r"""
+import sys
+from pathlib import Path
+from srtool.errors import UserError
+from srtool.loading import bicubic_model
+from srtool.sharding import current_shard
+from srtool.upscale import run_batch_sharded
+from srtool.upscale_jobs import UpscaleOptions, plan_jobs
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+shard = current_shard()
+rank = shard.info.rank
+options = UpscaleOptions(output=str(out))
+jobs = plan_jobs([str(folder)], options, 4)
+if rank == 1:  # as if this node's file system still showed an earlier output of the first image
+    jobs[0].status, jobs[0].message = "skipped", "exists"
+try:
+    run_batch_sharded(bicubic_model(4), jobs, options, shard)
+    outcome = "finished"
+except UserError as exc:
+    outcome = f"UserError {exc}"
+except Exception as exc:
+    outcome = f"{type(exc).__name__} {exc}"
+(out.parent / f"rank{rank}.txt").write_text(outcome)
+"""
+
+
+def test_ranks_that_plan_different_batches_stop_instead_of_mixing_up_outcomes(photos, tmp_path, env):
+    """Each rank slices its own plan: where two ranks see the files differently (a node's cached view of a
+    network file system, another run writing meanwhile), images were done twice or not at all and rank 0
+    failed after the work putting the outcomes back (an internal error). Now every rank refuses before any
+    work, in one line naming the rank."""
+    script = tmp_path / "different_plans.py"
+    script.write_text(DIFFERENT_PLANS)
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(photos), str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = ("UserError rank 1 planned the batch (inputs, outputs, skips) differently from rank 0: every rank "
+                "must see the same files at the same paths (is another run writing into them?)")
+    assert [(tmp_path / f"rank{r}.txt").read_text() for r in (0, 1)] == [expected, expected]
+    assert not (tmp_path / "out").exists()
