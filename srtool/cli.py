@@ -470,9 +470,9 @@ def _interrupted(exc: SystemExit) -> bool:
 
 
 def _say_interrupted() -> None:
-    from .ranks import is_secondary_rank
+    from .ranks import is_secondary_on_node
 
-    if is_secondary_rank():  # torchrun passes Ctrl-C to every rank: rank 0 says it
+    if is_secondary_on_node():  # torchrun passes Ctrl-C to every rank: each machine's first says it
         return
     err_console.quiet = False
     err_console.print("[bold red]interrupted[/bold red] (every file written so far is complete)", highlight=False)
@@ -557,11 +557,11 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _invoke(command, args: list[str]) -> None:
-    """Run the command. A torchrun rank other than 0 leaves a usage error (``--quality 200``: the same
-    on every rank) to rank 0 to print, so the run shows it once, not once per rank."""
-    from .ranks import is_secondary_rank
+    """Run the command. A torchrun rank leaves a usage error (``--quality 200``: the same on every rank)
+    to its machine's first rank to print, so the run shows it once, not once per rank."""
+    from .ranks import is_secondary_on_node
 
-    if not is_secondary_rank():
+    if not is_secondary_on_node():
         command(args=args, prog_name="srtool")
         return
     try:

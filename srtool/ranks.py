@@ -53,9 +53,19 @@ def launch() -> Launch:
     return Launch(rank, local_rank, world)
 
 
+def _launch_or_plain() -> Launch:
+    try:
+        return launch()
+    except UserError:  # reported where the process group is joined; here: a plain run
+        return Launch()
+
+
 def is_secondary_rank() -> bool:
     """A torchrun rank other than 0 (False in a plain run, and where the environment is half set)."""
-    try:
-        return launch().rank != 0
-    except UserError:
-        return False
+    return _launch_or_plain().rank != 0
+
+
+def is_secondary_on_node() -> bool:
+    """A rank other than its machine's first (``LOCAL_RANK`` 0): what every rank of one machine finds
+    alike (its files, Ctrl-C) is said once per machine, so a node that sees other files still says so."""
+    return _launch_or_plain().local_rank != 0

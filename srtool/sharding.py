@@ -23,7 +23,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from .errors import UserError
-from .ranks import is_secondary_rank
+from .ranks import is_secondary_on_node, is_secondary_rank
 
 if TYPE_CHECKING:  # torch is imported when a process group is joined, not to print an error
     from .train.distributed import DistInfo
@@ -167,17 +167,22 @@ def leave() -> None:
 
 
 def report_once(error: BaseException, report: Callable[[BaseException], None]) -> None:
-    """``report(error)`` on rank 0 only, where every rank stops on the same error: one line, not one per rank.
+    """``report(error)`` once where every rank stops on the same error: one line, not one per rank.
 
-    Every rank has the same error when :meth:`Shard.run_everywhere` raised it, and when it came before
-    the process group was joined (options and inputs checked alike by every rank). Then rank 0 prints
-    it and the other ranks wait until it has (torchrun stops every rank once one exits): at a barrier
-    when joined, else for :data:`SETTLE_SECONDS`. Any other error is printed by the rank that hit it.
-    A plain run just reports.
+    Every rank has the same error when :meth:`Shard.run_everywhere` raised it: rank 0 prints it, the
+    others wait at a barrier until it has (torchrun stops every rank once one exits). An error from
+    before the process group was joined (options and inputs, checked alike by every rank of a machine)
+    is printed by each machine's first rank (once on one machine; a node that sees other files still
+    says so) while the others wait :data:`SETTLE_SECONDS`. Any other error is printed by the rank that
+    hit it. A plain run just reports.
     """
     joined = _CURRENT is not None and _CURRENT.enabled
     shared = bool(getattr(error, "every_rank", False))
-    if not is_secondary_rank() or (joined and not shared):
+    if joined:
+        speaks = not shared or not is_secondary_rank()
+    else:
+        speaks = not is_secondary_on_node()
+    if speaks:
         report(error)
     if joined and shared:
         import torch.distributed as dist
@@ -186,5 +191,5 @@ def report_once(error: BaseException, report: Callable[[BaseException], None]) -
             dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS * 10))
         except Exception:  # noqa: BLE001 -- only waiting here; the error is already decided
             pass
-    elif is_secondary_rank() and not joined:
+    elif not speaks:
         time.sleep(SETTLE_SECONDS)

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from srtool.errors import UserError
-from srtool.ranks import Launch, is_secondary_rank, launch
+from srtool.ranks import Launch, is_secondary_on_node, is_secondary_rank, launch
 
 
 @pytest.fixture
@@ -61,15 +61,17 @@ def test_a_half_set_torchrun_environment_is_named(monkeypatch, settings, words):
     with pytest.raises(UserError, match=words) as caught:
         launch()
     assert "torchrun --nproc-per-node N -m srtool" in str(caught.value) and "unset WORLD_SIZE" in str(caught.value)
-    assert not is_secondary_rank()
+    assert not is_secondary_rank() and not is_secondary_on_node()
 
 
 def test_the_environment_torchrun_sets_is_read(monkeypatch):
     for name, value in {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(name, value)
-    assert launch() == Launch(3, 1, 4) and is_secondary_rank()
+    assert launch() == Launch(3, 1, 4) and is_secondary_rank() and is_secondary_on_node()
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the first process of the second machine
+    assert is_secondary_rank() and not is_secondary_on_node()
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert launch() == Launch() and not is_secondary_rank()
+    assert launch() == Launch() and not is_secondary_rank() and not is_secondary_on_node()
 
 
 @pytest.mark.parametrize("command", ["upscale", "eval"])
