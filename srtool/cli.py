@@ -419,13 +419,16 @@ def upscale(
         return sr_model, plan_jobs(inputs, options, sr_model.scale, sources)
 
     sr_model, jobs = shard.run_everywhere(prepare)  # a model or plan refused on any rank stops every rank, in one line
-    todo = len(shard.take([job for job in jobs if job.status == "pending"]))
+    pending = [job for job in jobs if job.status == "pending"]
+    todo = len(shard.take(pending))
+    # under torchrun rank 0's bar counts its own share: say so (the ETA is the batch's, ranks run alike)
+    share = f" (rank 0's {todo} of {len(pending)} images)" if shard.enabled else ""
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} MP/s"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet or not shard.is_main) as bar:
-        task = bar.add_task(f"{sr_model.name} x{sr_model.scale}", total=todo, rate="-")
+        task = bar.add_task(f"{sr_model.name} x{sr_model.scale}{share}", total=todo, rate="-")
 
         def on_image(job, megapixels, seconds):
             bar.update(task, advance=1, rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")

@@ -58,6 +58,7 @@ def test_two_ranks_upscale_the_same_files_as_one_process(benchmarks_dir, tmp_pat
     # rank 0 alone prints the summary of the whole batch: 2 written (one per rank), 1 skipped
     assert two.stderr.count("srtool upscale") == 1 and two.stderr.count("skipped:") == 1
     assert re.search(r"\b2\s*│\s*1\s*│\s*0\s*│", two.stderr), two.stderr  # written, skipped, failed
+    assert "(rank 0's 1 of 2 images)" in two.stderr  # rank 0's bar says it counts its share
 
 
 @pytest.mark.slow
