@@ -406,21 +406,29 @@ def upscale(
     from .upscale import run_batch_sharded
 
     shard = current_shard()  # under torchrun: this rank's slice of the images, its own GPU
-    sr_model = load_model(
-        model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad, scale=scale, alpha=alpha,
-        notice=lambda msg: err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False),
-    )
-    if planned is not None and planned[0] == sr_model.scale:
-        jobs = planned[1]
-    else:
-        jobs = plan_jobs(inputs, options, sr_model.scale, sources)
-    todo = len(shard.take([job for job in jobs if job.status == "pending"]))
+
+    def notice(msg: str) -> None:
+        if shard.is_main:  # once, not once per rank
+            err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False)
+
+    def prepare():
+        sr_model = load_model(model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad,
+                              scale=scale, alpha=alpha, notice=notice)
+        if planned is not None and planned[0] == sr_model.scale:
+            return sr_model, planned[1]
+        return sr_model, plan_jobs(inputs, options, sr_model.scale, sources)
+
+    sr_model, jobs = shard.run_everywhere(prepare)  # a model or plan refused on any rank stops every rank, in one line
+    pending = [job for job in jobs if job.status == "pending"]
+    todo = len(shard.take(pending))
+    # under torchrun rank 0's bar counts its own share: say so (the ETA is the batch's, ranks run alike)
+    share = f" (rank 0's {todo} of {len(pending)} images)" if shard.enabled else ""
     columns = (
         TextColumn("[bold]upscale[/bold] {task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[rate]} MP/s"), TimeRemainingColumn(),
     )
     with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet or not shard.is_main) as bar:
-        task = bar.add_task(f"{sr_model.name} x{sr_model.scale}", total=todo, rate="-")
+        task = bar.add_task(f"{sr_model.name} x{sr_model.scale}{share}", total=todo, rate="-")
 
         def on_image(job, megapixels, seconds):
             bar.update(task, advance=1, rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
@@ -465,6 +473,10 @@ def _interrupted(exc: SystemExit) -> bool:
 
 
 def _say_interrupted() -> None:
+    from .ranks import is_secondary_on_node
+
+    if is_secondary_on_node():  # torchrun passes Ctrl-C to every rank: each machine's first says it
+        return
     err_console.quiet = False
     err_console.print("[bold red]interrupted[/bold red] (every file written so far is complete)", highlight=False)
 
@@ -547,6 +559,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+def _invoke(command, args: list[str]) -> None:
+    """Run the command. A torchrun rank leaves a usage error (``--quality 200``: the same on every rank)
+    to its machine's first rank to print, so the run shows it once, not once per rank."""
+    from .ranks import is_secondary_on_node
+
+    if not is_secondary_on_node():
+        command(args=args, prog_name="srtool")
+        return
+    try:
+        code = command(args=args, prog_name="srtool", standalone_mode=False)
+    except typer.Abort:
+        sys.exit(1)
+    except typer.TyperException as exc:  # typer's (vendored click's) usage errors
+        from .sharding import report_once
+
+        report_once(exc, lambda _: None)
+        sys.exit(getattr(exc, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: run the app, turning user errors into one red line and exit status 2.
 
@@ -570,15 +602,19 @@ def main(argv: list[str] | None = None) -> None:
     command = _command_with_user_metavars(app)
     hint = _foreign_option_hint(args, command)
     if hint:
-        report_user_error(UserError(hint))
+        from .sharding import report_once
+
+        report_once(UserError(hint), report_user_error)
         sys.exit(2)
     try:
-        command(args=args, prog_name="srtool")
+        _invoke(command, args)
     except UserError as exc:
         err_console.quiet = False
         if debug or _DEBUG["on"]:
             traceback.print_exc()
-        report_user_error(exc)
+        from .sharding import report_once
+
+        report_once(exc, report_user_error)  # under torchrun: one line, not one per rank
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         _say_interrupted()

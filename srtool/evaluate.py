@@ -912,6 +912,11 @@ def _gathered(shard, report: EvalReport) -> EvalReport | None:
     return report
 
 
+def _agree_on_images(shard, opened: list[Dataset]) -> None:
+    """Every rank found the same images in the same order (the slices and the gathered table rely on it)."""
+    shard.agree([(d.name, [pair.name for pair in d.pairs]) for d in opened], "found the datasets' images")
+
+
 def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None) -> EvalReport | None:
     """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
 
@@ -921,11 +926,16 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
     for option, value in (("--figure", outputs.figure), ("--save-images", outputs.save_images)):
         if value is not None:
             raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
-    opened = [open_image_folder(d) for d in datasets]
-    _unique_dataset_names(opened)
-    _check_outputs(outputs, [], [])
-    check_niqe_sizes(opened)
+    def prepare():
+        opened = [open_image_folder(d) for d in datasets]
+        _unique_dataset_names(opened)
+        _check_outputs(outputs, [], [])
+        check_niqe_sizes(opened)
+        return opened
+
+    opened = shard.run_everywhere(prepare)  # a refusal on any rank stops every rank, in one line
     if shard.enabled:
+        _agree_on_images(shard, opened)
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(
             lambda: score_images(mine, scorer, protocol, progress if shard.is_main else False, workers)))
@@ -994,20 +1004,26 @@ def run_eval(
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
         return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers)
-    models = load_models(model_specs, shard.device(device), tile, scale)
-    for model, label in zip(models, labels or []):
-        model.name = label
-    model_scale = models[0].scale
-    scorer.scale = model_scale
-    if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
-        scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
-    opened = [open_dataset(d, model_scale) for d in datasets]
-    _unique_dataset_names(opened)
+    def prepare():
+        """Models loaded, datasets opened, outputs checked: under torchrun a refusal on any rank stops
+        every rank, and rank 0 alone prints it (sharding.report_once)."""
+        models = load_models(model_specs, shard.device(device), tile, scale)
+        for model, label in zip(models, labels or []):
+            model.name = label
+        model_scale = models[0].scale
+        scorer.scale = model_scale
+        if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
+            scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
+        opened = [open_dataset(d, model_scale) for d in datasets]
+        _unique_dataset_names(opened)
+        _check_outputs(outputs, opened, model_labels(models), models)
+        if "niqe" in chosen:
+            check_niqe_sizes(opened)
+        _check_figure_options(outputs, opened)
+        return models, opened
+
+    models, opened = shard.run_everywhere(prepare)
     labels = model_labels(models)
-    _check_outputs(outputs, opened, labels, models)
-    if "niqe" in chosen:
-        check_niqe_sizes(opened)
-    _check_figure_options(outputs, opened)
 
     on_image = None
     if outputs.save_images is not None:
@@ -1022,8 +1038,8 @@ def run_eval(
                     raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
                                     "kept as it is (use --overwrite to replace it)") from None
 
-    if shard.enabled:
-        shard.barrier()  # every rank has checked the outputs before any rank writes one
+    if shard.enabled:  # the same images on every rank; also the barrier: every rank has checked the outputs
+        _agree_on_images(shard, opened)
         mine = [replace(d, pairs=shard.take(d.pairs)) for d in opened]
         report = _gathered(shard, shard.run_everywhere(lambda: evaluate(
             models, datasets, protocol, progress if shard.is_main else False, on_image, opened=mine, scorer=scorer,

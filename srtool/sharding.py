@@ -17,14 +17,24 @@ place that reads torchrun's environment).
 from __future__ import annotations
 
 import atexit
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-import torch
+from .errors import UserError
+from .ranks import is_secondary_on_node, is_secondary_rank
 
-from .train.distributed import DistInfo, init_distributed, shutdown
+if TYPE_CHECKING:  # torch is imported when a process group is joined, not to print an error
+    from .train.distributed import DistInfo
 
 T = TypeVar("T")
+
+# How long a rank other than 0 waits before it exits silently on an error found before the group was
+# joined (a bad option or a missing input: every rank finds the same one): torchrun stops the other
+# ranks as soon as one ends, so rank 0 must have printed the line first. A few torchrun monitor
+# intervals (0.1 s) plus the skew between ranks doing the same checks.
+SETTLE_SECONDS = 3.0
 
 
 @dataclass
@@ -74,8 +84,6 @@ class Shard:
             return work()
         import torch.distributed as dist
 
-        from .errors import UserError
-
         failure: BaseException | None = None
         try:
             result = work()
@@ -89,8 +97,34 @@ class Shard:
             raise failure
         failed = [(rank, text) for rank, text in enumerate(messages) if text is not None]
         if failed:
-            raise UserError("; ".join(f"rank {rank}: {text}" for rank, text in failed))
+            if len(failed) == self.info.world_size and len({text for _, text in failed}) == 1:
+                shared = UserError(failed[0][1])  # every rank found the same problem (a bad dataset image)
+            else:
+                shared = UserError("; ".join(f"rank {rank}: {text}" for rank, text in failed))
+            shared.every_rank = True  # the same message on every rank: rank 0 prints it (report_once)
+            raise shared
         return result
+
+    def agree(self, value: Any, what: str) -> None:
+        """Every rank must hold the same ``value`` (e.g. its plan of the batch): else a UserError on every rank.
+
+        Why: the slices are taken from each rank's own plan. Where two ranks see the files differently (a
+        filesystem that a node caches, another run writing into the same folder meanwhile), images would
+        be done twice or not at all and the outcomes gathered into the wrong places. ``what`` names the
+        what the ranks did, in the message."""
+        if not self.enabled:
+            return
+        import torch.distributed as dist
+
+        values: list[Any] = [None] * self.info.world_size
+        dist.all_gather_object(values, value, group=self.info.cpu_group)
+        differing = [rank for rank, other in enumerate(values) if other != values[0]]
+        if differing:
+            error = UserError(f"rank{'s' if len(differing) > 1 else ''} {', '.join(map(str, differing))} {what} "
+                              "differently from rank 0: every rank must see the same files at the same paths "
+                              "(is another run writing into them?)")
+            error.every_rank = True
+            raise error
 
     def barrier(self) -> None:
         if self.enabled:
@@ -100,6 +134,8 @@ class Shard:
 
     def device(self, requested: str) -> str:
         """``auto``/``cuda`` -> this rank's own GPU (``cuda:LOCAL_RANK``) when sharded on a GPU machine."""
+        import torch
+
         if self.enabled and requested in ("auto", "cuda") and torch.cuda.is_available():
             return f"cuda:{self.info.local_rank % torch.cuda.device_count()}"
         return requested
@@ -110,6 +146,8 @@ _CURRENT: Shard | None = None
 
 def current_shard() -> Shard:
     """Join torchrun's process group once per process (gloo); a plain run is a one-rank shard."""
+    from .train.distributed import init_distributed
+
     global _CURRENT
     if _CURRENT is None:
         _CURRENT = Shard(init_distributed("cpu"))  # a plain run: rank 0 of 1, no process group
@@ -120,7 +158,38 @@ def current_shard() -> Shard:
 
 def leave() -> None:
     """Tear the process group down (at the end of a sharded command)."""
+    from .train.distributed import shutdown
+
     global _CURRENT
     if _CURRENT is not None:
         shutdown(_CURRENT.info)
     _CURRENT = None
+
+
+def report_once(error: BaseException, report: Callable[[BaseException], None]) -> None:
+    """``report(error)`` once where every rank stops on the same error: one line, not one per rank.
+
+    Every rank has the same error when :meth:`Shard.run_everywhere` raised it: rank 0 prints it, the
+    others wait at a barrier until it has (torchrun stops every rank once one exits). An error from
+    before the process group was joined (options and inputs, checked alike by every rank of a machine)
+    is printed by each machine's first rank (once on one machine; a node that sees other files still
+    says so) while the others wait :data:`SETTLE_SECONDS`. Any other error is printed by the rank that
+    hit it. A plain run just reports.
+    """
+    joined = _CURRENT is not None and _CURRENT.enabled
+    shared = bool(getattr(error, "every_rank", False))
+    if joined:
+        speaks = not shared or not is_secondary_rank()
+    else:
+        speaks = not is_secondary_on_node()
+    if speaks:
+        report(error)
+    if joined and shared:
+        import torch.distributed as dist
+
+        try:  # bounded: a rank that hit a bug instead (its own traceback) never comes
+            dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS * 10))
+        except Exception:  # noqa: BLE001 -- only waiting here; the error is already decided
+            pass
+    elif not speaks:
+        time.sleep(SETTLE_SECONDS)

@@ -364,15 +364,16 @@ def _describe(exc: BaseException) -> str:
 def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None) -> BatchResult | None:
     """:func:`run_batch` over this torchrun rank's slice of the pending jobs (see :mod:`srtool.sharding`).
 
-    Every rank has planned the same jobs; the barrier keeps any rank from writing an output before all
-    have planned (else a fast rank's output would turn into a "skipped" on a slow one). Rank 0 gets
-    the whole batch back with every job's outcome; the other ranks get None.
+    Every rank must have planned the same jobs (checked: a rank that saw other files stops every rank);
+    the check is also the barrier that keeps any rank from writing an output before all have planned
+    (else a fast rank's output would turn into a "skipped" on a slow one). Rank 0 gets the whole batch
+    back with every job's outcome; the other ranks get None.
     """
     if not shard.enabled:
         return run_batch(model, jobs, options, progress)
     if any(job.source is None or job.output is None for job in jobs):
         raise UserError("'-' (stdin/stdout) cannot be split over torchrun ranks; run it in one process")
-    shard.barrier()
+    shard.agree([(job.label, str(job.output), job.status) for job in jobs], "planned the batch (inputs, outputs, skips)")
     pending = [job for job in jobs if job.status == "pending"]
     mine = shard.take(pending)
     result = shard.run_everywhere(lambda: run_batch(model, mine, options, progress if shard.is_main else None))

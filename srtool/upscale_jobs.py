@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .ranks import launch
 from .threads import check_workers, default_workers
 from .imageio import (
     DEFAULT_MAX_PIXELS, OUTPUT_FORMATS, format_for_pil, format_for_suffix, is_image_file, read_software,
@@ -229,6 +230,9 @@ def check_request(inputs: list[str], options: UpscaleOptions) -> list[tuple[Path
         raise UserError("no inputs given")
     if inputs.count(STDIO) > 1:
         raise UserError("'-' (stdin) can be given only once")
+    if launch().world_size > 1 and (STDIO in inputs or options.output == STDIO):
+        raise UserError(f"{'-o -' if options.output == STDIO else '-'}: standard input and output cannot be "
+                        "split over torchrun ranks; run it in one process (without torchrun)")
     if STDIO in inputs and sys.stdin is not None and sys.stdin.isatty():
         # read by a decode thread (an image lane), where Ctrl-C cannot end the wait for the terminal
         raise UserError("-: standard input is a terminal; redirect an image into it (< photo.png) or pipe one")
@@ -341,10 +345,7 @@ def plan_without_model(inputs: list[str], options: UpscaleOptions, sources: list
 
     if options.overwrite or STDIO in inputs or options.output == STDIO:
         return None
-    try:
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun every rank joins the group
-            return None
-    except ValueError:
+    if launch().world_size > 1:  # under torchrun every rank joins the group
         return None
     if str(device) not in ("auto", "cpu") or precision not in ("auto", "fp32"):
         return None

@@ -58,6 +58,7 @@ def test_two_ranks_upscale_the_same_files_as_one_process(benchmarks_dir, tmp_pat
     # rank 0 alone prints the summary of the whole batch: 2 written (one per rank), 1 skipped
     assert two.stderr.count("srtool upscale") == 1 and two.stderr.count("skipped:") == 1
     assert re.search(r"\b2\s*│\s*1\s*│\s*0\s*│", two.stderr), two.stderr  # written, skipped, failed
+    assert "(rank 0's 1 of 2 images)" in two.stderr  # rank 0's bar says it counts its share
 
 
 @pytest.mark.slow
@@ -130,7 +131,7 @@ def test_a_failure_on_one_rank_stops_every_rank_instead_of_hanging(tmp_path, env
 
 @pytest.mark.slow
 def test_a_bad_image_stops_every_rank_with_its_name(benchmarks_dir, tmp_path, env):
-    """A garbled dataset image under torchrun: every rank refuses it up front, in one line each, no hang."""
+    """A garbled dataset image under torchrun: every rank refuses it up front, rank 0 prints it once, no hang."""
     data = tmp_path / "Set5"
     shutil.copytree(benchmarks_dir / "Set5", data)
     head = data / "HR" / "head.png"
@@ -139,7 +140,8 @@ def test_a_bad_image_stops_every_rank_with_its_name(benchmarks_dir, tmp_path, en
     head.write_bytes(raw[: n // 3] + bytes(b ^ 0x5A for b in raw[n // 3 : n // 2]) + raw[n // 2 :])
     two = srtool("eval", "-d", str(data), "-m", "bicubic", "--json", str(tmp_path / "r.json"), env=env, ranks=2)
     assert two.returncode != 0
-    assert two.stderr.count("head.png: corrupt or truncated image") == 2, two.stderr[-3000:]
+    assert two.stderr.count("head.png: corrupt or truncated image") == 1, two.stderr[-3000:]
+    assert "exitcode: 2" in two.stderr and "exitcode: 1" not in two.stderr  # a user error on every rank
     assert not any(line.strip().startswith("File") and "/srtool/" in line for line in two.stderr.splitlines())
     assert not (tmp_path / "r.json").exists()
 

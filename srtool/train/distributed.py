@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,10 +33,12 @@ class DistInfo:
 
 
 def init_distributed(device_kind: str) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    from ..ranks import launch
+
+    launched = launch()  # a WORLD_SIZE set by hand without the rest is one clear line, not a KeyError or a hang
+    if launched.world_size <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), world)
+    info = DistInfo(launched.rank, launched.local_rank, launched.world_size)
     if not dist.is_initialized():
         backend = "nccl" if device_kind == "cuda" else "gloo"
         if device_kind == "cuda":
