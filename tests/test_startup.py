@@ -50,3 +50,30 @@ def test_a_refused_file_still_gives_the_team_back(two_torch_threads, monkeypatch
         integrity.validate_state_dict(state, "bad.safetensors")
     assert sizes and set(sizes) == {1}
     assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("argv", [["presets", "list"], ["presets", "show", "esrgan"]])
+def test_preset_commands_do_not_import_torch(argv):
+    """Reading and checking presets needs pydantic only: torch's import (2-3 s, 600 MB) is not paid."""
+    code = ("import sys; from srtool.cli import main; sys.argv = ['srtool', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_preset_validation_errors_come_before_torch():
+    """A mistyped --set names the field without importing torch (the error is immediate)."""
+    code = ("import sys\nfrom srtool.config import load_preset\nfrom srtool.errors import UserError\n"
+            "try:\n    load_preset('srgan', ['model.generator.n_blocks=0'])\nexcept UserError as e:\n    print(e)\n"
+            "assert 'torch' not in sys.modules")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "model.generator.n_blocks" in done.stdout
+
+
+def test_config_tables_pair_every_architecture_with_its_network():
+    from srtool.models import configs, registry
+
+    assert {k: v[0] for k, v in registry.GENERATORS.items()} == configs.GENERATOR_CONFIGS
+    assert {k: v[0] for k, v in registry.DISCRIMINATORS.items()} == configs.DISCRIMINATOR_CONFIGS
