@@ -8,7 +8,7 @@ same round: ``python -c "import torch"`` (what any command that runs a network p
 rounds of alternated runs are read, and only against each other.
 
     git worktree add /tmp/startup-old 67feb83
-    .venv/bin/python benchmarks/bench_startup.py --old /tmp/startup-old [--rounds 5] [--only upscale,inspect]
+    .venv/bin/python benchmarks/bench_startup.py --old /tmp/startup-old [--new /tmp/startup-new] [--rounds 5] [--only upscale,inspect]
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def timed(argv: list[str], pythonpath: str | None, cwd: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old", type=Path, required=True, help="checkout of the commit to compare with")
+    parser.add_argument("--new", type=Path, default=ROOT, help="checkout to measure (default: this one); a frozen "
+                        "worktree lets you keep editing this one while it runs")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--only", default="", help="comma-separated substrings of the command names to run")
     args = parser.parse_args()
@@ -71,7 +73,7 @@ def main() -> None:
             cmds = {n: c for n, c in cmds.items() if any(k in n for k in keys)}
         times: dict[tuple[str, str], list[float]] = {}
         floors: dict[str, list[float]] = {"import torch": [], "srtool --help (new)": []}
-        trees = {"old": str(args.old.resolve()), "new": str(ROOT)}
+        trees = {"old": str(args.old.resolve()), "new": str(args.new.resolve())}
         for r in range(args.rounds):
             floors["import torch"].append(timed([sys.executable, "-c", "import torch"], None, work))
             floors["srtool --help (new)"].append(timed([sys.executable, "-m", "srtool", "--help"], trees["new"], work))
@@ -81,7 +83,7 @@ def main() -> None:
                     times.setdefault((name, which), []).append(
                         timed([sys.executable, "-m", "srtool", *argv], trees[which], work))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
-    print(f"medians of {args.rounds} fresh processes, old/new alternated (old = {args.old})\n")
+    print(f"medians of {args.rounds} fresh processes, old/new alternated (old = {args.old}, new = {args.new})\n")
     print("| floor | median s | min s |\n|---|---|---|")
     for name, ts in floors.items():
         print(f"| {name} | {statistics.median(ts):.2f} | {min(ts):.2f} |")
