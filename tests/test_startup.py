@@ -77,3 +77,15 @@ def test_config_tables_pair_every_architecture_with_its_network():
 
     assert {k: v[0] for k, v in registry.GENERATORS.items()} == configs.GENERATOR_CONFIGS
     assert {k: v[0] for k, v in registry.DISCRIMINATORS.items()} == configs.DISCRIMINATOR_CONFIGS
+
+
+def test_train_preset_error_is_reported_before_torch(tmp_path):
+    """`srtool train --set` with a bad value: one line naming the field, exit 2, torch never imported."""
+    code = ("import sys; from srtool.cli import main\n"
+            "sys.argv = ['srtool', 'train', '--preset', 'srresnet', '--set', 'train.lr=abc', '--out', sys.argv[1]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    print('exit', e.code)\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert "exit 2" in done.stdout and "no torch" in done.stdout, (done.stdout, done.stderr[-2000:])
+    assert "train.lr" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()
