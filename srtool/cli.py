@@ -254,6 +254,10 @@ def train(
     progress = progress and not quiet
     from pathlib import Path
 
+    if preset and not resume:  # the trainer's first check, made before torch's import: a typo answers at once
+        from .config import load_preset
+
+        load_preset(preset, list(set_ or []))
     from .train import TrainOptions
     from .train import train as run_training
 

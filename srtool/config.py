@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import UserError
 from .tomlio import parse_toml, toml_value
-from .models.registry import DISCRIMINATORS, GENERATORS, AnyDiscriminatorConfig, GeneratorConfig, describe_problem
+from .models.configs import (
+    DISCRIMINATOR_CONFIGS, GENERATOR_CONFIGS, AnyDiscriminatorConfig, GeneratorConfig, describe_problem,
+)
 
 
 class Strict(BaseModel):
@@ -264,7 +266,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-ARCHITECTURES = {**GENERATORS, **DISCRIMINATORS}
+ARCHITECTURES = {**GENERATOR_CONFIGS, **DISCRIMINATOR_CONFIGS}
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -292,7 +294,7 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str] | None:
     model: Any = Preset
     for part in loc:
         if model is None and part in ARCHITECTURES:  # the discriminated-union tag, e.g. model.generator.rrdbnet
-            model = ARCHITECTURES[part][0]
+            model = ARCHITECTURES[part]
             continue
         field = getattr(model, "model_fields", {}).get(part) if model is not None else None
         if field is None:

@@ -11,35 +11,10 @@ logits: the loss applies the sigmoid (BCE-with-logits, or the relativistic avera
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-
-class DiscriminatorConfig(BaseModel):
-    """Hyperparameters of the VGG-style discriminator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["vgg_discriminator"] = Field("vgg_discriminator", description="Architecture name.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    n_blocks: int = Field(8, ge=2, le=16, description="Number of conv blocks (paper: 8).")
-    base_channels: int = Field(64, ge=8, le=512, description="Channels of the first two blocks.")
-    max_channels: int = Field(512, ge=8, le=2048, description="Channel cap as channels double every 2 blocks.")
-    pool_size: int = Field(6, ge=1, le=16, description="Adaptive average pool output side before the dense layers.")
-    hidden: int = Field(1024, ge=8, le=8192, description="Width of the hidden dense layer (paper: 1024).")
-
-    def channels(self) -> list[int]:
-        return [min(self.base_channels * 2 ** (i // 2), self.max_channels) for i in range(self.n_blocks)]
-
-    def min_input_size(self) -> int:
-        """Smallest input side that still leaves ``pool_size`` pixels after the stride-2 blocks."""
-        return self.pool_size * 2 ** (self.n_blocks // 2)
-
-    def max_input_size(self) -> int | None:
-        return None  # the adaptive pool takes any larger input
+from .configs import DiscriminatorConfig
 
 
 class VGGDiscriminator(nn.Module):

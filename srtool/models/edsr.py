@@ -14,30 +14,13 @@ Inputs and outputs are RGB in [0, 1]; the 0-255 range and the mean shift are exp
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .srresnet import Scale, upsampling_factors
+from .configs import EDSRConfig
+from .srresnet import upsampling_factors
 
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-class EDSRConfig(BaseModel):
-    """Hyperparameters of an EDSR network."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["edsr"] = Field("edsr", description="Architecture name (EDSR).")
-    scale: Scale = Field(4, description="Upscaling factor.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
-    n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks.")
-    res_scale: float = Field(1.0, gt=0, le=1, description="Residual scaling inside each block (EDSR proper: 0.1).")
-    pixel_range: float = Field(255.0, gt=0, description="The value range the network was trained on (EDSR: 255).")
 
 
 class _ResBlock(nn.Module):

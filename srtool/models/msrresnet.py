@@ -12,25 +12,11 @@ Parameter names follow BasicSR (``conv_first``, ``body.N.conv1``, ``upconv1``, `
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-
-class MSRResNetConfig(BaseModel):
-    """Hyperparameters of a BasicSR MSRResNet generator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["msrresnet"] = Field("msrresnet", description="Architecture name (BasicSR's modified SRResNet).")
-    scale: Literal[2, 3, 4] = Field(4, description="Upscaling factor (BasicSR supports 2, 3 and 4).")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
-    n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks (no BatchNorm).")
+from .configs import MSRResNetConfig
 
 
 class _ResidualBlockNoBN(nn.Module):

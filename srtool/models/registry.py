@@ -1,24 +1,28 @@
 """The explicit architecture registry: name -> (config class, network class).
 
-No import-time scanning: adding an architecture means one module and one line here. Configs are
-pydantic models whose ``arch`` field is the registry key, so a preset section or an export's
-metadata picks its architecture by name and validates every hyperparameter.
+No import-time scanning: adding an architecture means one module, its config in :mod:`.configs` and one
+line in each table. Configs are pydantic models whose ``arch`` field is the registry key, so a preset
+section or an export's metadata picks its architecture by name and validates every hyperparameter.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Union
+from typing import Any
 
-from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 from torch import nn
 
 from ..errors import UserError
+from .configs import AnyDiscriminatorConfig, GeneratorConfig, describe_problem
 from .discriminator import DiscriminatorConfig, VGGDiscriminator
 from .edsr import EDSR, EDSRConfig
 from .msrresnet import MSRResNet, MSRResNetConfig
 from .rrdbnet import RRDBNet, RRDBNetConfig
 from .srresnet import SRResNet, SRResNetConfig
 from .vgg_style import VGGStyle128Config, VGGStyleDiscriminator128
+
+__all__ = ["DISCRIMINATORS", "GENERATORS", "AnyDiscriminatorConfig", "GeneratorConfig", "build_network",
+           "describe_problem", "generator_config_from_dict"]
 
 GENERATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "srresnet": (SRResNetConfig, SRResNet),
@@ -30,9 +34,6 @@ DISCRIMINATORS: dict[str, tuple[type[BaseModel], type[nn.Module]]] = {
     "vgg_discriminator": (DiscriminatorConfig, VGGDiscriminator),
     "vgg_style_128": (VGGStyle128Config, VGGStyleDiscriminator128),
 }
-
-GeneratorConfig = Annotated[Union[SRResNetConfig, RRDBNetConfig, MSRResNetConfig, EDSRConfig], Field(discriminator="arch")]
-AnyDiscriminatorConfig = Annotated[Union[DiscriminatorConfig, VGGStyle128Config], Field(discriminator="arch")]
 
 
 def build_network(config: BaseModel) -> nn.Module:
@@ -59,14 +60,3 @@ def _format_config_error(exc: ValidationError, source: str) -> str:
         f"{source}: {'.'.join(str(p) for p in err['loc'] if p not in GENERATORS) or '(top level)'}: {describe_problem(err)}"
         for err in exc.errors()
     )
-
-
-def describe_problem(err: dict[str, Any]) -> str:
-    """Pydantic's message for one config error, naming the allowed architectures for an unknown one and
-    the value given otherwise (shared by preset and generator-config errors)."""
-    if err["type"] == "union_tag_invalid":
-        table = DISCRIMINATORS if "discriminator" in err["loc"] else GENERATORS
-        return f"unknown architecture; allowed: {', '.join(table)}"
-    if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
-        return f"{err['msg']} (got {err['input']!r})"
-    return err["msg"]

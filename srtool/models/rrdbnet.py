@@ -15,29 +15,12 @@ Inputs and outputs are RGB in [0, 1], linear output.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from .srresnet import Scale, upsampling_factors
-
-
-class RRDBNetConfig(BaseModel):
-    """Hyperparameters of an RRDBNet generator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["rrdbnet"] = Field("rrdbnet", description="Architecture name (RRDBNet, ESRGAN's generator).")
-    scale: Scale = Field(4, description="Upscaling factor.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
-    n_blocks: int = Field(23, ge=1, le=128, description="Number of RRDB blocks.")
-    growth: int = Field(32, ge=4, le=256, description="Growth channels of each dense block.")
-    res_scale: float = Field(0.2, gt=0, le=1, description="Residual scaling beta of dense blocks and RRDBs.")
+from .configs import RRDBNetConfig
+from .srresnet import upsampling_factors
 
 
 DENSE_INIT_SCALE = 0.1

@@ -16,14 +16,10 @@ is the single place that decides the stages.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-Scale = Literal[2, 3, 4, 8]
-
+from .configs import Scale, SRResNetConfig
 
 def upsampling_factors(scale: int) -> list[int]:
     """Per-stage factors whose product is ``scale``: x2 stages for powers of two, one x3 stage for 3."""
@@ -32,25 +28,6 @@ def upsampling_factors(scale: int) -> list[int]:
     if scale in (2, 4, 8):
         return [2] * (scale.bit_length() - 1)
     raise ValueError(f"unsupported scale {scale}; supported: 2, 3, 4, 8")
-
-
-class SRResNetConfig(BaseModel):
-    """Hyperparameters of an SRResNet generator."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["srresnet"] = Field("srresnet", description="Architecture name (SRResNet, SRGAN's generator).")
-    scale: Scale = Field(4, description="Upscaling factor.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
-    n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks.")
-    head_kernel: int = Field(9, ge=1, le=11, description="Kernel size of the first conv (paper: 9).")
-    tail_kernel: int = Field(9, ge=1, le=11, description="Kernel size of the last conv (paper: 9).")
-    batch_norm: bool = Field(True, description="BatchNorm inside the residual blocks (paper: yes).")
-    trunk_batch_norm: bool = Field(
-        True, description="BatchNorm after the conv that closes the trunk (paper figure 4: yes; some ports omit it)."
-    )
 
 
 class _ResidualBlock(nn.Module):

@@ -12,33 +12,10 @@ the study's 8-block :mod:`.discriminator`; pick this one with ``--set model.disc
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-INPUT_SIZE = 128
-
-
-class VGGStyle128Config(BaseModel):
-    """Hyperparameters of BasicSR's VGGStyleDiscriminator (input 128)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    arch: Literal["vgg_style_128"] = Field("vgg_style_128", description="Architecture name (ESRGAN's official discriminator).")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    base_channels: int = Field(64, ge=8, le=512, description="Channels of the first stage (BasicSR num_feat: 64).")
-
-    def channels(self) -> list[int]:
-        c = self.base_channels
-        return [c, c, 2 * c, 2 * c, 4 * c, 4 * c, 8 * c, 8 * c, 8 * c, 8 * c]
-
-    def min_input_size(self) -> int:
-        return INPUT_SIZE
-
-    def max_input_size(self) -> int:
-        return INPUT_SIZE
+from .configs import INPUT_SIZE, VGGStyle128Config
 
 
 class VGGStyleDiscriminator128(nn.Module):
