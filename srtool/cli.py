@@ -7,7 +7,9 @@ problem and exits 2, never with a traceback unless ``--debug`` is given.
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 import traceback
 from typing import Annotated, Optional
 
@@ -466,14 +468,21 @@ def _report_batch(result) -> None:
 # ------------------------------------------------------------------------------------------- entry
 
 
-def _interrupted(exc: SystemExit) -> bool:
-    """Whether typer's exit 130 stands for a KeyboardInterrupt (it raises ``Exit(130) from`` the interrupt)."""
+def _interrupted(exc: SystemExit) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt (or SIGTERM's :class:`Terminated`) typer's exit 130 stands for, if any (it
+    raises ``Exit(130) from`` the interrupt)."""
     cause = exc.__context__
     while cause is not None:
         if isinstance(cause, KeyboardInterrupt):
-            return True
+            return cause
         cause = cause.__cause__ or cause.__context__
-    return False
+    return None
+
+
+def _interrupt_status(interrupt: BaseException) -> int:
+    from .errors import Terminated
+
+    return 143 if isinstance(interrupt, Terminated) else 130  # the shell's 128 + the signal's number
 
 
 def _say_interrupted() -> None:
@@ -589,13 +598,16 @@ def main(argv: list[str] | None = None) -> None:
     ``--debug`` is accepted anywhere on the command line (before a ``--``)."""
     import warnings
 
-    from .errors import ImageWarning
-
+    from .errors import ImageWarning, raise_terminated
     from .threads import fit_threads_to_cpu_quota
 
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", ImageWarning)  # one line per image, not once per code location
     fit_threads_to_cpu_quota()  # before torch loads: a container's CPU quota, not the host's cores
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        # `kill`, a service manager or a scheduler's time limit: unwound like Ctrl-C (files in flight are
+        # finished or removed, never left half-written); train and sweep install their own on top
+        signal.signal(signal.SIGTERM, raise_terminated)
     args = list(sys.argv[1:] if argv is None else argv)
     end = args.index("--") if "--" in args else len(args)
     debug = "--debug" in args[:end]
@@ -620,12 +632,15 @@ def main(argv: list[str] | None = None) -> None:
 
         report_once(exc, report_user_error)  # under torchrun: one line, not one per rank
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _say_interrupted()
-        sys.exit(130)
+        sys.exit(_interrupt_status(exc))
     except SystemExit as exc:  # typer turns Ctrl-C inside a command into a silent exit 130
-        if _interrupted(exc):
+        interrupt = _interrupted(exc)
+        if interrupt is not None:
             _say_interrupted()
+            if exc.code == 130:
+                sys.exit(_interrupt_status(interrupt))
         raise
     except Exception as exc:  # a bug: say so in one line, full traceback with --debug
         if debug or _DEBUG["on"]:

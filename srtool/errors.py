@@ -16,3 +16,13 @@ class UserError(Exception):
 
 class ImageWarning(UserWarning):
     """A recoverable problem with an input image (e.g. broken EXIF metadata): the pixels are still used."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a service manager, a batch scheduler's time limit), unwound like Ctrl-C: every file
+    written so far is complete and no temporary is left; the exit status is 143 (the shell's 128 + 15)."""
+
+
+def raise_terminated(_signum: int, _frame: object) -> None:
+    """A SIGTERM handler (main thread only) that unwinds the way Ctrl-C does."""
+    raise Terminated

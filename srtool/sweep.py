@@ -41,7 +41,7 @@ from typing import Any
 
 from .atomic import write_text_atomic
 from .config import Preset, load_preset, parse_override
-from .errors import UserError
+from .errors import Terminated, UserError, raise_terminated
 from .threads import usable_cores
 
 SCHEMA = "srtool-sweep/1"
@@ -545,7 +545,7 @@ class SweepRunner:
     def run(self, on_tick: Callable[[list[Point]], None] | None = None) -> bool:
         """Run every pending or interrupted point; False if the sweep itself was interrupted."""
         queue = [p for p in self.points if p.status in ("pending", "interrupted")]
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt) if _main_thread() else None
+        previous = signal.signal(signal.SIGTERM, raise_terminated) if _main_thread() else None
         try:
             while queue or self.running:
                 while queue and len(self.running) < self.options.jobs:
@@ -556,7 +556,7 @@ class SweepRunner:
                     on_tick([r.point for r in self.running])
             return True
         except KeyboardInterrupt as exc:
-            self.interrupted_by = "SIGTERM" if isinstance(exc, _Terminated) else "SIGINT"
+            self.interrupted_by = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
             self.say("interrupted: the running points save a checkpoint, then stop; run the same command to continue")
             for run in self.running:
                 with contextlib.suppress(ProcessLookupError):
@@ -588,14 +588,6 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, unwound like Ctrl-C; told apart for the exit status (143, as ``srtool train``)."""
-
-
-def _raise_interrupt(_signum: int, _frame: Any) -> None:
-    raise _Terminated
 
 
 # ------------------------------------------------------------------------------------------ entry

@@ -234,3 +234,43 @@ def test_binary_output_to_a_terminal_is_refused(photo, tmp_path, capsys, monkeyp
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
     code, err = run_cli_err(capsys, "upscale", str(photo), "-o", "-")
     assert code != 0 and "standard output is a terminal" in err
+
+
+@pytest.mark.parametrize("command", ["upscale", "eval"])
+def test_sigterm_unwinds_like_ctrl_c(tmp_path, benchmarks_dir, command):
+    """`kill PID`, a service manager's stop or a scheduler's time limit sends SIGTERM: the process used to
+    die on the spot (status -15, no word, a write in flight possibly left as a temporary); now it stops
+    like Ctrl-C: files written are complete, no temporary is left, one line, exit status 143."""
+    import signal
+    import time
+
+    lr = benchmarks_dir / "Set14" / "LR_bicubic" / "X4"
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for copy in range(8):
+        for name in ("baboon", "comic", "lenna", "zebra"):
+            (inputs / f"{name}{copy}.png").symlink_to(lr / f"{name}.png")
+    out = tmp_path / "out"
+    if command == "upscale":
+        args = ["upscale", str(inputs), "-o", str(out), "-j", "1", "--no-progress"]
+        watch = out
+    else:  # a flat folder of HR images, each saved upscaled as it is scored
+        args = ["eval", "-m", "default", "-d", str(inputs), "--save-images", str(out), "-j", "1", "--no-progress"]
+        watch = out
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "srtool", *args], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None and not any(watch.rglob("*.png")):
+        time.sleep(0.02)
+    assert child.poll() is None, child.communicate()
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=120)
+    assert child.returncode == 143, err
+    assert "interrupted" in err and "Traceback" not in err and "internal error" not in err, err
+    written = list(watch.rglob("*.png"))
+    assert 0 < len(written) < 32, "the run was not stopped midway"
+    assert not [p for p in watch.rglob("*") if p.name.startswith(".srtool-")]
+    for path in written:
+        with Image.open(path) as image:
+            image.load()  # complete files only
