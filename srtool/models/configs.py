@@ -19,16 +19,24 @@ INPUT_SIZE = 128
 """The only input side of :class:`VGGStyle128Config`'s network (its dense layer is fixed)."""
 
 
-class SRResNetConfig(BaseModel):
-    """Hyperparameters of an SRResNet generator."""
+class GeneratorConfigBase(BaseModel):
+    """What every generator's hyperparameters share (one place for their limits); each architecture names
+    itself in ``arch`` and may narrow ``scale`` or redefine ``n_blocks`` (fields keep this order)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: Literal["srresnet"] = Field("srresnet", description="Architecture name (SRResNet, SRGAN's generator).")
+    arch: str = Field(description="Architecture name.")
     scale: Scale = Field(4, description="Upscaling factor.")
     in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
     out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
     n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
+    n_blocks: int = Field(16, ge=1, le=128, description="Number of blocks.")
+
+
+class SRResNetConfig(GeneratorConfigBase):
+    """Hyperparameters of an SRResNet generator."""
+
+    arch: Literal["srresnet"] = Field("srresnet", description="Architecture name (SRResNet, SRGAN's generator).")
     n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks.")
     head_kernel: int = Field(9, ge=1, le=11, description="Kernel size of the first conv (paper: 9).")
     tail_kernel: int = Field(9, ge=1, le=11, description="Kernel size of the last conv (paper: 9).")
@@ -38,51 +46,30 @@ class SRResNetConfig(BaseModel):
     )
 
 
-
-class RRDBNetConfig(BaseModel):
+class RRDBNetConfig(GeneratorConfigBase):
     """Hyperparameters of an RRDBNet generator."""
 
-    model_config = ConfigDict(extra="forbid")
-
     arch: Literal["rrdbnet"] = Field("rrdbnet", description="Architecture name (RRDBNet, ESRGAN's generator).")
-    scale: Scale = Field(4, description="Upscaling factor.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
     n_blocks: int = Field(23, ge=1, le=128, description="Number of RRDB blocks.")
     growth: int = Field(32, ge=4, le=256, description="Growth channels of each dense block.")
     res_scale: float = Field(0.2, gt=0, le=1, description="Residual scaling beta of dense blocks and RRDBs.")
 
 
-
-class MSRResNetConfig(BaseModel):
+class MSRResNetConfig(GeneratorConfigBase):
     """Hyperparameters of a BasicSR MSRResNet generator."""
-
-    model_config = ConfigDict(extra="forbid")
 
     arch: Literal["msrresnet"] = Field("msrresnet", description="Architecture name (BasicSR's modified SRResNet).")
     scale: Literal[2, 3, 4] = Field(4, description="Upscaling factor (BasicSR supports 2, 3 and 4).")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
     n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks (no BatchNorm).")
 
 
-
-class EDSRConfig(BaseModel):
+class EDSRConfig(GeneratorConfigBase):
     """Hyperparameters of an EDSR network."""
 
-    model_config = ConfigDict(extra="forbid")
-
     arch: Literal["edsr"] = Field("edsr", description="Architecture name (EDSR).")
-    scale: Scale = Field(4, description="Upscaling factor.")
-    in_channels: int = Field(3, ge=1, le=4, description="Input image channels.")
-    out_channels: int = Field(3, ge=1, le=4, description="Output image channels.")
-    n_feats: int = Field(64, ge=8, le=512, description="Feature channels in the trunk.")
     n_blocks: int = Field(16, ge=1, le=128, description="Number of residual blocks.")
     res_scale: float = Field(1.0, gt=0, le=1, description="Residual scaling inside each block (EDSR proper: 0.1).")
     pixel_range: float = Field(255.0, gt=0, description="The value range the network was trained on (EDSR: 255).")
-
 
 
 class DiscriminatorConfig(BaseModel):
@@ -107,7 +94,6 @@ class DiscriminatorConfig(BaseModel):
 
     def max_input_size(self) -> int | None:
         return None  # the adaptive pool takes any larger input
-
 
 
 class VGGStyle128Config(BaseModel):
