@@ -575,6 +575,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def _invoke(command, args: list[str]) -> None:
     """Run the command. A torchrun rank leaves a usage error (``--quality 200``: the same on every rank)
     to its machine's first rank to print, so the run shows it once, not once per rank."""
+    from .errors import Terminated
     from .ranks import is_secondary_on_node
 
     if not is_secondary_on_node():
@@ -589,6 +590,8 @@ def _invoke(command, args: list[str]) -> None:
 
         report_once(exc, lambda _: None)
         sys.exit(getattr(exc, "exit_code", 2))
+    if code == 130 and Terminated.received:  # typer returned the interrupt as a plain 130
+        code = 143
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -598,17 +601,29 @@ def main(argv: list[str] | None = None) -> None:
     ``--debug`` is accepted anywhere on the command line (before a ``--``)."""
     import warnings
 
-    from .errors import ImageWarning, raise_terminated
+    from .errors import ImageWarning, Terminated, raise_terminated
     from .threads import fit_threads_to_cpu_quota
+
+    Terminated.received = False
 
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", ImageWarning)  # one line per image, not once per code location
     fit_threads_to_cpu_quota()  # before torch loads: a container's CPU quota, not the host's cores
+    previous_sigterm = None
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         # `kill`, a service manager or a scheduler's time limit: unwound like Ctrl-C (files in flight are
         # finished or removed, never left half-written); train and sweep install their own on top
-        signal.signal(signal.SIGTERM, raise_terminated)
-    args = list(sys.argv[1:] if argv is None else argv)
+        previous_sigterm = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        _main(args_in=argv)
+    finally:
+        if previous_sigterm is not None:  # main() called in-process (tests, an embedding program)
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+def _main(args_in: list[str] | None) -> None:
+    """:func:`main`'s body, run with srtool's SIGTERM handler in place."""
+    args = list(sys.argv[1:] if args_in is None else args_in)
     end = args.index("--") if "--" in args else len(args)
     debug = "--debug" in args[:end]
     if debug:

@@ -20,9 +20,13 @@ class ImageWarning(UserWarning):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM (``kill``, a service manager, a batch scheduler's time limit), unwound like Ctrl-C: every file
-    written so far is complete and no temporary is left; the exit status is 143 (the shell's 128 + 15)."""
+    written so far is complete and no temporary is left; the exit status is 143 (the shell's 128 + 15).
+    ``received`` stays True once one arrived (typer may turn the interrupt into a plain exit 130)."""
+
+    received = False
 
 
 def raise_terminated(_signum: int, _frame: object) -> None:
     """A SIGTERM handler (main thread only) that unwinds the way Ctrl-C does."""
+    Terminated.received = True
     raise Terminated

@@ -180,16 +180,29 @@ def report_once(error: BaseException, report: Callable[[BaseException], None]) -
     shared = bool(getattr(error, "every_rank", False))
     if joined:
         speaks = not shared or not is_secondary_rank()
+    elif _process_group_up():  # joined another way (srtool train's DDP): only the rank that hit it knows
+        speaks = True
     else:
         speaks = not is_secondary_on_node()
     if speaks:
         report(error)
-    if joined and shared:
-        import torch.distributed as dist
+    try:  # torchrun stops the ranks still waiting here once one exits (SIGTERM): expected, not an error
+        if joined and shared:
+            import torch.distributed as dist
 
-        try:  # bounded: a rank that hit a bug instead (its own traceback) never comes
-            dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS * 10))
-        except Exception:  # noqa: BLE001 -- only waiting here; the error is already decided
-            pass
-    elif not speaks:
-        time.sleep(SETTLE_SECONDS)
+            try:  # bounded: a rank that hit a bug instead (its own traceback) never comes
+                dist.monitored_barrier(timeout=timedelta(seconds=SETTLE_SECONDS * 10))
+            except Exception:  # noqa: BLE001 -- only waiting here; the error is already decided
+                pass
+        elif not speaks:
+            time.sleep(SETTLE_SECONDS)  # best effort: the first rank is expected to print within it
+    except KeyboardInterrupt:
+        pass
+
+
+def _process_group_up() -> bool:
+    """Whether torch.distributed has a process group (without importing torch when it is not loaded)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return dist is not None and dist.is_available() and dist.is_initialized()
