@@ -39,6 +39,8 @@ class ResidualDenseBlock(nn.Module):
         self.conv3 = nn.Conv2d(n_feats + 2 * growth, growth, 3, padding=1)
         self.conv4 = nn.Conv2d(n_feats + 3 * growth, growth, 3, padding=1)
         self.conv5 = nn.Conv2d(n_feats + 4 * growth, n_feats, 3, padding=1)
+        if self.conv1.weight.is_meta:  # a shapes-only build (srtool's checks of a file before loading it):
+            return  # nothing to initialise, and torch's init of meta tensors imports its compiler (~1 s)
         with torch.no_grad():  # ESRGAN's "smaller initialization" (BasicSR default_init_weights(..., 0.1))
             for conv in (self.conv1, self.conv2, self.conv3, self.conv4, self.conv5):
                 nn.init.kaiming_normal_(conv.weight)
