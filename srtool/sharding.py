@@ -110,8 +110,8 @@ class Shard:
 
         Why: the slices are taken from each rank's own plan. Where two ranks see the files differently (a
         filesystem that a node caches, another run writing into the same folder meanwhile), images would
-        be done twice or not at all and the outcomes gathered into the wrong places. ``what`` names the
-        what the ranks did, in the message."""
+        be done twice or not at all and the outcomes gathered into the wrong places. ``what`` says, for the
+        message, what the ranks did."""
         if not self.enabled:
             return
         import torch.distributed as dist

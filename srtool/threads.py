@@ -38,8 +38,8 @@ def usable_cores() -> int:
     where a container's CPU quota grants less time than that (:mod:`srtool.cgroups`)."""
     from .cgroups import cpu_quota_cores
 
-    quota = cpu_quota_cores()
-    return visible_cores() if quota is None else min(visible_cores(), quota)
+    quota, visible = cpu_quota_cores(), visible_cores()
+    return visible if quota is None else min(visible, quota)
 
 
 def visible_cores() -> int:
@@ -61,21 +61,17 @@ def fit_threads_to_cpu_quota() -> int | None:
     """
     import sys
 
-    from .cgroups import cpu_quota_cores
-
     try:
-        quota = cpu_quota_cores()
+        cores = usable_cores()
     except Exception:  # noqa: BLE001 -- best effort: a cgroup file system this code cannot read changes nothing
         return None
-    if quota is None or os.environ.get("OMP_NUM_THREADS"):
-        return None
-    if quota >= visible_cores():
+    if os.environ.get("OMP_NUM_THREADS") or cores >= visible_cores():
         return None
     if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(min(quota, sys.modules["torch"].get_num_threads()))
+        sys.modules["torch"].set_num_threads(min(cores, sys.modules["torch"].get_num_threads()))
     else:
-        os.environ["OMP_NUM_THREADS"] = str(quota)
-    return quota
+        os.environ["OMP_NUM_THREADS"] = str(cores)
+    return cores
 
 
 def default_workers() -> int:
