@@ -34,12 +34,14 @@ def load_model(spec: str | Path = "default", device: Any = "auto", precision: st
                  notice=notice)
 
 
-def upscale_image(model: SRModel, image: Any, alpha: str | None = None) -> Any:
+def upscale_image(model: SRModel, image: Any, alpha: str | None = None,
+                  progress: Callable[[float], None] | None = None) -> Any:
     """Upscale a PIL image or an (H, W[, C]) numpy array (or torch tensor) with ``model``: PIL in, PIL out;
-    arrays keep their dtype and channel count; see :func:`srtool.engine.upscale_image`."""
+    arrays keep their dtype and channel count; ``progress(fraction)`` after every tile; see
+    :func:`srtool.engine.upscale_image`."""
     from .engine import upscale_image as _up
 
-    return _up(model, image, alpha=alpha)
+    return _up(model, image, alpha=alpha, progress=progress)
 
 
 __all__ = ["__version__", "load_model", "upscale_image"]

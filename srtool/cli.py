@@ -436,10 +436,27 @@ def upscale(
     with Progress(*columns, console=err_console, transient=False, disable=not progress or quiet or not shard.is_main) as bar:
         task = bar.add_task(f"{sr_model.name} x{sr_model.scale}{share}", total=todo, rate="-")
 
-        def on_image(job, megapixels, seconds):
-            bar.update(task, advance=1, rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
+        # The bar counts images; the images being upscaled add the fraction of their tiles done, so a
+        # single large image moves it (and its ETA). Set, not advanced: whole when no image is in flight.
+        finished = 0
+        in_flight: dict[int, float] = {}  # id(job) -> its fraction on the bar
+        lock = threading.Lock()  # image lanes report from their own threads
 
-        result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image)
+        def on_tile(job, fraction):
+            with lock:
+                if fraction > in_flight.get(id(job), 0.0):  # never backwards (an out-of-memory retry restarts)
+                    in_flight[id(job)] = fraction
+                    bar.update(task, completed=finished + sum(in_flight.values()))
+
+        def on_image(job, megapixels, seconds):
+            nonlocal finished
+            with lock:
+                in_flight.pop(id(job), None)
+                finished += 1
+                bar.update(task, completed=finished + sum(in_flight.values()),
+                           rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
+
+        result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image, image_progress=on_tile)
     if result is None:  # a torchrun rank other than 0: rank 0 reports the whole batch
         return
     _report_batch(result)

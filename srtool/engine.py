@@ -384,14 +384,17 @@ class Cancelled(Exception):
 
 
 def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
-                  cancel: threading.Event | None = None) -> np.ndarray:
+                  cancel: threading.Event | None = None,
+                  progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Upscale an (H, W) or (H, W, C) array (C = 1..4; uint8, uint16 or float in [0, 1]) by ``model``.
 
     Returns the same dtype and channel count (float results in [0, 1]); what else is accepted or
     refused: :func:`checked_image`. The bicubic model is MATLAB ``imresize`` on all
     channels (integer images rounded after each pass, exactly as MATLAB does). ``cancel``: an event
     checked before every tile; once it is set the call raises :class:`Cancelled` (how a batch running
-    in threads stops on Ctrl-C, which only the main thread receives).
+    in threads stops on Ctrl-C, which only the main thread receives). ``progress``: called in the
+    caller's thread after every tile (network call) with the fraction of the image done, so that a
+    single large image moves a progress bar; after an out-of-memory retry it starts again from 0.
     """
     check_model(model)
     image = checked_image(image)
@@ -400,6 +403,8 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
         raise UserError(f"--alpha: unknown mode {alpha_mode!r}; use one of {', '.join(ALPHA_MODES)}")
     if model.is_bicubic:
         out = imresize(image, float(model.scale))
+        if progress is not None:
+            progress(1.0)
         # MATLAB's bicubic overshoots at edges; a float image in [0, 1] stays in [0, 1], as a network's does
         return np.clip(out, 0.0, 1.0, out=out) if out.dtype.kind == "f" else out
     if model.device.type == "cpu":
@@ -413,7 +418,7 @@ def upscale_array(model: SRModel, image: np.ndarray, alpha: str | None = None,
         tile, batch = (model.tile, gpu_batch(model, model.tile)) if model.tile else auto_tile(model)
     while True:
         try:
-            out = _run_tiled(model, img3, alpha_mode, tile, batch, cancel)
+            out = _run_tiled(model, img3, alpha_mode, tile, batch, cancel, progress)
             break
         except Exception as exc:  # noqa: BLE001 -- only out-of-memory is retried
             if not _is_oom(exc):
@@ -500,7 +505,8 @@ def _shape_hint(shape: tuple[int, ...]) -> str:
 
 
 def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, batch: int,
-               cancel: threading.Event | None = None) -> np.ndarray:
+               cancel: threading.Event | None = None,
+               progress: Callable[[float], None] | None = None) -> np.ndarray:
     """One pass of the tiled engine over an (H, W, C) image; see the module docstring."""
     network, s = model.network, model.scale
     h, w, channels = image.shape
@@ -537,6 +543,8 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
     row_weights = [axis_weights(rows, i, s, hw_r).astype(np.float32) for i in range(len(rows))]
     row_spans = [_nonzero_span(rt, wts, s) for rt, wts in zip(rows, row_weights)]
     strip = _Strip(width=w * s, channels=plan.acc_channels, capacity=max(b - a for a, b in row_spans))
+    calls = len(rows) * -(-len(cols) // batch)
+    called = 0
 
     def sink(r0: int, values: np.ndarray) -> None:
         _write_rows(out, r0, values, plan, bicubic_alpha, dtype)
@@ -558,6 +566,9 @@ def _run_tiled(model: SRModel, image: np.ndarray, alpha_mode: str, tile: int, ba
                 x0, x1 = _nonzero_span(ct, wx, s)
                 tile_out = outs[k][y0 - rt.win0 * s : y1 - rt.win0 * s, x0 - ct.win0 * s : x1 - ct.win0 * s]
                 strip.add(y0, x0, tile_out, wy, wx[x0 - ct.win0 * s : x1 - ct.win0 * s])
+            called += 1
+            if progress is not None:
+                progress(called / calls)
         done = row_spans[i + 1][0] if i + 1 < len(rows) else h * s  # rows no later tile row touches
         strip.release(done, sink)
     return out
@@ -669,12 +680,13 @@ class _Strip:
 # ------------------------------------------------------------------------------------ the Python API
 
 
-def upscale_image(model: SRModel, image, alpha: str | None = None):
+def upscale_image(model: SRModel, image, alpha: str | None = None, progress: Callable[[float], None] | None = None):
     """Upscale a PIL image or numpy array with ``model``; returns the same type.
 
     PIL images keep their mode family: L stays L, LA stays LA, RGB(A) stays RGB(A), palette images
     come back as RGB or RGBA (never re-quantised), 16-bit grayscale stays 16-bit. A torch tensor
     (H, W[, C]) is read as an array (detached, copied to the CPU) and gives a numpy array.
+    ``progress(fraction)`` is called after every tile (see :func:`upscale_array`).
     """
     from PIL import Image
 
@@ -686,5 +698,5 @@ def upscale_image(model: SRModel, image, alpha: str | None = None):
         except (ValueError, OSError, AssertionError) as exc:  # 'F'; 'I' beyond 16 bits; a closed or truncated file
             reason = str(exc).strip() or "its file was closed before the pixels were loaded (call image.load() first)"
             raise UserError(f"PIL image of mode {image.mode}: {reason}") from None
-        return pil_from_array(upscale_array(model, arr, alpha=alpha))
-    return upscale_array(model, image, alpha=alpha)
+        return pil_from_array(upscale_array(model, arr, alpha=alpha, progress=progress))
+    return upscale_array(model, image, alpha=alpha, progress=progress)

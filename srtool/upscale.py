@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -43,11 +44,12 @@ WRITE_BUDGET = 1 << 30  # bytes of upscaled images waiting for their encoder thr
 
 
 def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = None, alpha: str | None = None,
-                   cancel: threading.Event | None = None) -> np.ndarray:
+                   cancel: threading.Event | None = None, progress: Callable[[float], None] | None = None) -> np.ndarray:
     """Model output, then MATLAB bicubic to ``outscale`` x the input size when it differs from the model's scale.
 
-    ``cancel``: once set, the engine stops at its next tile (:class:`srtool.engine.Cancelled`)."""
-    sr = upscale_array(model, array, alpha=alpha, cancel=cancel)
+    ``cancel``: once set, the engine stops at its next tile (:class:`srtool.engine.Cancelled`);
+    ``progress``: the engine's per-tile fraction done (:func:`srtool.engine.upscale_array`)."""
+    sr = upscale_array(model, array, alpha=alpha, cancel=cancel, progress=progress)
     if outscale is not None and outscale != model.scale:
         h, w = array.shape[:2]
         sr = imresize(sr, output_shape=(max(1, round(h * outscale)), max(1, round(w * outscale))))
@@ -55,19 +57,27 @@ def upscale_pixels(model: SRModel, array: np.ndarray, outscale: float | None = N
 
 
 def upscale_decoded(model: SRModel, decoded: DecodedImage, options: UpscaleOptions, fmt: str,
-                    cancel: threading.Event | None = None) -> np.ndarray | list[np.ndarray]:
+                    cancel: threading.Event | None = None,
+                    progress: Callable[[float], None] | None = None) -> np.ndarray | list[np.ndarray]:
     """The upscaled image, or every upscaled frame of an animation / multi-page file (a list).
 
     Frames are never dropped: an output format that holds one image is refused before any work.
+    ``progress``: the fraction of the whole file done (all frames), after every tile.
     """
     if not decoded.frames:
-        return upscale_pixels(model, decoded.array, options.outscale, options.alpha, cancel)
+        return upscale_pixels(model, decoded.array, options.outscale, options.alpha, cancel, progress)
     if fmt not in ANIMATION_FORMATS:
         raise UserError(
             f"{len(decoded.frames)} frames, but {fmt} holds a single image: use --format "
             f"{', '.join(ANIMATION_FORMATS)} (or keep) to keep every frame"
         )
-    return [upscale_pixels(model, frame, options.outscale, options.alpha, cancel) for frame in decoded.frames]
+    count = len(decoded.frames)
+
+    def frame_progress(index: int) -> Callable[[float], None] | None:
+        return None if progress is None else (lambda fraction: progress((index + fraction) / count))
+
+    return [upscale_pixels(model, frame, options.outscale, options.alpha, cancel, frame_progress(index))
+            for index, frame in enumerate(decoded.frames)]
 
 
 def _decode(job: Job, options: UpscaleOptions) -> DecodedImage:
@@ -146,16 +156,23 @@ def image_lanes(model: SRModel, workers: int, pending: int) -> int:
 
 
 class _Tally:
-    """The batch's clock, megapixels upscaled and the progress callback, shared by its threads."""
+    """The batch's clock, megapixels upscaled and the progress callbacks, shared by its threads."""
 
-    def __init__(self, progress) -> None:
+    def __init__(self, progress, image_progress=None) -> None:
         self.progress = progress
+        self.image_progress = image_progress
         self.start = time.perf_counter()
         self.megapixels = 0.0
         self._lock = threading.Lock()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
+
+    def working(self, job: Job) -> Callable[[float], None] | None:
+        """The engine's per-tile callback for ``job``: ``image_progress(job, fraction)``, if one was given."""
+        if self.image_progress is None:
+            return None
+        return lambda fraction: self.image_progress(job, fraction)
 
     def upscaled(self, job: Job) -> None:
         with self._lock:
@@ -202,12 +219,15 @@ def _output_bytes(decoded: DecodedImage, scale: float) -> int:
 
 
 def run_batch(
-    model: SRModel, jobs: list[Job], options: UpscaleOptions, progress=None,
+    model: SRModel, jobs: list[Job], options: UpscaleOptions, progress=None, image_progress=None,
 ) -> BatchResult:
-    """Run ``jobs`` (see the module docstring). ``progress(job, megapixels_done, seconds)`` is called per image."""
+    """Run ``jobs`` (see the module docstring). ``progress(job, megapixels_done, seconds)`` is called per
+    image (written or failed); ``image_progress(job, fraction)`` while an image is upscaled, after every
+    tile, from the thread that runs it (a large image takes minutes on a CPU: this moves the bar and its ETA).
+    The fraction may restart from 0 once (an out-of-memory retry with smaller tiles)."""
     workers = check_workers(options.workers)
     todo = [job for job in jobs if job.status == "pending"]
-    tally = _Tally(progress)
+    tally = _Tally(progress, image_progress)
     lanes = image_lanes(model, workers, len(todo))
     if lanes > 1:
         _run_in_lanes(model, todo, options, lanes, tally)
@@ -257,7 +277,7 @@ def _run_in_lanes(model: SRModel, todo: list[Job], options: UpscaleOptions, lane
                             held.enter_context(cores.image(alone, team))
                         if stop.is_set():
                             return
-                        sr = upscale_decoded(model, decoded, options, fmt, cancel=stop)
+                        sr = upscale_decoded(model, decoded, options, fmt, cancel=stop, progress=tally.working(job))
                         tally.upscaled(job)
                         data = _encode(job, sr, decoded, options, helpers if alone else None, lanes - 1 if alone else 0)
                     del sr, decoded
@@ -326,7 +346,8 @@ def _run_in_order(model: SRModel, todo: list[Job], options: UpscaleOptions, tall
             try:
                 decoded = fut.result()
                 job.megapixels = _decoded_megapixels(decoded)
-                sr = upscale_decoded(model, decoded, options, _job_format(job, options, decoded.format))
+                sr = upscale_decoded(model, decoded, options, _job_format(job, options, decoded.format),
+                                     progress=tally.working(job))
             except Exception as exc:  # noqa: BLE001 -- reported per file, the batch goes on
                 prefetch()
                 tally.finished(job, exc)
@@ -361,7 +382,8 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None) -> BatchResult | None:
+def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, shard, progress=None,
+                      image_progress=None) -> BatchResult | None:
     """:func:`run_batch` over this torchrun rank's slice of the pending jobs (see :mod:`srtool.sharding`).
 
     Every rank must have planned the same jobs (checked: a rank that saw other files stops every rank);
@@ -370,13 +392,14 @@ def run_batch_sharded(model: SRModel, jobs: list[Job], options: UpscaleOptions, 
     back with every job's outcome; the other ranks get None.
     """
     if not shard.enabled:
-        return run_batch(model, jobs, options, progress)
+        return run_batch(model, jobs, options, progress, image_progress)
     if any(job.source is None or job.output is None for job in jobs):
         raise UserError("'-' (stdin/stdout) cannot be split over torchrun ranks; run it in one process")
     shard.agree([(job.label, str(job.output), job.status) for job in jobs], "planned the batch (inputs, outputs, skips)")
     pending = [job for job in jobs if job.status == "pending"]
     mine = shard.take(pending)
-    result = shard.run_everywhere(lambda: run_batch(model, mine, options, progress if shard.is_main else None))
+    result = shard.run_everywhere(lambda: run_batch(model, mine, options, progress if shard.is_main else None,
+                                                    image_progress if shard.is_main else None))
     parts = shard.gather(([(job.status, job.message, job.megapixels) for job in mine], result.seconds))
     if parts is None:
         return None

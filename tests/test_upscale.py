@@ -394,7 +394,7 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
     lock, inside, calls, alone_at_end = threading.Lock(), [0], [], []
     real = upscale.upscale_decoded
 
-    def watched(model, decoded, options, fmt, cancel=None):
+    def watched(model, decoded, options, fmt, cancel=None, progress=None):
         with lock:
             inside[0] += 1
             calls.append((decoded.array.shape, torch.get_num_threads(), inside[0], threading.current_thread().name))
@@ -404,7 +404,7 @@ def test_lanes_run_one_image_per_core_and_large_images_alone(tmp_path, monkeypat
             if decoded.array.shape[:2] == (90, 70):
                 time.sleep(0.2)
                 alone_at_end.append(inside[0])  # still alone at the end of its call
-            return real(model, decoded, options, fmt, cancel)
+            return real(model, decoded, options, fmt, cancel, progress)
         finally:
             with lock:
                 inside[0] -= 1
@@ -527,12 +527,12 @@ def test_an_image_surely_large_from_its_header_is_decoded_only_once_it_runs_alon
                 beside_large.append(upscaling[0])
         return real_decode(job, options)
 
-    def upscale_decoded(model, decoded, options, fmt, cancel=None):
+    def upscale_decoded(model, decoded, options, fmt, cancel=None, progress=None):
         with lock:
             upscaling[0] += 1
         try:
             time.sleep(0.15)  # each image is a while in its call: time for the large one to come up beside it
-            return real_upscale(model, decoded, options, fmt, cancel)
+            return real_upscale(model, decoded, options, fmt, cancel, progress)
         finally:
             with lock:
                 upscaling[0] -= 1
