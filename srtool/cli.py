@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 import traceback
 from typing import Annotated, Optional
 
@@ -437,24 +438,31 @@ def upscale(
         task = bar.add_task(f"{sr_model.name} x{sr_model.scale}{share}", total=todo, rate="-")
 
         # The bar counts images; the images being upscaled add the fraction of their tiles done, so a
-        # single large image moves it (and its ETA). Set, not advanced: whole when no image is in flight.
-        finished = 0
-        in_flight: dict[int, float] = {}  # id(job) -> its fraction on the bar
+        # single large image moves it (and its ETA) and its rate. Set, not advanced: whole when no image
+        # is in flight.
+        finished, finished_mp, started = 0, 0.0, time.perf_counter()
+        in_flight: dict[int, tuple[float, float]] = {}  # id(job) -> (its fraction on the bar, its input MP)
         lock = threading.Lock()  # image lanes report from their own threads
+
+        def show() -> None:
+            seconds = time.perf_counter() - started
+            megapixels = finished_mp + sum(f * mp for f, mp in in_flight.values())
+            bar.update(task, completed=finished + sum(f for f, _ in in_flight.values()),
+                       rate=f"{megapixels / seconds:.3f}" if seconds > 0 and megapixels > 0 else "-")
 
         def on_tile(job, fraction):
             with lock:
-                if fraction > in_flight.get(id(job), 0.0):  # never backwards (an out-of-memory retry restarts)
-                    in_flight[id(job)] = fraction
-                    bar.update(task, completed=finished + sum(in_flight.values()))
+                if fraction > in_flight.get(id(job), (0.0, 0.0))[0]:  # never backwards (an out-of-memory retry restarts)
+                    in_flight[id(job)] = (fraction, job.megapixels)
+                    show()
 
-        def on_image(job, megapixels, seconds):
-            nonlocal finished
+        def on_image(job, _megapixels, _seconds):
+            nonlocal finished, finished_mp
             with lock:
                 in_flight.pop(id(job), None)
                 finished += 1
-                bar.update(task, completed=finished + sum(in_flight.values()),
-                           rate=f"{megapixels / seconds:.3f}" if seconds > 0 else "-")
+                finished_mp += job.megapixels if job.status == "written" else 0.0
+                show()
 
         result = run_batch_sharded(sr_model, jobs, options, shard, progress=on_image, image_progress=on_tile)
     if result is None:  # a torchrun rank other than 0: rank 0 reports the whole batch
