@@ -290,25 +290,33 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def array_from_pil(img: Image.Image) -> np.ndarray:
-    """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W)."""
+    """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W).
+
+    A transparent colour (PNG's tRNS on a gray or RGB image: every pixel of that value is fully
+    transparent) becomes an alpha channel, as it does for palette images: LA/RGBA, 16-bit gray+alpha."""
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(img).astype(np.uint16)
-    if mode == "I":
+    key = img.info.get("transparency")
+    keyed = isinstance(key, tuple) if mode == "RGB" else isinstance(key, int) and mode in (
+        "1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError("32-bit integer image with values outside 0..65535")
-        return arr.astype(np.uint16)
+        arr = arr.astype(np.uint16)
+        if keyed:
+            alpha = np.where(arr == key, 0, 65535).astype(np.uint16)
+            return np.dstack([arr, alpha])
+        return arr
     if mode == "F":
         raise ValueError("32-bit float images are not supported")
     if mode in ("1", "L"):
-        return np.asarray(img.convert("L"))
+        return np.asarray(img.convert("LA" if keyed else "L"))
     if mode in ("LA", "La"):
         return np.asarray(img.convert("LA"))
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
         return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
-    if mode in ("RGBA", "RGBa"):
+    if mode in ("RGBA", "RGBa") or keyed:
         return np.asarray(img.convert("RGBA"))
     return np.asarray(img.convert("RGB"))
 
@@ -431,6 +439,10 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                 array = _read_tiff16_colour(data)
             else:
                 img.load()
+                key = img.info.get("transparency")
+                if header is not None and header[:2] in ((2, 0), (4, 0)) and isinstance(key, int) and key < 1 << header[0]:
+                    # PIL scales 2/4-bit gray pixels to 0..255 but keeps their transparent value unscaled
+                    img.info["transparency"] = key * 255 // ((1 << header[0]) - 1)
                 if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     icc = None  # a CMYK/Lab profile does not describe the RGB pixels we produce
                 array = array_from_pil(img)
@@ -559,7 +571,7 @@ def encode_image(
         elif fmt == "webp":
             img.save(buf, format="WEBP", quality=quality, **extra)
         elif fmt == "gif":
-            img.save(buf, format="GIF")
+            _gif_frame(arr8).save(buf, format="GIF")
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
@@ -606,6 +618,8 @@ def encode_frames(
         )
     if fmt == "tiff":
         images = [pil_from_array(f[..., 0] if f.ndim == 3 and f.shape[2] == 1 else f) for f in frames]
+    elif fmt == "gif":
+        images = [_gif_frame(_frame_for_animation(f, fmt)) for f in frames]
     else:
         images = [pil_from_array(_frame_for_animation(f, fmt)) for f in frames]
     extra: dict = {}
@@ -635,6 +649,35 @@ def encode_frames(
     else:
         first.save(buf, format="TIFF", save_all=True, append_images=rest, compression="tiff_adobe_deflate", **extra)
     return buf.getvalue()
+
+
+GIF_CLEAR_BELOW = 128  # alpha under which a pixel is GIF's transparent entry (GIF has no partial transparency)
+
+
+def _gif_frame(arr8: np.ndarray) -> Image.Image:
+    """An 8-bit (H, W[, C]) array as an image PIL writes to GIF without losing its transparency.
+
+    GIF has one fully transparent palette entry and no partial alpha. PIL quantises RGBA with the
+    alpha as a fourth colour and marks a palette entry transparent only if its alpha came out
+    exactly 0, so an upscaled image (soft alpha edges) lost all its transparency. Here pixels under
+    half opacity (:data:`GIF_CLEAR_BELOW`) become palette entry 255, the others keep their colour,
+    quantised to 255 colours.
+    """
+    if arr8.ndim == 3 and arr8.shape[2] in (2, 4):
+        clear = arr8[..., -1] < GIF_CLEAR_BELOW
+        colour = np.ascontiguousarray(arr8[..., :-1])
+        if not clear.any():
+            return pil_from_array(colour)
+        colour[clear] = colour[~clear][0] if (~clear).any() else 0  # hidden pixels take no palette entry
+        quantised = pil_from_array(colour).convert("RGB").quantize(255)
+        index = np.asarray(quantised).copy()
+        index[clear] = 255
+        palette = quantised.getpalette()[: 255 * 3]
+        out = Image.fromarray(index, "P")
+        out.putpalette(palette + [0] * (768 - len(palette)))
+        out.info["transparency"] = 255
+        return out
+    return pil_from_array(arr8)
 
 
 def _frame_for_animation(frame: np.ndarray, fmt: str) -> np.ndarray:

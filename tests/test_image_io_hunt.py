@@ -1,0 +1,131 @@
+"""Image inputs and outputs on the everyday path (srtool upscale on real photos), found by the iohunt bug hunt.
+
+* A PNG's transparent colour (tRNS on a gray, 16-bit gray or RGB image; pixels of that value are fully
+  transparent) becomes an alpha channel, as it already did for palette images; it used to be dropped,
+  so the transparent pixels came back opaque.
+* GIF outputs keep transparency: pixels under half opacity are GIF's transparent entry. PIL's own
+  conversion marked an entry transparent only when its quantised alpha was exactly 0, so upscaled
+  images (soft alpha edges) and transparent GIF animations came back fully opaque.
+* ``-o`` below an existing file is one line before any work (each image used to fail with Python's
+  "NotADirectoryError: [Errno 20] Not a directory").
+
+Every input is a crop of a Set5 image written by the test; expected pixels come from an independent
+decoder (pypng applies tRNS itself) and the bicubic model's direct call.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import png
+import pytest
+from PIL import Image
+
+from cli_runner import run_cli_err
+from srtool.imageio import read_image
+
+
+@pytest.fixture(scope="module")
+def bird(benchmarks_dir: Path) -> np.ndarray:
+    return np.asarray(Image.open(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / "bird.png").convert("RGB"))
+
+
+@pytest.fixture(scope="module")
+def bicubic():
+    import srtool
+
+    return srtool.load_model("bicubic")
+
+
+def pypng_direct(path: Path) -> np.ndarray:
+    """Pixels as pypng decodes them, with tRNS applied as an alpha channel (independent of PIL)."""
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+    arr = np.vstack([np.asarray(r, dtype) for r in rows]).reshape(height, width, info["planes"])
+    if info["bitdepth"] < 8:  # pypng keeps 1/2/4-bit values; PNG viewers (and PIL) scale them to 0..255
+        arr = (arr.astype(np.uint16) * 255 // ((1 << info["bitdepth"]) - 1)).astype(np.uint8)
+    return arr
+
+
+def colour_keyed_pngs(folder: Path, bird: np.ndarray) -> list[Path]:
+    """Gray, 2-bit gray, 16-bit gray and RGB PNGs whose tRNS names a colour that the image holds."""
+    folder.mkdir()
+    rgb = bird.copy()
+    rgb[10:30, 20:50] = (12, 34, 56)  # a block of the transparent colour
+    gray = rgb[..., 1].copy()
+    gray16 = gray.astype(np.uint16) * 257 + 3
+    two_bit = (gray >> 6).astype(np.uint8)
+    h, w = gray.shape
+    files = {
+        "rgb.png": lambda f: png.Writer(w, h, greyscale=False, transparent=(12, 34, 56)).write(f, rgb.reshape(h, -1).tolist()),
+        "gray.png": lambda f: png.Writer(w, h, greyscale=True, transparent=34).write(f, gray.tolist()),
+        "gray2bit.png": lambda f: png.Writer(w, h, greyscale=True, bitdepth=2, transparent=0).write(f, two_bit.tolist()),
+        "gray16.png": lambda f: png.Writer(w, h, greyscale=True, bitdepth=16, transparent=34 * 257 + 3).write(f, gray16.tolist()),
+    }
+    for name, write in files.items():
+        with open(folder / name, "wb") as fh:
+            write(fh)
+    return [folder / name for name in files]
+
+
+def test_colour_key_transparency_becomes_alpha(tmp_path, bird, bicubic, capsys):
+    inputs = colour_keyed_pngs(tmp_path / "in", bird)
+    for path in inputs:
+        expected = pypng_direct(path)
+        assert expected.shape[2] in (2, 4) and (expected[..., -1] == 0).any(), path  # the test image is keyed
+        np.testing.assert_array_equal(read_image(path).array, expected, err_msg=path.name)
+
+    code, err = run_cli_err(capsys, "upscale", str(tmp_path / "in"), "-m", "bicubic", "-o", str(tmp_path / "out"),
+                            "--no-progress")
+    assert code == 0, err
+    for path in inputs:
+        out = pypng_direct(tmp_path / "out" / f"{path.stem}_x4.png")
+        np.testing.assert_array_equal(out, bicubic(pypng_direct(path)), err_msg=path.name)
+        assert (out[..., -1] == 0).any()
+
+
+def gif_frames(bird: np.ndarray) -> list[Image.Image]:
+    """Three palette frames of the bird turned by 10, 25 and 40 degrees: corners are transparent."""
+    frames = []
+    for angle in (10, 25, 40):
+        rgba = Image.fromarray(bird).convert("RGBA").rotate(angle)  # the uncovered corners get alpha 0
+        frames.append(rgba)
+    return frames
+
+
+def test_gif_output_keeps_transparency(tmp_path, bird, bicubic, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    frames = gif_frames(bird)
+    frames[0].save(src / "turning.gif", save_all=True, append_images=frames[1:], duration=80, loop=0, disposal=2)
+    soft = np.dstack([bird, np.tile(np.linspace(0, 255, bird.shape[1]).astype(np.uint8), (bird.shape[0], 1))])
+    Image.fromarray(soft).save(src / "soft.png")  # alpha 0..255 left to right
+    decoded = read_image(src / "turning.gif")
+    assert len(decoded.frames) == 3 and all((f[..., 3] == 0).any() for f in decoded.frames)
+
+    code, err = run_cli_err(capsys, "upscale", str(src), "-m", "bicubic", "-o", str(tmp_path / "out"), "--format", "gif",
+                            "--no-progress")
+    assert code == 0, err
+    for name, inputs in (("turning", decoded.frames), ("soft", [soft])):
+        with Image.open(tmp_path / "out" / f"{name}_x4.gif") as gif:
+            assert gif.n_frames == len(inputs)
+            for index, frame in enumerate(inputs):
+                gif.seek(index)
+                shown = np.asarray(gif.convert("RGBA"))
+                expected = bicubic(frame)
+                np.testing.assert_array_equal(shown[..., 3] == 0, expected[..., 3] < 128, err_msg=f"{name} frame {index}")
+                opaque = expected[..., 3] >= 128
+                error = np.abs(shown[..., :3].astype(int) - expected[..., :3])[opaque]
+                assert error.mean() < 6, (name, index, error.mean())  # quantised to 255 colours, nothing more
+
+
+def test_output_folder_below_a_file_is_one_line_before_any_work(tmp_path, bird, capsys):
+    photo = tmp_path / "photo.png"
+    Image.fromarray(bird).save(photo)
+    code, err = run_cli_err(capsys, "upscale", str(photo), "-m", "bicubic", "-o", str(photo / "up" / "x4"), "--no-progress")
+    assert code == 2
+    assert f"-o {photo / 'up' / 'x4'}: {photo} is a file, not a folder" in err
+    assert "Errno" not in err and "written" not in err  # refused up front: no per-image failures, no summary
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
