@@ -18,6 +18,7 @@ its orientation tag removed) are carried to the output.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -117,6 +118,24 @@ _TRANSPOSE = {
 }
 
 
+@functools.cache
+def _pil_orients_tiffs() -> bool:
+    """Whether this Pillow applies a TIFF's orientation tag itself: recent versions give the rotated
+    size from the header on and rotate the pixels while loading (older ones do neither). srtool must
+    then not rotate a TIFF decoded by PIL a second time (a 6 applied twice is upside down)."""
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    Image.new("L", (2, 1)).save(buf, "TIFF", exif=exif)
+    with Image.open(buf) as probe:
+        return probe.size == (1, 2)
+
+
+def _oriented_by_pil(img: Image.Image) -> bool:
+    """Whether decoding ``img`` with PIL already applies its orientation (see :func:`_pil_orients_tiffs`)."""
+    return img.format == "TIFF" and _pil_orients_tiffs()
+
+
 def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
     data, label = _read_source(source)
@@ -129,7 +148,7 @@ def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            if orientation in _TRANSPOSE:
+            if orientation in _TRANSPOSE and not _oriented_by_pil(img):
                 img = img.transpose(_TRANSPOSE[orientation])
     except Exception as exc:  # any decoder exception: the file is unreadable (named), never an internal error
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
@@ -154,6 +173,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or _reason(exc)})") from None
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
+    if img.format == "TIFF" and _pil_orients_tiffs():  # PIL's size is the oriented one already
+        return width, height
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
@@ -415,6 +436,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     img = _open_checked(data, label, max_pixels)
     orientation, exif = exif_orientation(img, label)
     frames = durations = loop = None
+    oriented = False  # whether PIL's decoding applied the orientation (TIFFs in recent Pillow)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -433,6 +455,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                 loop = img.info.get("loop")
                 frames, durations = _decode_frames(img, count)
                 array = frames[0]
+                oriented = _oriented_by_pil(img)
             elif header is not None and header[0] == 16 and header[1] in (2, 4, 6):
                 array = _read_png16_colour(data)
             elif tiff16:
@@ -446,13 +469,14 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                 if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     icc = None  # a CMYK/Lab profile does not describe the RGB pixels we produce
                 array = array_from_pil(img)
+                oriented = _oriented_by_pil(img)
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{label}: corrupt, truncated or unsupported image ({_reason(exc)})") from None
     except Exception as exc:  # PIL on hostile files and third-party decoders (pypng, tifffile) raise their own types
         raise ImageReadError(f"{label}: cannot decode ({_reason(exc)})") from None
-    if orientation in range(2, 9):
+    if orientation in range(2, 9) and not oriented:
         array = apply_orientation(array, orientation)
         frames = [apply_orientation(f, orientation) for f in frames] if frames else None
     if frames:

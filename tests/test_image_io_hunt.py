@@ -129,3 +129,29 @@ def test_output_folder_below_a_file_is_one_line_before_any_work(tmp_path, bird, 
     assert f"-o {photo / 'up' / 'x4'}: {photo} is a file, not a folder" in err
     assert "Errno" not in err and "written" not in err  # refused up front: no per-image failures, no summary
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photo.png"]
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 6, 8])
+def test_tiff_orientation_is_applied_once(tmp_path, bird, bicubic, orientation, capsys):
+    """Recent Pillow rotates a TIFF by its orientation tag while decoding it; srtool rotated it again
+    (6 came out upside down, 2 not mirrored) in upscale, eval and prepare, and image_size swapped
+    the size twice. A 16-bit colour TIFF (read by tifffile, which never rotates) was right."""
+    import tifffile
+
+    from srtool.imageio import apply_orientation, image_size, read_dataset_image
+
+    crop = bird[:40, :60]
+    shown = apply_orientation(crop, orientation)  # what viewers show
+    for name, pixels, photometric in (("rgb8", crop, "rgb"), ("gray16", crop[..., 1].astype(np.uint16) * 257, None),
+                                      ("rgb16", crop.astype(np.uint16) * 257, "rgb")):
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, pixels, photometric=photometric, extratags=[(0x0112, 3, 1, orientation, True)])
+        expected = apply_orientation(pixels, orientation)
+        np.testing.assert_array_equal(read_image(path).array, expected, err_msg=name)
+        assert image_size(path) == (expected.shape[1], expected.shape[0]), name
+    np.testing.assert_array_equal(read_dataset_image(tmp_path / "rgb8.tif"), shown)
+
+    code, err = run_cli_err(capsys, "upscale", str(tmp_path / "rgb8.tif"), "-m", "bicubic", "-o", str(tmp_path / "out"),
+                            "--no-progress")
+    assert code == 0, err
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb8_x4.png")), bicubic(shown))
