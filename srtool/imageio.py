@@ -587,6 +587,8 @@ def encode_image(
             arr8 = np.repeat(arr8[..., None], 3, axis=2)
         if fmt in ("webp", "gif") and arr8.ndim == 3 and arr8.shape[2] == 2:
             arr8 = np.concatenate([np.repeat(arr8[..., :1], 3, axis=2), arr8[..., 1:]], axis=2)
+        if _profile_for(icc_profile, gray=arr8.ndim == 2 or arr8.shape[2] <= 2) is None:
+            extra.pop("icc_profile", None)  # a gray image's profile, on the RGB pixels WebP holds it as
         img = pil_from_array(arr8)
         if fmt == "jpg":
             if software:
@@ -599,6 +601,16 @@ def encode_image(
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
+
+
+def _profile_for(icc_profile: bytes | None, gray: bool) -> bytes | None:
+    """``icc_profile`` unless it is a gray profile for colour pixels or a colour one for gray pixels.
+
+    WebP and animated outputs hold a gray image as RGB(A); its gray profile does not describe those
+    pixels (colour-managed viewers, and lcms, cannot apply it), so the output goes without it."""
+    if not icc_profile or len(icc_profile) < 20 or icc_profile[16:20] not in (b"GRAY", b"RGB "):
+        return icc_profile or None
+    return icc_profile if (icc_profile[16:20] == b"GRAY") == gray else None
 
 
 def read_software(path: str | Path) -> str | None:
@@ -651,8 +663,8 @@ def encode_frames(
         extra["duration"] = list(durations)
     if loop is not None:
         extra["loop"] = int(loop)
-    if icc_profile and fmt != "gif":
-        extra["icc_profile"] = icc_profile
+    if icc_profile and fmt != "gif" and _profile_for(icc_profile, gray=images[0].mode in ("1", "L", "LA", "I", "I;16")):
+        extra["icc_profile"] = icc_profile  # frames made RGB(A) for an animation drop a gray image's profile
     if exif and fmt in ("png", "webp"):
         extra["exif"] = exif
     if software and fmt == "png":  # the marker srtool upscale recognises its own outputs by (read_software)

@@ -155,3 +155,55 @@ def test_tiff_orientation_is_applied_once(tmp_path, bird, bicubic, orientation, 
                             "--no-progress")
     assert code == 0, err
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "out" / "rgb8_x4.png")), bicubic(shown))
+
+
+def gray_icc_profile() -> bytes:
+    """A minimal valid ICC v2 gray display profile (gamma 2.2: desc, wtpt, kTRC, cprt), as Photoshop's
+    'Gray Gamma 2.2' is; lcms accepts it (checked below)."""
+    import struct
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    text = b"srtool test gray\x00"
+    tags = [
+        (b"desc", b"desc\x00\x00\x00\x00" + struct.pack(">I", len(text)) + text + b"\x00" * 78),
+        (b"wtpt", b"XYZ \x00\x00\x00\x00" + s15(0.9642) + s15(1.0) + s15(0.8249)),
+        (b"kTRC", b"curv\x00\x00\x00\x00" + struct.pack(">IH", 1, round(2.2 * 256)) + b"\x00\x00"),
+        (b"cprt", b"text\x00\x00\x00\x00public domain\x00"),
+    ]
+    offset, table, body = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, data in tags:
+        data += b"\x00" * (-len(data) % 4)
+        table, body = table + sig + struct.pack(">II", offset + len(body), len(data)), body + data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"mntrGRAYXYZ "
+              + b"\x00" * 12 + b"acspAPPL" + b"\x00" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\x00" * 48)
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def test_gray_profile_never_describes_rgb_output(tmp_path, bird, capsys):
+    """WebP (and animations) hold a gray image as RGB: the gray input's ICC profile used to be embedded
+    on those RGB pixels, a profile no colour-managed viewer can apply. Gray outputs keep it."""
+    from PIL import ImageCms
+
+    profile = gray_icc_profile()
+    gray = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    ImageCms.buildTransform(gray, ImageCms.createProfile("sRGB"), "L", "RGB")  # a valid gray profile
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(bird[..., 1]).save(src / "gray.jpg", quality=95, icc_profile=profile)
+    Image.fromarray(bird).save(src / "colour.png", icc_profile=ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    kept = {}
+    for fmt, ext in (("webp", "webp"), ("png", "png"), ("jpg", "jpg")):
+        code, err = run_cli_err(capsys, "upscale", str(src), "-m", "bicubic", "-o", str(tmp_path / fmt), "--format", fmt,
+                                "--no-progress")
+        assert code == 0, err
+        for name in ("gray", "colour"):
+            with Image.open(tmp_path / fmt / f"{name}_x4.{ext}") as out:
+                icc = out.info.get("icc_profile")
+                kept[fmt, name] = icc[16:20] if icc else None
+                if icc:
+                    ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(icc)), ImageCms.createProfile("sRGB"),
+                                            out.mode, "RGB")  # a viewer can apply what was embedded
+    assert kept == {("webp", "gray"): None, ("webp", "colour"): b"RGB ", ("png", "gray"): b"GRAY",
+                    ("png", "colour"): b"RGB ", ("jpg", "gray"): b"GRAY", ("jpg", "colour"): b"RGB "}
