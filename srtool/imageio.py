@@ -25,6 +25,7 @@ import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -53,22 +54,28 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def _read_source(source: str | Path | bytes) -> tuple[bytes, str]:
+def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[bytes, str]:
+    """The bytes of ``source`` and its label. A file is read only once its header shows an image
+    within ``max_pixels``: a multi-gigabyte non-image with an image's name, or a scan over the
+    limit, is refused without being read into memory (it used to take its whole size in RAM first)."""
     label = "<stdin>" if isinstance(source, bytes) else str(source)
     if isinstance(source, bytes):
         return source, label
     try:
-        return Path(source).read_bytes(), label
+        with open(source, "rb") as fh:
+            _open_checked(fh, label, max_pixels)
+            fh.seek(0)
+            return fh.read(), label
     except OSError as exc:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or exc})") from None
 
 
-def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
-    """PIL-open from bytes and refuse it from the header if it has too many pixels."""
+def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) -> Image.Image:
+    """PIL-open from bytes (or an open file) and refuse it from the header if it has too many pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except UnidentifiedImageError:
         raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
     except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
@@ -138,7 +145,7 @@ def _oriented_by_pil(img: Image.Image) -> bool:
 
 def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
-    data, label = _read_source(source)
+    data, label = _read_source(source, max_pixels)
     img = _open_checked(data, label, max_pixels)
     frames = frame_count(img)
     if frames > 1:
@@ -432,7 +439,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     An animated GIF/APNG/WebP or a multi-page TIFF yields every frame in ``frames`` (``array`` is the
     first), with per-frame ``durations`` (ms) and the ``loop`` count.
     """
-    data, label = _read_source(source)
+    data, label = _read_source(source, max_pixels)
     img = _open_checked(data, label, max_pixels)
     orientation, exif = exif_orientation(img, label)
     frames = durations = loop = None

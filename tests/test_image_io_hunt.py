@@ -207,3 +207,35 @@ def test_gray_profile_never_describes_rgb_output(tmp_path, bird, capsys):
                                             out.mode, "RGB")  # a viewer can apply what was embedded
     assert kept == {("webp", "gray"): None, ("webp", "colour"): b"RGB ", ("png", "gray"): b"GRAY",
                     ("png", "colour"): b"RGB ", ("jpg", "gray"): b"GRAY", ("jpg", "colour"): b"RGB "}
+
+
+def test_a_huge_file_is_refused_from_its_header_without_being_read(tmp_path, benchmarks_dir):
+    """A 600 MB non-image named .png, and a real photo over --max-pixels followed by 600 MB (a scan too
+    big to upscale), are refused from their first bytes: they used to be read whole into memory first
+    (a 3 GB file took 3.6 GB of RAM to be called "not an image file"; two lanes at once, twice that)."""
+    import subprocess
+    import sys
+
+    junk = tmp_path / "video.png"
+    with open(junk, "wb") as fh:
+        fh.truncate(600 << 20)  # sparse: no disk space, but 600 MB to read
+    over = tmp_path / "scan.png"
+    over.write_bytes((benchmarks_dir / "Set5" / "HR" / "bird.png").read_bytes())
+    with open(over, "r+b") as fh:
+        fh.truncate(over.stat().st_size + (600 << 20))
+    probe = (
+        "import resource, sys\n"
+        "from srtool.imageio import ImageReadError, read_image\n"
+        "for path in sys.argv[1:]:\n"
+        "    try:\n"
+        "        read_image(path, max_pixels=1000)\n"
+        "    except ImageReadError as exc:\n"
+        "        print(exc)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(junk), str(over)], capture_output=True, text=True, check=True)
+    *errors, peak_mb = done.stdout.splitlines()
+    assert errors == [f"{junk}: not an image file (or an unsupported format)",
+                      f"{over}: 288x288 = 82,944 pixels exceeds the limit of 1,000 (possible decompression bomb; "
+                      "raise it with --max-pixels)"]
+    assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB: the file was read before its header was checked"
