@@ -291,7 +291,9 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
         if origin is not None and origin != job.label:
             job.status, job.message = "skipped", f"{job.source} is srtool's output for {origin}, not an input"
         elif job.source is not None and is_own_output(job.source, suffix):
-            job.status, job.message = "skipped", f"{job.source} is an earlier srtool output (name and marker), not an input"
+            job.status = "skipped"
+            job.message = (f"{job.source} is an earlier srtool output (name and marker), not an input; "
+                           "to upscale it again, give another --suffix")
     input_files = {job.source.resolve() for job in jobs if job.source is not None and job.status == "pending"}
     claimed: dict[Path, str] = {}
     for job in jobs:

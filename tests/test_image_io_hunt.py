@@ -224,14 +224,15 @@ def test_a_huge_file_is_refused_from_its_header_without_being_read(tmp_path, ben
     with open(over, "r+b") as fh:
         fh.truncate(over.stat().st_size + (600 << 20))
     probe = (
-        "import resource, sys\n"
+        "import sys\n"
         "from srtool.imageio import ImageReadError, read_image\n"
         "for path in sys.argv[1:]:\n"
         "    try:\n"
         "        read_image(path, max_pixels=1000)\n"
         "    except ImageReadError as exc:\n"
         "        print(exc)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)\n"
+        # VmHWM is this process's own peak (ru_maxrss would include the forking pytest's size, kept across exec)
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) // 1024)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe, str(junk), str(over)], capture_output=True, text=True, check=True)
     *errors, peak_mb = done.stdout.splitlines()
@@ -239,3 +240,17 @@ def test_a_huge_file_is_refused_from_its_header_without_being_read(tmp_path, ben
                       f"{over}: 288x288 = 82,944 pixels exceeds the limit of 1,000 (possible decompression bomb; "
                       "raise it with --max-pixels)"]
     assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB: the file was read before its header was checked"
+
+
+def test_upscaling_an_output_again_is_explained(tmp_path, bird, capsys):
+    """An earlier output named on the command line is skipped (a re-run must not upscale its own
+    outputs), and the line now says how to upscale it again on purpose; that way works."""
+    Image.fromarray(bird).save(tmp_path / "bird.png")
+    assert run_cli_err(capsys, "upscale", str(tmp_path / "bird.png"), "-m", "bicubic", "--no-progress")[0] == 0
+    first = tmp_path / "bird_x4.png"
+    code, err = run_cli_err(capsys, "upscale", str(first), "-m", "bicubic", "--no-progress")
+    assert code == 0 and "to upscale it again, give another --suffix" in " ".join(err.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bird.png", "bird_x4.png"]
+    code, err = run_cli_err(capsys, "upscale", str(first), "-m", "bicubic", "--suffix", "_x16", "--no-progress")
+    assert code == 0, err
+    assert Image.open(tmp_path / "bird_x4_x16.png").size == (bird.shape[1] * 16, bird.shape[0] * 16)
