@@ -499,6 +499,10 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
 # would corrupt the output; orientation is dropped because it has been applied to the pixels.
 _PORTABLE_TAGS = (0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x011A, 0x011B, 0x0128, 0x010E)
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+# Exif sub-IFD tags in the input's pixel units: PixelXDimension, PixelYDimension (its size), SubjectArea and
+# SubjectLocation (coordinates in it). Carried over they would describe another image (a quarter of the
+# output's size, unrotated), so they are left out.
+_INPUT_PIXEL_TAGS = (0xA002, 0xA003, 0x9214, 0xA214)
 
 
 def _portable_exif(exif: Image.Exif, label: str = "image") -> bytes | None:
@@ -520,7 +524,7 @@ def _portable_exif_bytes(exif: Image.Exif) -> bytes | None:
             continue
         out[tag] = value
     for ifd in (_EXIF_IFD, _GPS_IFD):
-        sub = exif.get_ifd(ifd)
+        sub = {tag: value for tag, value in exif.get_ifd(ifd).items() if ifd != _EXIF_IFD or tag not in _INPUT_PIXEL_TAGS}
         if sub:
             out.get_ifd(ifd).update(sub)
     return out.tobytes() if len(out) or any(out.get_ifd(i) for i in (_EXIF_IFD, _GPS_IFD)) else None

@@ -254,3 +254,23 @@ def test_upscaling_an_output_again_is_explained(tmp_path, bird, capsys):
     code, err = run_cli_err(capsys, "upscale", str(first), "-m", "bicubic", "--suffix", "_x16", "--no-progress")
     assert code == 0, err
     assert Image.open(tmp_path / "bird_x4_x16.png").size == (bird.shape[1] * 16, bird.shape[0] * 16)
+
+
+def test_exif_that_describes_the_input_pixels_is_not_carried(tmp_path, benchmarks_dir, capsys):
+    """A camera's EXIF names the image's size (PixelXDimension/PixelYDimension) and points into it
+    (SubjectArea, SubjectLocation). Those used to be copied to the output, which claimed to be a
+    quarter of its real size (and unrotated); the descriptive tags are still carried."""
+    photo = Image.open(benchmarks_dir / "Set5" / "LR_bicubic" / "X4" / "butterfly.png").convert("RGB").crop((0, 0, 64, 48))
+    exif = Image.Exif()
+    exif[0x010F], exif[0x0110], exif[0x0112] = "Canon", "EOS 5D", 6
+    camera = exif.get_ifd(0x8769)
+    camera.update({0xA002: 64, 0xA003: 48, 0x9214: (32, 24, 10, 10), 0xA214: (32, 24), 0x9003: "2026:11:30 12:00:00"})
+    photo.save(tmp_path / "cam.jpg", quality=95, exif=exif.tobytes())
+    code, err = run_cli_err(capsys, "upscale", str(tmp_path / "cam.jpg"), "-m", "bicubic", "-o", str(tmp_path / "out"),
+                            "--no-progress")
+    assert code == 0, err
+    with Image.open(tmp_path / "out" / "cam_x4.png") as out:
+        assert out.size == (48 * 4, 64 * 4)  # orientation 6 applied
+        kept = out.getexif()
+        assert (kept.get(0x010F), kept.get(0x0110), kept.get(0x0112)) == ("Canon", "EOS 5D", None)
+        assert dict(kept.get_ifd(0x8769)) == {0x9003: "2026:11:30 12:00:00"}
