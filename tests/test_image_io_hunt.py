@@ -274,3 +274,22 @@ def test_exif_that_describes_the_input_pixels_is_not_carried(tmp_path, benchmark
         kept = out.getexif()
         assert (kept.get(0x010F), kept.get(0x0110), kept.get(0x0112)) == ("Canon", "EOS 5D", None)
         assert dict(kept.get_ifd(0x8769)) == {0x9003: "2026:11:30 12:00:00"}
+
+
+def test_stdout_closed_mid_image_fails_the_image(benchmarks_dir):
+    """``srtool upscale photo -o - | head -c 10``: the image used to be reported written (exit 0)
+    although 64 KiB of ~1 MB reached the pipe (Python's buffered write returned that short count
+    without an error). Now it fails, in one line saying how much the reader took."""
+    import subprocess
+    import sys
+
+    upscale = subprocess.Popen(
+        [sys.executable, "-m", "srtool", "upscale", str(benchmarks_dir / "Set5" / "HR" / "bird.png"), "-o", "-",
+         "-m", "bicubic", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    assert upscale.stdout.read(10).startswith(b"\x89PNG")
+    upscale.stdout.close()  # the reading program stops
+    err = " ".join(upscale.stderr.read().decode().split())
+    assert upscale.wait(timeout=120) == 1, err
+    assert "-o -: standard output was closed after" in err and "the image is incomplete there" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
