@@ -45,6 +45,10 @@ class ImageReadError(UserError):
     """An input image that cannot be used (missing, corrupt, unsupported, too large)."""
 
 
+class _NotForPIL(ImageReadError):
+    """No PIL plugin recognises the file (it may still be a TIFF layout PIL has no mode for)."""
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -77,16 +81,19 @@ def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) ->
             warnings.simplefilter("ignore")
             img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except UnidentifiedImageError:
-        raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
+        raise _NotForPIL(f"{label}: not an image file (or an unsupported format)") from None
     except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
-    width, height = img.size
+    _check_pixels(*img.size, label, max_pixels)
+    return img
+
+
+def _check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
             f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (possible decompression bomb; raise it with --max-pixels)"
         )
-    return img
 
 
 def _reason(exc: BaseException) -> str:
@@ -439,8 +446,14 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     An animated GIF/APNG/WebP or a multi-page TIFF yields every frame in ``frames`` (``array`` is the
     first), with per-frame ``durations`` (ms) and the ``loop`` count.
     """
-    data, label = _read_source(source, max_pixels)
-    img = _open_checked(data, label, max_pixels)
+    try:
+        data, label = _read_source(source, max_pixels)
+        img = _open_checked(data, label, max_pixels)
+    except _NotForPIL:
+        decoded = _read_tiff_pil_cannot_open(source, max_pixels)
+        if decoded is None:
+            raise
+        return decoded
     orientation, exif = exif_orientation(img, label)
     frames = durations = loop = None
     oriented = False  # whether PIL's decoding applied the orientation (TIFFs in recent Pillow)
@@ -492,6 +505,32 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         array=array, icc_profile=icc, exif=_portable_exif(exif, label), format=fmt,
         frames=frames, durations=durations, loop=loop,
     )
+
+
+def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | None) -> DecodedImage | None:
+    """A single-page 16-bit gray+alpha TIFF (which PIL cannot open: it has no such mode) read with
+    tifffile, size-checked from its header first; None for anything else (the caller's error stands).
+
+    Why: ``srtool upscale`` writes 16-bit LA images as such TIFFs, and GIMP exports them; srtool could
+    not read them back ("not an image file")."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tiff:
+            page = tiff.pages[0]
+            if len(tiff.pages) != 1 or page.dtype != np.uint16 or page.shape[-1:] != (2,) or len(page.shape) != 3:
+                return None
+            _check_pixels(page.shape[1], page.shape[0], "<stdin>" if isinstance(source, bytes) else str(source), max_pixels)
+            array = np.ascontiguousarray(page.asarray(), dtype=np.uint16)
+            orientation = page.tags.get(ORIENTATION_TAG)
+            icc = page.tags.get(34675)
+    except ImageReadError:
+        raise
+    except Exception:  # noqa: BLE001 -- not a TIFF tifffile can read either: the caller's error stands
+        return None
+    value = orientation.value if orientation is not None else 1
+    array = apply_orientation(array, int(value)) if value in range(2, 9) else array
+    return DecodedImage(array=array, icc_profile=bytes(icc.value) if icc is not None else None, format="tiff")
 
 
 # EXIF tags worth carrying to an output: descriptive IFD0 tags and the Exif/GPS sub-IFDs. Structural
@@ -639,8 +678,15 @@ def read_software(path: str | Path) -> str | None:
                 value = img.info.get("comment")
             else:
                 return None
-    except Exception:  # noqa: BLE001 -- not an image we can read: no marker
-        return None
+    except Exception:  # noqa: BLE001 -- not an image PIL reads: a 16-bit gray+alpha TIFF's tag, else no marker
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                value = tiff.pages[0].tags.get(0x0131)
+                value = value.value if value is not None else None
+        except Exception:  # noqa: BLE001
+            return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None

@@ -293,3 +293,35 @@ def test_stdout_closed_mid_image_fails_the_image(benchmarks_dir):
     assert upscale.wait(timeout=120) == 1, err
     assert "-o -: standard output was closed after" in err and "the image is incomplete there" in err
     assert "Traceback" not in err and "Exception ignored" not in err
+
+
+def test_16bit_gray_alpha_tiff_is_read_and_written_back(tmp_path, bird, bicubic, capsys):
+    """PIL has no mode for a 16-bit gray+alpha TIFF (GIMP exports them; srtool writes its 16-bit LA
+    outputs as them): srtool called them "not an image file", its own outputs included. They are
+    read with tifffile now (size checked from the header, orientation applied)."""
+    import tifffile
+
+    from srtool.imageio import apply_orientation
+
+    gray = bird[:40, :60, 1].astype(np.uint16) * 257 + 7
+    alpha = np.tile(np.linspace(0, 65535, 60).astype(np.uint16), (40, 1))
+    la = np.dstack([gray, alpha])
+    tifffile.imwrite(tmp_path / "scan.tif", la, photometric="minisblack", extrasamples=("unassalpha",),
+                     extratags=[(0x0112, 3, 1, 6, True)])
+    with pytest.raises(Exception):
+        Image.open(tmp_path / "scan.tif")  # why srtool needs its own path here
+    shown = apply_orientation(la, 6)
+    np.testing.assert_array_equal(read_image(tmp_path / "scan.tif").array, shown)
+
+    for run in range(2):
+        code, err = run_cli_err(capsys, "upscale", str(tmp_path), "-m", "bicubic", "--format", "keep", "--no-progress")
+        assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan.tif", "scan_x4.tif"]  # the re-run skipped its output
+    out = read_image(tmp_path / "scan_x4.tif").array
+    assert out.dtype == np.uint16
+    np.testing.assert_array_equal(out, bicubic(shown))
+    assert "earlier srtool output" in " ".join(err.split()) or "srtool's output for" in " ".join(err.split())
+
+    over = run_cli_err(capsys, "upscale", str(tmp_path / "scan.tif"), "-m", "bicubic", "-o", str(tmp_path / "o"),
+                       "--max-pixels", "1000", "--no-progress")
+    assert over[0] == 1 and "60x40 = 2,400 pixels exceeds the limit of 1,000" in " ".join(over[1].split())
