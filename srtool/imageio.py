@@ -324,11 +324,13 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation]()) if orientation in ops else array
 
 
-def array_from_pil(img: Image.Image) -> np.ndarray:
+def array_from_pil(img: Image.Image, alpha16: bool = False) -> np.ndarray:
     """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W).
 
     A transparent colour (PNG's tRNS on a gray or RGB image: every pixel of that value is fully
-    transparent) becomes an alpha channel, as it does for palette images: LA/RGBA, 16-bit gray+alpha."""
+    transparent) becomes an alpha channel, as it does for palette images: LA/RGBA. ``alpha16``: a
+    16-bit gray image's transparent value too, as (H, W, 2) uint16, which no PIL image can hold (so
+    :func:`srtool.upscale_image` with a PIL image keeps 16-bit gray, without it)."""
     mode = img.mode
     key = img.info.get("transparency")
     keyed = isinstance(key, tuple) if mode == "RGB" else isinstance(key, int) and mode in (
@@ -338,7 +340,7 @@ def array_from_pil(img: Image.Image) -> np.ndarray:
         if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError("32-bit integer image with values outside 0..65535")
         arr = arr.astype(np.uint16)
-        if keyed:
+        if keyed and alpha16:
             alpha = np.where(arr == key, 0, 65535).astype(np.uint16)
             return np.dstack([arr, alpha])
         return arr
@@ -488,7 +490,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                     img.info["transparency"] = key * 255 // ((1 << header[0]) - 1)
                 if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     icc = None  # a CMYK/Lab profile does not describe the RGB pixels we produce
-                array = array_from_pil(img)
+                array = array_from_pil(img, alpha16=True)
                 oriented = _oriented_by_pil(img)
     except ImageReadError:
         raise

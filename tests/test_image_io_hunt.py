@@ -85,6 +85,11 @@ def test_colour_key_transparency_becomes_alpha(tmp_path, bird, bicubic, capsys):
         np.testing.assert_array_equal(out, bicubic(pypng_direct(path)), err_msg=path.name)
         assert (out[..., -1] == 0).any()
 
+    import srtool  # the Python API with PIL images: alpha where PIL can hold it, 16-bit gray stays I;16
+
+    modes = {path.stem: srtool.upscale_image(bicubic, Image.open(path)).mode for path in inputs}
+    assert modes == {"rgb": "RGBA", "gray": "LA", "gray2bit": "LA", "gray16": "I;16"}
+
 
 def gif_frames(bird: np.ndarray) -> list[Image.Image]:
     """Three palette frames of the bird turned by 10, 25 and 40 degrees: corners are transparent."""
