@@ -74,6 +74,12 @@ def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[by
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or exc})") from None
 
 
+def read_image_bytes(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """A file's bytes, read only once its header shows an image within ``max_pixels`` (else
+    :class:`ImageReadError` naming it): for callers that hash or keep the bytes before decoding."""
+    return _read_source(Path(path), max_pixels)[0]
+
+
 def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) -> Image.Image:
     """PIL-open from bytes (or an open file) and refuse it from the header if it has too many pixels."""
     try:

@@ -330,3 +330,30 @@ def test_16bit_gray_alpha_tiff_is_read_and_written_back(tmp_path, bird, bicubic,
     over = run_cli_err(capsys, "upscale", str(tmp_path / "scan.tif"), "-m", "bicubic", "-o", str(tmp_path / "o"),
                        "--max-pixels", "1000", "--no-progress")
     assert over[0] == 1 and "60x40 = 2,400 pixels exceeds the limit of 1,000" in " ".join(over[1].split())
+
+
+def test_prepare_refuses_a_huge_non_image_unread(tmp_path, benchmarks_dir):
+    """``srtool prepare folder`` hashed each file's bytes before decoding them: a 600 MB non-image named
+    .png among the photos took 600 MB of RAM (per worker) to be skipped. Its header is checked first now."""
+    import subprocess
+    import sys
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "bird.png").write_bytes((benchmarks_dir / "Set5" / "HR" / "bird.png").read_bytes())
+    with open(photos / "video.png", "wb") as fh:
+        fh.truncate(600 << 20)
+    probe = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from srtool.prepare import run_folder\n"
+        "result = run_folder([Path(sys.argv[1])], Path(sys.argv[2]), 4, 1, progress=False)\n"
+        "print([record['source'] for record in result.records], result.skipped)\n"
+        "print(next(int(line.split()[1]) for line in open('/proc/self/status') if line.startswith('VmHWM')) // 1024)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(photos), str(tmp_path / "out")], capture_output=True,
+                          text=True, check=True)
+    outcome, peak_mb = done.stdout.splitlines()
+    assert outcome == str([str(photos / "bird.png")]) + " " + str(
+        [(str(photos / "video.png"), f"{photos / 'video.png'}: not an image file (or an unsupported format)")])
+    assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB: the file was read before its header was checked"
