@@ -18,12 +18,14 @@ its orientation tag removed) are carried to the output.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +45,10 @@ class ImageReadError(UserError):
     """An input image that cannot be used (missing, corrupt, unsupported, too large)."""
 
 
+class _NotForPIL(ImageReadError):
+    """No PIL plugin recognises the file (it may still be a TIFF layout PIL has no mode for)."""
+
+
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
@@ -52,33 +58,48 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-def _read_source(source: str | Path | bytes) -> tuple[bytes, str]:
+def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[bytes, str]:
+    """The bytes of ``source`` and its label. A file is read only once its header shows an image
+    within ``max_pixels``: a multi-gigabyte non-image with an image's name, or a scan over the
+    limit, is refused without being read into memory (it used to take its whole size in RAM first)."""
     label = "<stdin>" if isinstance(source, bytes) else str(source)
     if isinstance(source, bytes):
         return source, label
     try:
-        return Path(source).read_bytes(), label
+        with open(source, "rb") as fh:
+            _open_checked(fh, label, max_pixels)
+            fh.seek(0)
+            return fh.read(), label
     except OSError as exc:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or exc})") from None
 
 
-def _open_checked(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
-    """PIL-open from bytes and refuse it from the header if it has too many pixels."""
+def read_image_bytes(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """A file's bytes, read only once its header shows an image within ``max_pixels`` (else
+    :class:`ImageReadError` naming it): for callers that hash or keep the bytes before decoding."""
+    return _read_source(Path(path), max_pixels)[0]
+
+
+def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) -> Image.Image:
+    """PIL-open from bytes (or an open file) and refuse it from the header if it has too many pixels."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except UnidentifiedImageError:
-        raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
+        raise _NotForPIL(f"{label}: not an image file (or an unsupported format)") from None
     except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
-    width, height = img.size
+    _check_pixels(*img.size, label, max_pixels)
+    return img
+
+
+def _check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
             f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} (possible decompression bomb; raise it with --max-pixels)"
         )
-    return img
 
 
 def _reason(exc: BaseException) -> str:
@@ -117,9 +138,27 @@ _TRANSPOSE = {
 }
 
 
+@functools.cache
+def _pil_orients_tiffs() -> bool:
+    """Whether this Pillow applies a TIFF's orientation tag itself: recent versions give the rotated
+    size from the header on and rotate the pixels while loading (older ones do neither). srtool must
+    then not rotate a TIFF decoded by PIL a second time (a 6 applied twice is upside down)."""
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = 6
+    Image.new("L", (2, 1)).save(buf, "TIFF", exif=exif)
+    with Image.open(buf) as probe:
+        return probe.size == (1, 2)
+
+
+def _oriented_by_pil(img: Image.Image) -> bool:
+    """Whether decoding ``img`` with PIL already applies its orientation (see :func:`_pil_orients_tiffs`)."""
+    return img.format == "TIFF" and _pil_orients_tiffs()
+
+
 def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open, size-check, fully decode and EXIF-orient an image. Raises :class:`ImageReadError`."""
-    data, label = _read_source(source)
+    data, label = _read_source(source, max_pixels)
     img = _open_checked(data, label, max_pixels)
     frames = frame_count(img)
     if frames > 1:
@@ -129,7 +168,7 @@ def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img.load()
-            if orientation in _TRANSPOSE:
+            if orientation in _TRANSPOSE and not _oriented_by_pil(img):
                 img = img.transpose(_TRANSPOSE[orientation])
     except Exception as exc:  # any decoder exception: the file is unreadable (named), never an internal error
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
@@ -154,6 +193,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or _reason(exc)})") from None
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
+    if img.format == "TIFF" and _pil_orients_tiffs():  # PIL's size is the oriented one already
+        return width, height
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
@@ -289,26 +330,36 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(ops[orientation]()) if orientation in ops else array
 
 
-def array_from_pil(img: Image.Image) -> np.ndarray:
-    """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W)."""
+def array_from_pil(img: Image.Image, alpha16: bool = False) -> np.ndarray:
+    """Pixels of a PIL image without loss: L/LA/RGB/RGBA uint8, 16-bit gray as uint16 (H, W).
+
+    A transparent colour (PNG's tRNS on a gray or RGB image: every pixel of that value is fully
+    transparent) becomes an alpha channel, as it does for palette images: LA/RGBA. ``alpha16``: a
+    16-bit gray image's transparent value too, as (H, W, 2) uint16, which no PIL image can hold (so
+    :func:`srtool.upscale_image` with a PIL image keeps 16-bit gray, without it)."""
     mode = img.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        return np.asarray(img).astype(np.uint16)
-    if mode == "I":
+    key = img.info.get("transparency")
+    keyed = isinstance(key, tuple) if mode == "RGB" else isinstance(key, int) and mode in (
+        "1", "L", "I;16", "I;16L", "I;16B", "I;16N", "I")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         arr = np.asarray(img)
-        if arr.size and (arr.min() < 0 or arr.max() > 65535):
+        if mode == "I" and arr.size and (arr.min() < 0 or arr.max() > 65535):
             raise ValueError("32-bit integer image with values outside 0..65535")
-        return arr.astype(np.uint16)
+        arr = arr.astype(np.uint16)
+        if keyed and alpha16:
+            alpha = np.where(arr == key, 0, 65535).astype(np.uint16)
+            return np.dstack([arr, alpha])
+        return arr
     if mode == "F":
         raise ValueError("32-bit float images are not supported")
     if mode in ("1", "L"):
-        return np.asarray(img.convert("L"))
+        return np.asarray(img.convert("LA" if keyed else "L"))
     if mode in ("LA", "La"):
         return np.asarray(img.convert("LA"))
     if mode in ("P", "PA"):
         has_alpha = mode == "PA" or "transparency" in img.info
         return np.asarray(img.convert("RGBA" if has_alpha else "RGB"))
-    if mode in ("RGBA", "RGBa"):
+    if mode in ("RGBA", "RGBa") or keyed:
         return np.asarray(img.convert("RGBA"))
     return np.asarray(img.convert("RGB"))
 
@@ -403,10 +454,17 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     An animated GIF/APNG/WebP or a multi-page TIFF yields every frame in ``frames`` (``array`` is the
     first), with per-frame ``durations`` (ms) and the ``loop`` count.
     """
-    data, label = _read_source(source)
-    img = _open_checked(data, label, max_pixels)
+    try:
+        data, label = _read_source(source, max_pixels)
+        img = _open_checked(data, label, max_pixels)
+    except _NotForPIL:
+        decoded = _read_tiff_pil_cannot_open(source, max_pixels)
+        if decoded is None:
+            raise
+        return decoded
     orientation, exif = exif_orientation(img, label)
     frames = durations = loop = None
+    oriented = False  # whether PIL's decoding applied the orientation (TIFFs in recent Pillow)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -425,22 +483,28 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
                 loop = img.info.get("loop")
                 frames, durations = _decode_frames(img, count)
                 array = frames[0]
+                oriented = _oriented_by_pil(img)
             elif header is not None and header[0] == 16 and header[1] in (2, 4, 6):
                 array = _read_png16_colour(data)
             elif tiff16:
                 array = _read_tiff16_colour(data)
             else:
                 img.load()
+                key = img.info.get("transparency")
+                if header is not None and header[:2] in ((2, 0), (4, 0)) and isinstance(key, int) and key < 1 << header[0]:
+                    # PIL scales 2/4-bit gray pixels to 0..255 but keeps their transparent value unscaled
+                    img.info["transparency"] = key * 255 // ((1 << header[0]) - 1)
                 if img.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
                     icc = None  # a CMYK/Lab profile does not describe the RGB pixels we produce
-                array = array_from_pil(img)
+                array = array_from_pil(img, alpha16=True)
+                oriented = _oriented_by_pil(img)
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{label}: corrupt, truncated or unsupported image ({_reason(exc)})") from None
     except Exception as exc:  # PIL on hostile files and third-party decoders (pypng, tifffile) raise their own types
         raise ImageReadError(f"{label}: cannot decode ({_reason(exc)})") from None
-    if orientation in range(2, 9):
+    if orientation in range(2, 9) and not oriented:
         array = apply_orientation(array, orientation)
         frames = [apply_orientation(f, orientation) for f in frames] if frames else None
     if frames:
@@ -451,11 +515,41 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     )
 
 
+def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | None) -> DecodedImage | None:
+    """A single-page 16-bit gray+alpha TIFF (which PIL cannot open: it has no such mode) read with
+    tifffile, size-checked from its header first; None for anything else (the caller's error stands).
+
+    Why: ``srtool upscale`` writes 16-bit LA images as such TIFFs, and GIMP exports them; srtool could
+    not read them back ("not an image file")."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source) as tiff:
+            page = tiff.pages[0]
+            if len(tiff.pages) != 1 or page.dtype != np.uint16 or page.shape[-1:] != (2,) or len(page.shape) != 3:
+                return None
+            _check_pixels(page.shape[1], page.shape[0], "<stdin>" if isinstance(source, bytes) else str(source), max_pixels)
+            array = np.ascontiguousarray(page.asarray(), dtype=np.uint16)
+            orientation = page.tags.get(ORIENTATION_TAG)
+            icc = page.tags.get(34675)
+    except ImageReadError:
+        raise
+    except Exception:  # noqa: BLE001 -- not a TIFF tifffile can read either: the caller's error stands
+        return None
+    value = orientation.value if orientation is not None else 1
+    array = apply_orientation(array, int(value)) if value in range(2, 9) else array
+    return DecodedImage(array=array, icc_profile=bytes(icc.value) if icc is not None else None, format="tiff")
+
+
 # EXIF tags worth carrying to an output: descriptive IFD0 tags and the Exif/GPS sub-IFDs. Structural
 # tags (sizes, strips, compression, a TIFF writer's shape description) describe the *input* file and
 # would corrupt the output; orientation is dropped because it has been applied to the pixels.
 _PORTABLE_TAGS = (0x010F, 0x0110, 0x0131, 0x0132, 0x013B, 0x8298, 0x011A, 0x011B, 0x0128, 0x010E)
 _EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
+# Exif sub-IFD tags in the input's pixel units: PixelXDimension, PixelYDimension (its size), SubjectArea and
+# SubjectLocation (coordinates in it). Carried over they would describe another image (a quarter of the
+# output's size, unrotated), so they are left out.
+_INPUT_PIXEL_TAGS = (0xA002, 0xA003, 0x9214, 0xA214)
 
 
 def _portable_exif(exif: Image.Exif, label: str = "image") -> bytes | None:
@@ -477,7 +571,7 @@ def _portable_exif_bytes(exif: Image.Exif) -> bytes | None:
             continue
         out[tag] = value
     for ifd in (_EXIF_IFD, _GPS_IFD):
-        sub = exif.get_ifd(ifd)
+        sub = {tag: value for tag, value in exif.get_ifd(ifd).items() if ifd != _EXIF_IFD or tag not in _INPUT_PIXEL_TAGS}
         if sub:
             out.get_ifd(ifd).update(sub)
     return out.tobytes() if len(out) or any(out.get_ifd(i) for i in (_EXIF_IFD, _GPS_IFD)) else None
@@ -551,6 +645,8 @@ def encode_image(
             arr8 = np.repeat(arr8[..., None], 3, axis=2)
         if fmt in ("webp", "gif") and arr8.ndim == 3 and arr8.shape[2] == 2:
             arr8 = np.concatenate([np.repeat(arr8[..., :1], 3, axis=2), arr8[..., 1:]], axis=2)
+        if _profile_for(icc_profile, gray=arr8.ndim == 2 or arr8.shape[2] <= 2) is None:
+            extra.pop("icc_profile", None)  # a gray image's profile, on the RGB pixels WebP holds it as
         img = pil_from_array(arr8)
         if fmt == "jpg":
             if software:
@@ -559,10 +655,20 @@ def encode_image(
         elif fmt == "webp":
             img.save(buf, format="WEBP", quality=quality, **extra)
         elif fmt == "gif":
-            img.save(buf, format="GIF")
+            _gif_frame(arr8).save(buf, format="GIF")
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
+
+
+def _profile_for(icc_profile: bytes | None, gray: bool) -> bytes | None:
+    """``icc_profile`` unless it is a gray profile for colour pixels or a colour one for gray pixels.
+
+    WebP and animated outputs hold a gray image as RGB(A); its gray profile does not describe those
+    pixels (colour-managed viewers, and lcms, cannot apply it), so the output goes without it."""
+    if not icc_profile or len(icc_profile) < 20 or icc_profile[16:20] not in (b"GRAY", b"RGB "):
+        return icc_profile or None
+    return icc_profile if (icc_profile[16:20] == b"GRAY") == gray else None
 
 
 def read_software(path: str | Path) -> str | None:
@@ -580,8 +686,15 @@ def read_software(path: str | Path) -> str | None:
                 value = img.info.get("comment")
             else:
                 return None
-    except Exception:  # noqa: BLE001 -- not an image we can read: no marker
-        return None
+    except Exception:  # noqa: BLE001 -- not an image PIL reads: a 16-bit gray+alpha TIFF's tag, else no marker
+        try:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tiff:
+                value = tiff.pages[0].tags.get(0x0131)
+                value = value.value if value is not None else None
+        except Exception:  # noqa: BLE001
+            return None
     if isinstance(value, bytes):
         value = value.decode("utf-8", "replace")
     return value if isinstance(value, str) else None
@@ -606,6 +719,8 @@ def encode_frames(
         )
     if fmt == "tiff":
         images = [pil_from_array(f[..., 0] if f.ndim == 3 and f.shape[2] == 1 else f) for f in frames]
+    elif fmt == "gif":
+        images = [_gif_frame(_frame_for_animation(f, fmt)) for f in frames]
     else:
         images = [pil_from_array(_frame_for_animation(f, fmt)) for f in frames]
     extra: dict = {}
@@ -613,8 +728,8 @@ def encode_frames(
         extra["duration"] = list(durations)
     if loop is not None:
         extra["loop"] = int(loop)
-    if icc_profile and fmt != "gif":
-        extra["icc_profile"] = icc_profile
+    if icc_profile and fmt != "gif" and _profile_for(icc_profile, gray=images[0].mode in ("1", "L", "LA", "I", "I;16")):
+        extra["icc_profile"] = icc_profile  # frames made RGB(A) for an animation drop a gray image's profile
     if exif and fmt in ("png", "webp"):
         extra["exif"] = exif
     if software and fmt == "png":  # the marker srtool upscale recognises its own outputs by (read_software)
@@ -635,6 +750,35 @@ def encode_frames(
     else:
         first.save(buf, format="TIFF", save_all=True, append_images=rest, compression="tiff_adobe_deflate", **extra)
     return buf.getvalue()
+
+
+GIF_CLEAR_BELOW = 128  # alpha under which a pixel is GIF's transparent entry (GIF has no partial transparency)
+
+
+def _gif_frame(arr8: np.ndarray) -> Image.Image:
+    """An 8-bit (H, W[, C]) array as an image PIL writes to GIF without losing its transparency.
+
+    GIF has one fully transparent palette entry and no partial alpha. PIL quantises RGBA with the
+    alpha as a fourth colour and marks a palette entry transparent only if its alpha came out
+    exactly 0, so an upscaled image (soft alpha edges) lost all its transparency. Here pixels under
+    half opacity (:data:`GIF_CLEAR_BELOW`) become palette entry 255, the others keep their colour,
+    quantised to 255 colours.
+    """
+    if arr8.ndim == 3 and arr8.shape[2] in (2, 4):
+        clear = arr8[..., -1] < GIF_CLEAR_BELOW
+        colour = np.ascontiguousarray(arr8[..., :-1])
+        if not clear.any():
+            return pil_from_array(colour)
+        colour[clear] = colour[~clear][0] if (~clear).any() else 0  # hidden pixels take no palette entry
+        quantised = pil_from_array(colour).convert("RGB").quantize(255)
+        index = np.asarray(quantised).copy()
+        index[clear] = 255
+        palette = quantised.getpalette()[: 255 * 3]
+        out = Image.fromarray(index, "P")
+        out.putpalette(palette + [0] * (768 - len(palette)))
+        out.info["transparency"] = 255
+        return out
+    return pil_from_array(arr8)
 
 
 def _frame_for_animation(frame: np.ndarray, fmt: str) -> np.ndarray:

@@ -16,6 +16,7 @@ leaves complete outputs or none, never a partial one.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -113,14 +114,35 @@ def _write(job: Job, data: bytes, overwrite: bool) -> None:
     from .atomic import OutputExists, write_bytes_atomic
 
     if job.output is None:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        _write_stdout(data)
         return
     try:
         write_bytes_atomic(job.output, data, replace=overwrite)
     except OutputExists:
         raise UserError(f"{job.output} appeared after the batch started (another run?); kept as it is "
                         "(use --overwrite to replace it)") from None
+
+
+def _write_stdout(data: bytes) -> None:
+    """All of ``data`` to standard output, or a :class:`UserError` saying how much the reader took.
+
+    A pipe whose reader exits mid-image accepts part of a write and then refuses the rest; Python's
+    buffered ``write`` can return that short count without an error, so the image used to be
+    reported written (exit 0) after, say, 64 KiB of 2.8 MB reached the reader."""
+    out, sent = sys.stdout.buffer, 0
+    try:
+        while sent < len(data):
+            count = out.write(memoryview(data)[sent:])
+            if not count:
+                break
+            sent += count
+        out.flush()
+    except BrokenPipeError:
+        pass
+    if sent < len(data):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())  # no second complaint when Python flushes at exit
+        raise UserError(f"-o -: standard output was closed after {sent:,} of {len(data):,} bytes "
+                        "(the program reading it stopped); the image is incomplete there")
 
 
 def _encode_and_write(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions) -> None:

@@ -274,8 +274,8 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
     out_file = _output_file(options)
     to_stdout = _writes_stdout(options, sources)
     out_dir = None if options.output in (None, STDIO) or out_file is not None else Path(options.output).expanduser()
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"-o {options.output}: exists and is not a folder")
+    if out_dir is not None:
+        _check_output_folder(out_dir, options.output)
     jobs: list[Job] = []
     for source, relative in sources:
         label = str(source) if source is not None else "<stdin>"
@@ -291,7 +291,9 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
         if origin is not None and origin != job.label:
             job.status, job.message = "skipped", f"{job.source} is srtool's output for {origin}, not an input"
         elif job.source is not None and is_own_output(job.source, suffix):
-            job.status, job.message = "skipped", f"{job.source} is an earlier srtool output (name and marker), not an input"
+            job.status = "skipped"
+            job.message = (f"{job.source} is an earlier srtool output (name and marker), not an input; "
+                           "to upscale it again, give another --suffix")
     input_files = {job.source.resolve() for job in jobs if job.source is not None and job.status == "pending"}
     claimed: dict[Path, str] = {}
     for job in jobs:
@@ -306,6 +308,17 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
             job.status, job.message = "skipped", f"{job.output} exists (use --overwrite)"
         claimed.setdefault(key, job.label)
     return jobs
+
+
+def _check_output_folder(out_dir: Path, option: str) -> None:
+    """``-o`` must be a folder or a path that can become one: not a file, nor below one (which every
+    image would otherwise fail on, one by one, with "Not a directory")."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.is_dir():
+            return
+        if os.path.lexists(folder):
+            what = "exists and is not a folder" if folder == out_dir else f"{folder} is a file, not a folder"
+            raise UserError(f"-o {option}: {what}")
 
 
 def _plan_output(job: Job, options: UpscaleOptions, suffix: str, out_dir: Path | None, out_file: Path | None) -> Path:

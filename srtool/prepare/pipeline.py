@@ -40,7 +40,9 @@ import numpy as np
 from .. import __version__
 from ..atomic import is_srtool_temp, write_bytes_atomic, write_text_atomic
 from ..errors import UserError
-from ..imageio import IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, to_dataset_array
+from ..imageio import (
+    IMAGE_SUFFIXES, ImageReadError, encode_png8, list_images, open_image, read_image, read_image_bytes, to_dataset_array,
+)
 from ..resize import EDGE_MODES, downscale, modcrop
 from ..threads import usable_cores
 from ..atomic import sha256_file
@@ -220,7 +222,7 @@ _OPEN_ZIPS: dict[Path, zipfile.ZipFile] = {}  # per process: parsing DIV2K's cen
 
 def _read_source(src: ImageSource) -> bytes:
     if src.member is None:
-        return src.path.read_bytes()
+        return read_image_bytes(src.path)  # a huge non-image (or an image over the limit) is refused unread
     zf = _OPEN_ZIPS.get(src.path)
     if zf is None:
         for old in _OPEN_ZIPS.values():
