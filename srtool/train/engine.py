@@ -242,6 +242,9 @@ class Trainer:
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         if not self.dist.is_main:
             self.warn = lambda message: None  # rank 0 speaks for the run
+        self._run_lock = None  # rank 0 holds the run directory before anything in it is deleted or rewritten
+        if self.dist.is_main and self.run_dir.is_dir():
+            self._run_lock = runstate.RunLock(self.run_dir)
         if not resuming:
             self._check_out_dir()
         else:
@@ -343,6 +346,8 @@ class Trainer:
         self.monitor = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._run_lock is None:
+                self._run_lock = runstate.RunLock(self.run_dir)
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
             if not resuming:
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
@@ -722,6 +727,9 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
+        if self._run_lock is not None:
+            self._run_lock.close()
+            self._run_lock = None
 
 
 def train(options: TrainOptions) -> TrainResult:

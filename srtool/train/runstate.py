@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -321,3 +322,36 @@ def state_nbytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(state_nbytes(v) for v in obj)
     return 0
+
+
+# ------------------------------------------------------------------------------------------- run lock
+
+
+class RunLock:
+    """One ``srtool train`` per run directory at a time: an exclusive ``flock`` on the directory itself
+    (no file is added to the run; the kernel drops the lock when the holder dies, so a killed run never
+    leaves a stale lock). A second process resuming, overwriting or extending the same run would
+    otherwise train next to the first: both write the same checkpoints and exports, and each rewrites
+    ``log.jsonl`` under the other, whose records are then lost. (Windows: no flock, no lock.)"""
+
+    def __init__(self, run_dir: Path):
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{run_dir}: another srtool train is training in this run directory; wait for it "
+                            "to finish or stop it first") from None
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    __del__ = close  # a Trainer that failed while setting up releases the run at once

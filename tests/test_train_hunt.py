@@ -1,0 +1,76 @@
+"""The researcher's path under adversarial use (trainhunt): two trainings on one run directory, keys of one
+preset's networks given to another, a run resumed from elsewhere. Tiny networks on a real T91 store."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_runner import run_cli, run_cli_err
+from srtool.train import TrainOptions
+from srtool.train.engine import Trainer
+
+TINY = ["model.generator.n_blocks=1", "model.generator.n_feats=8", "train.batch_size=2", "train.hr_crop=32",
+        "train.num_workers=0", "validation.datasets=[]", "log.every=1", "checkpoint.every=2",
+        "train.iters_per_epoch=2", "train.epochs=1"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def store(shared_data, tmp_path_factory) -> Path:
+    """Six T91 images prepared by srtool prepare (a real, small training store)."""
+    from srtool.prepare import prepare_folder
+
+    src = tmp_path_factory.mktemp("t91")
+    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:6]:
+        (src / image.name).symlink_to(image)
+    return prepare_folder([src], tmp_path_factory.mktemp("prepared") / "t6", scale=4, workers=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "run"
+    code = run_cli("train", "--preset", "srresnet", "--data", str(store), "--out", str(out), "--device", "cpu",
+                   "--no-progress", "-q", *sets(TINY))
+    assert code == 0
+    return out
+
+
+def test_a_second_training_on_a_run_in_progress_is_refused_and_the_first_loses_nothing(finished_run, store, tmp_path,
+                                                                                       capsys):
+    """Two `--resume RUN --set train.epochs=N` at once (or `--out RUN --overwrite` next to a running run) both
+    trained: each rewrote log.jsonl under the other (one's records lost), both wrote the same checkpoints and
+    --overwrite deleted the running one's folders. Now the second is one line, exit 2, nothing touched."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    first = Trainer(TrainOptions(resume=run, overrides=["train.epochs=2"], device="cpu", progress=False, quiet=True))
+    try:
+        before = digest(run)
+        for args in (["--resume", str(run), "--set", "train.epochs=3"],
+                     ["--preset", "srresnet", "--data", str(store), "--out", str(run), "--overwrite", *sets(TINY)]):
+            code, err = run_cli_err(capsys, "train", *args, "--device", "cpu", "--no-progress")
+            assert code == 2, err
+            assert f"{run}: another srtool train is training in this run directory" in err
+            assert "Traceback" not in err
+            assert digest(run) == before
+        result = first.run()
+    finally:
+        first.close()
+    assert result.iteration == 4
+    records = (run / "log.jsonl").read_text().splitlines()
+    assert [int(line.split('"iter": ')[1].split(",")[0]) for line in records] == [1, 2, 3, 4]
+    # finished (or killed: the kernel drops the lock), the run is free again
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.epochs=3", "--device", "cpu",
+                            "--no-progress", "-q")
+    assert code == 0, err
