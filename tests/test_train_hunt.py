@@ -74,3 +74,16 @@ def test_a_second_training_on_a_run_in_progress_is_refused_and_the_first_loses_n
     code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.epochs=3", "--device", "cpu",
                             "--no-progress", "-q")
     assert code == 0, err
+
+
+def test_discriminator_keys_on_a_psnr_preset_say_which_presets_take_them(store, tmp_path, capsys):
+    """`--set model.discriminator.n_blocks=2` on srresnet said "model.discriminator: Unable to extract tag
+    using discriminator 'arch'" (pydantic's words)."""
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(store), "--out", str(tmp_path / "r"),
+                            "--set", "model.discriminator.n_blocks=2")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err
+    assert "model.discriminator.arch is missing (one of vgg_discriminator, vgg_style_128)" in lines[0]
+    assert "gan-stage presets (srgan, esrgan)" in lines[0]
+    assert not (tmp_path / "r").exists()
