@@ -87,3 +87,46 @@ def test_discriminator_keys_on_a_psnr_preset_say_which_presets_take_them(store, 
     assert "model.discriminator.arch is missing (one of vgg_discriminator, vgg_style_128)" in lines[0]
     assert "gan-stage presets (srgan, esrgan)" in lines[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_resume_from_another_directory_validates_on_the_folder_the_run_started_with(store, shared_data, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """`validation.datasets=["val"]` (a relative folder) stayed as typed: `--resume` from another working
+    directory failed ("no such folder") or, where that directory has its own `val/`, validated and picked the
+    best export on other images without a word."""
+    import json
+
+    def val_folder(where: Path, names: list[str], set_name: str) -> None:
+        for sub in ("HR", "LR_bicubic/X4"):
+            (where / "val" / sub).mkdir(parents=True)
+            for name in names:
+                (where / "val" / sub / f"{name}.png").symlink_to(shared_data / "benchmarks" / set_name / sub / f"{name}.png")
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    val_folder(first, ["bird", "head"], "Set5")
+    val_folder(other, ["baboon", "zebra"], "Set14")
+    run = tmp_path / "run"
+    monkeypatch.chdir(first)
+    overrides = [*TINY, 'validation.datasets=["val"]', 'validation.metrics=["psnr"]', "validation.every=2"]
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(store), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q", *sets(overrides))
+    assert code == 0, err
+    monkeypatch.chdir(other)
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.epochs=2", "--device", "cpu",
+                            "--no-progress", "-q")
+    assert code == 0, err
+    logged = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if r["kind"] == "val"]
+    assert [r["iter"] for r in logged] == [2, 4]
+    # the value logged at iteration 4 is the started-with folder's score of that iteration's export
+    report = tmp_path / "eval.json"
+    code, err = run_cli_err(capsys, "eval", "-m", str(run / "exports" / "last.safetensors"), "--data",
+                            str(first / "val"), "--metric", "psnr", "--device", "cpu", "--no-progress", "-q",
+                            "--json", str(report))
+    assert code == 0, err
+    assert json.loads(report.read_text())["results"][0]["psnr"] == logged[-1]["val/psnr"]
+    # that folder gone: one line naming the run's record, not a silent switch to ./val
+    shutil.move(first / "val", tmp_path / "moved")
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.epochs=3", "--device", "cpu",
+                            "--no-progress")
+    assert code == 2
+    assert f"{run / 'run.json'}: the recorded validation dataset 'val' ({first / 'val'}) is missing" in err

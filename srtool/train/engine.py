@@ -251,7 +251,8 @@ class Trainer:
             runstate.check_recorded_paths(self.run_dir, run_info, check_vgg=options.vgg_weights is None,
                                           check_init=options.restart)
         check_data_paths(data)
-        self._check_validation_datasets()
+        self.val_datasets = runstate.validation_folders(self.run_dir, run_info, self.preset.validation.datasets,
+                                                        self.preset.scale)
         self.device = resolve_device(options.device, self.dist)
         self.amp_dtype = resolve_precision(t.precision, self.device)
         if self.device.type == "cuda":
@@ -415,11 +416,6 @@ class Trainer:
                 path = self.run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         barrier(self.dist)  # every rank passes here exactly once, whatever it saw
-
-    def _check_validation_datasets(self) -> None:
-        from ..prepare.paths import resolve_dataset
-
-        self.val_datasets = [resolve_dataset(d, self.preset.scale) for d in self.preset.validation.datasets]
 
     def _wrap(self, net: nn.Module | None) -> nn.Module | None:
         if net is None:

@@ -116,6 +116,32 @@ def check_recorded_paths(run_dir: Path, info: Mapping[str, Any], check_vgg: bool
                             f"(sha256 {digest[:12]}... expected); restore the original file")
 
 
+def validation_folders(run_dir: Path, info: dict[str, Any], datasets: list[str], scale: int) -> list[Path]:
+    """The folders of ``validation.datasets``. One given as a path (``Set5mini``, ``../val``) is recorded in
+    ``run.json`` absolute at the start (``validation_folders``) and used from there on ``--resume``: the
+    preset keeps it as typed, which from another working directory names no folder, or another one, so
+    the resumed run would validate, and pick its best export, on different images. A known name
+    (``Set5``) stays a name, resolved in srtool's data folder."""
+    from ..prepare.paths import given_dataset_folder, resolve_dataset
+
+    recorded = dict(info.get("validation_folders") or {})
+    folders = []
+    for name in datasets:
+        if isinstance(recorded.get(name), str):
+            folder = Path(recorded[name])
+            if not folder.is_dir():
+                raise UserError(f"{Path(run_dir) / 'run.json'}: the recorded validation dataset {name!r} "
+                                f"({folder}) is missing; restore it there")
+        else:
+            folder = resolve_dataset(name, scale)
+            if given_dataset_folder(name) is not None and "validation_folders" not in info:  # a new run
+                recorded[name] = str(folder.resolve())
+        folders.append(folder)
+    if recorded and "validation_folders" not in info:
+        info["validation_folders"] = recorded
+    return folders
+
+
 # --------------------------------------------------------------------------------- run directory
 
 
