@@ -130,3 +130,23 @@ def test_resume_from_another_directory_validates_on_the_folder_the_run_started_w
                             "--no-progress")
     assert code == 2
     assert f"{run / 'run.json'}: the recorded validation dataset 'val' ({first / 'val'}) is missing" in err
+
+
+def test_crop_larger_than_every_image_suggests_a_crop_that_fits(shared_data, tmp_path, capsys):
+    """T91's two smallest images (78 and 105 px) with the presets' 128 px crop: the advice was always
+    `--set train.hr_crop=96`, which is still too large for a 78 px image set; now the largest that fits."""
+    from srtool.prepare import prepare_folder
+
+    src = tmp_path / "small"
+    src.mkdir()
+    for name in ("t20.png", "t9.png"):
+        (src / name).symlink_to(shared_data / "train" / "T91" / name)
+    data = prepare_folder([src], tmp_path / "prepared", scale=4, workers=1, progress=False)
+    args = ["train", "--preset", "srresnet", "--data", str(data), "--device", "cpu", "--no-progress", "-q",
+            *sets([o for o in TINY if not o.startswith("train.hr_crop")])]
+    code, err = run_cli_err(capsys, *args, "--out", str(tmp_path / "a"), "--set", "train.hr_crop=128")
+    assert code == 2 and "Traceback" not in err
+    assert "lower train.hr_crop (--set train.hr_crop=104 or less) or add larger images" in err
+    code, err = run_cli_err(capsys, *args, "--out", str(tmp_path / "b"), "--set", "train.hr_crop=104")
+    assert code == 0, err
+    assert "skipped 1 of 2 training sub-images smaller than the 104 px crop" in err
