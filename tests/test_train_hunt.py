@@ -150,3 +150,31 @@ def test_crop_larger_than_every_image_suggests_a_crop_that_fits(shared_data, tmp
     code, err = run_cli_err(capsys, *args, "--out", str(tmp_path / "b"), "--set", "train.hr_crop=104")
     assert code == 0, err
     assert "skipped 1 of 2 training sub-images smaller than the 104 px crop" in err
+
+
+@pytest.mark.parametrize("metrics, small, message", [
+    ('["psnr", "niqe"]', "t20", "76x76 is too small for NIQE"),
+    ('["psnr", "ssim"]', "crop16", "16x16 is too small to score"),
+])
+def test_a_validation_image_too_small_for_its_metrics_is_refused_before_training(store, shared_data, tmp_path, capsys,
+                                                                                 metrics, small, message):
+    """Found only at the first validation (`validation.every` iterations in, before that iteration's
+    checkpoint: the iterations were lost), and NIQE's as "internal error: ValueError", exit 1."""
+    from PIL import Image
+
+    val = tmp_path / "val"
+    val.mkdir()
+    (val / "bird.png").symlink_to(shared_data / "benchmarks" / "Set5" / "HR" / "bird.png")
+    if small == "t20":  # T91's smallest image: 78x78, no two 96x96 NIQE blocks
+        (val / "t20.png").symlink_to(shared_data / "train" / "T91" / "t20.png")
+    else:  # a 16x16 piece of a real image: after the 4 px border crop no 11x11 SSIM window fits
+        Image.open(shared_data / "benchmarks" / "Set5" / "HR" / "baby.png").crop((200, 200, 216, 216)).save(
+            val / "crop16.png")
+    run = tmp_path / "run"
+    overrides = [*TINY, f"validation.datasets=[{str(val)!r}]", f"validation.metrics={metrics}", "validation.every=2"]
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(store), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q", *sets(overrides))
+    assert code == 2, err
+    assert f"{val / (small + '.png')}: {message}" in err
+    assert "internal error" not in err and "Traceback" not in err
+    assert not run.exists()  # refused before the run directory was made, let alone trained

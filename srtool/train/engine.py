@@ -270,9 +270,11 @@ class Trainer:
         if not resuming and "vgg_weights" in self.weights_used:
             run_info["vgg_weights_file"] = self.weights_used["vgg_weights"]["path"]
             run_info["vgg_weights_sha256"] = self.weights_used["vgg_weights"]["sha256"]
-        from .validation import plan_validation
+        from .validation import check_validation_data, plan_validation
 
         self.val_plan, self.val_scorer = plan_validation(p, self.warn, str(self.device)) if self.val_datasets else (None, None)
+        if self.val_plan is not None:
+            check_validation_data(self.val_datasets, self.val_plan, p.scale)
         init_state = None
         if init_from and not resuming:
             init_state = load_init_weights(init_from, p, self.warn)
