@@ -178,3 +178,38 @@ def test_a_validation_image_too_small_for_its_metrics_is_refused_before_training
     assert f"{val / (small + '.png')}: {message}" in err
     assert "internal error" not in err and "Traceback" not in err
     assert not run.exists()  # refused before the run directory was made, let alone trained
+
+
+GAN_TINY = [*TINY, "model.discriminator.n_blocks=2", "model.discriminator.pool_size=2", "model.discriminator.hidden=16",
+            "model.discriminator.base_channels=8"]
+
+
+def test_init_from_a_run_directory_records_the_export_it_started_from(finished_run, store, tmp_path, capsys):
+    """`--init-from PSNR_RUN` recorded the folder (sha256 null) in run.json and the exports: once the PSNR run
+    trained on (a new best export), nothing said which weights the GAN started from, and `--restart`
+    silently started from the new ones."""
+    import json
+
+    from srtool.atomic import sha256_file
+
+    psnr = tmp_path / "psnr"
+    shutil.copytree(finished_run, psnr)
+    started = psnr / "exports" / "best.safetensors"
+    digest_then = sha256_file(started)
+    gan = tmp_path / "gan"
+    code, err = run_cli_err(capsys, "train", "--preset", "srgan", "--data", str(store), "--out", str(gan),
+                            "--init-from", str(psnr), "--vgg-weights", "random", "--allow-random-vgg", "--device", "cpu",
+                            "--no-progress", "-q", *sets(GAN_TINY))
+    assert code == 0, err
+    info = json.loads((gan / "run.json").read_text())
+    assert (info["init_from"], info["init_from_sha256"]) == (str(started.resolve()), digest_then)
+    export_info = json.loads((gan / "exports" / "last.json").read_text())
+    assert export_info["init_from"] == {"path": str(started.resolve()), "sha256": digest_then}
+    # the PSNR run goes on: its best export is replaced
+    code, err = run_cli_err(capsys, "train", "--resume", str(psnr), "--set", "train.epochs=2", "--device", "cpu",
+                            "--no-progress", "-q")
+    assert code == 0, err
+    assert sha256_file(started) != digest_then
+    code, err = run_cli_err(capsys, "train", "--resume", str(gan), "--restart", "--device", "cpu", "--no-progress")
+    assert code == 2
+    assert f"the recorded --init-from {started.resolve()} has changed since the run started" in err
