@@ -180,10 +180,6 @@ def test_a_validation_image_too_small_for_its_metrics_is_refused_before_training
     assert not run.exists()  # refused before the run directory was made, let alone trained
 
 
-GAN_TINY = [*TINY, "model.discriminator.n_blocks=2", "model.discriminator.pool_size=2", "model.discriminator.hidden=16",
-            "model.discriminator.base_channels=8"]
-
-
 def test_init_from_a_run_directory_records_the_export_it_started_from(finished_run, store, tmp_path, capsys):
     """`--init-from PSNR_RUN` recorded the folder (sha256 null) in run.json and the exports: once the PSNR run
     trained on (a new best export), nothing said which weights the GAN started from, and `--restart`
@@ -196,10 +192,9 @@ def test_init_from_a_run_directory_records_the_export_it_started_from(finished_r
     shutil.copytree(finished_run, psnr)
     started = psnr / "exports" / "best.safetensors"
     digest_then = sha256_file(started)
-    gan = tmp_path / "gan"
-    code, err = run_cli_err(capsys, "train", "--preset", "srgan", "--data", str(store), "--out", str(gan),
-                            "--init-from", str(psnr), "--vgg-weights", "random", "--allow-random-vgg", "--device", "cpu",
-                            "--no-progress", "-q", *sets(GAN_TINY))
+    gan = tmp_path / "gan"  # (a PSNR-stage fine-tune takes the same path as a GAN run, without VGG19's cost)
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(store), "--out", str(gan),
+                            "--init-from", str(psnr), "--device", "cpu", "--no-progress", "-q", *sets(TINY))
     assert code == 0, err
     info = json.loads((gan / "run.json").read_text())
     assert (info["init_from"], info["init_from_sha256"]) == (str(started.resolve()), digest_then)
@@ -213,3 +208,24 @@ def test_init_from_a_run_directory_records_the_export_it_started_from(finished_r
     code, err = run_cli_err(capsys, "train", "--resume", str(gan), "--restart", "--device", "cpu", "--no-progress")
     assert code == 2
     assert f"the recorded --init-from {started.resolve()} has changed since the run started" in err
+
+
+def test_a_sweep_from_a_relative_init_from_runs_again(finished_run, store, tmp_path, monkeypatch,
+                                                                      capsys):
+    """`srtool sweep --preset srgan --init-from psnr ...` run again (to resume it, or as a no-op) said "the run
+    on disk started from --init-from '/abs/psnr', not 'psnr'" (run.json records the path absolute) and
+    refused the sweep."""
+    import json
+
+    shutil.copytree(finished_run, tmp_path / "psnr")
+    monkeypatch.chdir(tmp_path)
+    # a PSNR-stage sweep fine-tuning from a run takes the same path as a GAN sweep, without VGG19's cost
+    args = ["sweep", "--preset", "srresnet", "--data", str(store), "--out", "gans", "--init-from", "psnr",
+            "--grid", "train.lr=1e-4", "--device", "cpu", "--no-progress", *sets(TINY)]
+    code, err = run_cli_err(capsys, *args)
+    assert code == 0, err
+    run_json = next((tmp_path / "gans").glob("*/run.json"))
+    assert json.loads(run_json.read_text())["init_from"] == str(tmp_path / "psnr" / "exports" / "best.safetensors")
+    code, err = run_cli_err(capsys, *args)
+    assert code == 0, err
+    assert "0 to run, 1 finished" in err

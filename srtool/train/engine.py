@@ -224,13 +224,7 @@ class Trainer:
             self.run_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
             check_distinct_data(options.data)
             data = [Path(p).expanduser().resolve() for p in options.data]
-            init_from, vgg_weights = options.init_from, options.vgg_weights
-            if init_from and Path(init_from).expanduser().is_dir():
-                # a run directory's export, by file: the run may go on training (a new best), and the run.json
-                # record, exports' provenance and --restart must name the weights this run really started from
-                from ..model_files import weights_in
-
-                init_from = str(weights_in(Path(init_from).expanduser()))
+            init_from, vgg_weights = runstate.init_weights_file(options.init_from), options.vgg_weights
             allow_random_vgg = options.allow_random_vgg
             # every path absolute (and hashed where it is a file): --resume works from any directory
             init_path, init_sha = runstate.record_path(init_from)

@@ -54,6 +54,17 @@ def record_path(spec: str | None, keywords: tuple[str, ...] = (), hash_file: boo
     return str(path), sha256_file(path) if path.is_file() and hash_file else None
 
 
+def init_weights_file(spec: str | None) -> str | None:
+    """``--init-from`` as a run uses and records it: a run directory stands for the export file it holds
+    now. The run may go on training (a new best export), and ``run.json``, the exports' provenance and
+    ``--restart`` must name, and hash, the weights this run really started from."""
+    if spec and Path(spec).expanduser().is_dir():
+        from ..model_files import weights_in
+
+        return str(weights_in(Path(spec).expanduser()))
+    return spec
+
+
 def weights_record(vgg_spec: str | None, run_info: Mapping[str, Any]) -> dict[str, Any]:
     """``{"vgg_weights": {source, path, sha256}, "init_from": {path, sha256}}`` for exports and run.json:
     which VGG19 file the perceptual loss really used (torchvision's cached file for ``imagenet``)."""
