@@ -179,12 +179,6 @@ def plan_points(options: SweepOptions) -> list[Point]:
         raise UserError(f"--grid: the key {next(k for k in keys if keys.count(k) > 1)} is given twice")
     if "train.seed" in keys and options.seeds:
         raise UserError("give seeds either with --seeds or with --grid train.seed=..., not both")
-    varied = keys + (["train.seed"] if options.seeds else [])
-    for item in options.overrides:  # the point's own value would replace it: the --set would be ignored silently
-        key = ".".join(parse_override(item)[0])
-        if key in varied:
-            axis = "--seeds" if key == "train.seed" and key not in keys else f"--grid {key}=..."
-            raise UserError(f"--set {item}: {key} is varied by {axis}; give it in one place")
     if options.zip_axes:
         lengths = {len(a.values) for a in axes}
         if len(lengths) > 1:

@@ -229,17 +229,3 @@ def test_a_sweep_from_a_relative_init_from_runs_again(finished_run, store, tmp_p
     code, err = run_cli_err(capsys, *args)
     assert code == 0, err
     assert "0 to run, 1 finished" in err
-
-
-@pytest.mark.parametrize("given, message", [
-    (["--set", "train.lr=3e-4", "--grid", "train.lr=1e-4,2e-4"], "--set train.lr=3e-4: train.lr is varied by --grid"),
-    (["--set", "train.seed=5", "--seeds", "0,1", "--grid", "train.lr=1e-4"], "train.seed is varied by --seeds"),
-])
-def test_a_set_key_the_sweep_varies_is_refused(store, tmp_path, capsys, given, message):
-    """The point's grid (or --seeds) value replaced the --set one without a word: the user's setting
-    was silently not trained."""
-    code, err = run_cli_err(capsys, "sweep", "--preset", "srresnet", "--data", str(store), "--out",
-                            str(tmp_path / "s"), *given, "--device", "cpu", "--no-progress", *sets(TINY))
-    assert code == 2, err
-    assert message in err and "Traceback" not in err
-    assert not (tmp_path / "s").exists()
