@@ -229,3 +229,33 @@ def test_a_sweep_from_a_relative_init_from_runs_again(finished_run, store, tmp_p
     code, err = run_cli_err(capsys, *args)
     assert code == 0, err
     assert "0 to run, 1 finished" in err
+
+
+def test_a_run_that_ends_where_it_stopped_validates_its_last_weights(store, shared_data, tmp_path, capsys):
+    """Stopped on an iteration that does not validate (Ctrl-C/SIGTERM there, or `Trainer.run(until=N)`), then
+    `--resume --set train.iters_per_epoch=N` (shortened down to where it is) or stopped on its very last
+    iteration: the run ended "N/N" without the final validation every finished run has, so its last weights
+    were never scored nor considered for exports/best.safetensors."""
+    import json
+
+    val = tmp_path / "val"
+    for sub in ("HR", "LR_bicubic/X4"):
+        (val / sub).mkdir(parents=True)
+        (val / sub / "bird.png").symlink_to(shared_data / "benchmarks" / "Set5" / sub / "bird.png")
+    run = tmp_path / "run"
+    overrides = [*[o for o in TINY if not o.startswith("train.iters_per_epoch")], "train.iters_per_epoch=8",
+                 f"validation.datasets=[{str(val)!r}]", 'validation.metrics=["psnr"]', "validation.every=4"]
+    trainer = Trainer(TrainOptions(preset="srresnet", data=[store], out=run, overrides=overrides, device="cpu",
+                                   progress=False, quiet=True))
+    try:
+        assert trainer.run(until=6).iteration == 6  # checkpointed at 6, validated at 4 only
+    finally:
+        trainer.close()
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.iters_per_epoch=6", "--device", "cpu",
+                            "--no-progress", "-q")
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "val"] == [4, 6]
+    best = json.loads((run / "exports" / "best.json").read_text())
+    chosen = max((r["val/psnr"], r["iter"]) for r in records if r["kind"] == "val")
+    assert best["iterations"] == chosen[1]

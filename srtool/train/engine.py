@@ -697,6 +697,12 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        if (self.dist.is_main and not interrupted and self.iteration == self.total and self.val_datasets
+                and not self.monitor.validated_at(self.iteration)):
+            # a run that reached its end without the final validation (stopped on its last iteration, or
+            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked too
+            self._after_validation(self.validate())
+            self._save()
         if self.dist.is_main and self.iteration == 0 and not (self.run_dir / "exports" / "last.safetensors").exists():
             self._save()
         barrier(self.dist)
