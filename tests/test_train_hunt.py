@@ -259,3 +259,35 @@ def test_a_run_that_ends_where_it_stopped_validates_its_last_weights(store, shar
     best = json.loads((run / "exports" / "best.json").read_text())
     chosen = max((r["val/psnr"], r["iter"]) for r in records if r["kind"] == "val")
     assert best["iterations"] == chosen[1]
+
+
+def test_two_trainings_on_one_plain_image_folder_share_its_cache(shared_data, tmp_path, monkeypatch, capsys):
+    """`srtool sweep --jobs 2 --data photos/` (or two `srtool train --data photos/` at once): the second found the
+    first preparing the folder's cache and failed, "--out ~/.cache/srtool/train-folders/KEY: another srtool
+    prepare (pid N) is writing there" (an --out the user never gave). Now it waits and uses the same cache."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from srtool.train.data import _folder_key
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for image in sorted((shared_data / "train" / "BSD200").iterdir())[:40]:
+        (photos / image.name).symlink_to(image)
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    common = ["--preset", "srresnet", "--data", str(photos), "--device", "cpu", "--no-progress", "-q", *sets(TINY)]
+    first = subprocess.Popen([sys.executable, "-m", "srtool", "train", *common, "--out", str(tmp_path / "a")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ.copy())
+    lock = tmp_path / "cache" / "train-folders" / _folder_key(photos, 4) / ".srtool-prepare" / "lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.stat().st_size) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert first.poll() is None, "the first training ended before it prepared the cache"
+    code, err = run_cli_err(capsys, "train", *common, "--out", str(tmp_path / "b"))
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert code == 0, err
+    assert "waiting for another srtool that is preparing it into the cache" in err
+    assert "preparing it once" not in err  # the first one's cache was used, not made again
