@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from cli_runner import run_cli, run_cli_err
+from test_train_habits import t91_subset  # noqa: F401  (the prepared T91 subset fixture)
 from srtool.train import TrainOptions
 from srtool.train.engine import Trainer
 
@@ -28,14 +29,9 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def store(shared_data, tmp_path_factory) -> Path:
-    """Six T91 images prepared by srtool prepare (a real, small training store)."""
-    from srtool.prepare import prepare_folder
-
-    src = tmp_path_factory.mktemp("t91")
-    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:6]:
-        (src / image.name).symlink_to(image)
-    return prepare_folder([src], tmp_path_factory.mktemp("prepared") / "t6", scale=4, workers=1, progress=False)
+def store(t91_subset) -> Path:
+    """Eight T91 images prepared by srtool prepare (a real, small training store)."""
+    return t91_subset
 
 
 @pytest.fixture(scope="module")

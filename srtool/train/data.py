@@ -249,10 +249,10 @@ def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, wo
             from ..atomic import waiting_lock
 
             target = (cache_dir or default_cache_dir()) / "train-folders" / _folder_key(path, scale)
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=True)
             # another training on the same folder (a sweep with --jobs 2, a second run) may be preparing it
             # now: wait for it and use its result, instead of failing on prepare's --out lock
-            with waiting_lock(target.with_name(target.name + ".lock"), lambda: warn_stderr(
+            with waiting_lock(target / ".srtool-cache.lock", lambda: warn_stderr(
                     f"--data {path}: waiting for another srtool that is preparing it into the cache {target}")):
                 if not _is_prepared(target):
                     warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
