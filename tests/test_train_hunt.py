@@ -287,3 +287,28 @@ def test_two_trainings_on_one_plain_image_folder_share_its_cache(shared_data, tm
     assert code == 0, err
     assert "waiting for another srtool that is preparing it into the cache" in err
     assert "preparing it once" not in err  # the first one's cache was used, not made again
+
+
+def test_a_nan_validation_score_does_not_stay_best(store, shared_data, tmp_path):
+    """NIQE of a flat image is NaN: a tiny ESRGAN run on Set5 validated `NIQE nan` at its first validation (its
+    random generator gave black images). With `validation.select = "niqe"` that NaN became the best score, and
+    as nothing compares better than NaN, no later validation could ever replace exports/best.safetensors."""
+    import json
+
+    val = tmp_path / "val"
+    for sub in ("HR", "LR_bicubic/X4"):
+        (val / sub).mkdir(parents=True)
+        (val / sub / "baby.png").symlink_to(shared_data / "benchmarks" / "Set5" / sub / "baby.png")
+    overrides = [*TINY, f"validation.datasets=[{str(val)!r}]", 'validation.metrics=["psnr", "niqe"]',
+                 'validation.select="niqe"', "validation.every=1"]
+    trainer = Trainer(TrainOptions(preset="srresnet", data=[store], out=tmp_path / "run", overrides=overrides,
+                                   device="cpu", progress=False, quiet=True))
+    try:
+        trainer.iteration = 1
+        trainer._after_validation({"val": {"psnr": 5.0, "niqe": float("nan")}})  # the flat first output's scores
+        trainer.iteration = 2
+        trainer._after_validation(trainer.validate())  # a real validation of the network: a finite NIQE
+    finally:
+        trainer.close()
+    assert trainer.best["iteration"] == 2 and trainer.best["score"] == trainer.best["scores"]["val"]["niqe"]
+    assert json.loads((tmp_path / "run" / "exports" / "best.json").read_text())["iterations"] == 2

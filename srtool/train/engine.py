@@ -590,7 +590,10 @@ class Trainer:
 
         select = self.val_plan.select
         score = sum(s[select] for s in scores.values()) / len(scores)
+        # NIQE of a flat output (an early GAN generator's) is NaN, and nothing compares better than NaN: a
+        # NaN best would be kept for the whole run, so any real score replaces it
         is_best = (self.best is None or self.best.get("metric") != select
+                   or (math.isnan(self.best["score"]) and not math.isnan(score))
                    or METRICS[select].better(score, self.best["score"]))
         if is_best:
             self.best = {"iteration": self.iteration, "metric": select, "score": score, "scores": scores}
