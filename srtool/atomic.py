@@ -141,6 +141,8 @@ def waiting_lock(lock: Path, on_wait=None, what: str = "lock", hint: str = "") -
             if on_wait is not None:
                 on_wait()
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock on a read-only descriptor (NFS: EBADF/ENOLCK): no lock
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock

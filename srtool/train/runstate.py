@@ -384,6 +384,9 @@ class RunLock:
             os.close(fd)
             raise UserError(f"{run_dir}: another srtool train is training in this run directory; wait for it "
                             "to finish or stop it first") from None
+        except OSError:  # a file system without flock on a directory (NFS emulates it, EBADF/ENOLCK): no lock
+            os.close(fd)
+            return
         self._fd = fd
 
     def close(self) -> None:
