@@ -312,3 +312,31 @@ def test_a_nan_validation_score_does_not_stay_best(store, shared_data, tmp_path)
         trainer.close()
     assert trainer.best["iteration"] == 2 and trainer.best["score"] == trainer.best["scores"]["val"]["niqe"]
     assert json.loads((tmp_path / "run" / "exports" / "best.json").read_text())["iterations"] == 2
+
+
+def test_a_run_made_in_a_new_out_while_another_sets_up_is_not_replaced(store, tmp_path, monkeypatch, capsys):
+    """Two `srtool train --out NEW` started together: both found NEW empty; the one still opening its data
+    when the other finished took the folder over (rewrote preset.toml/run.json, deleted its log.jsonl).
+    Here the other training runs, for real, while this one opens its training store."""
+    import srtool.train.engine as engine
+
+    run = tmp_path / "run"
+    args = ["train", "--preset", "srresnet", "--data", str(store), "--out", str(run), "--device", "cpu",
+            "--no-progress", "-q", *sets(TINY)]
+    real_open = engine.open_stores
+    first: list[int] = []
+    made: dict[str, str] = {}
+
+    def open_while_another_trains(*a, **kw):
+        if not first:
+            first.append(-1)  # (the other training's own open_stores is the real one)
+            first[0] = run_cli(*args)  # the other srtool train, into the same new --out, start to end
+            made.update(digest(run))
+        return real_open(*a, **kw)
+
+    monkeypatch.setattr(engine, "open_stores", open_while_another_trains)
+    code, err = run_cli_err(capsys, *args)
+    assert first == [0]
+    assert code == 2, err
+    assert f"--out {run}: another srtool train made a run there while this one was setting up" in err
+    assert digest(run) == made and "log.jsonl" in made

@@ -349,8 +349,11 @@ class Trainer:
         self.monitor = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            if self._run_lock is None:
+            if self._run_lock is None:  # a new folder: another training may have made a run there meanwhile
                 self._run_lock = runstate.RunLock(self.run_dir)
+                if not resuming and any((self.run_dir / name).exists() for name in RUN_FILES):
+                    raise UserError(f"--out {self.run_dir}: another srtool train made a run there while this one "
+                                    "was setting up; nothing of it was replaced. Choose another --out")
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
             if not resuming:
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
