@@ -115,3 +115,34 @@ def write_bytes_atomic(final: str | os.PathLike, data: bytes, replace: bool = Tr
 
 def write_text_atomic(final: str | os.PathLike, text: str, replace: bool = True) -> None:
     write_bytes_atomic(final, text.encode("utf-8"), replace)
+
+
+@contextlib.contextmanager
+def waiting_lock(lock: Path, on_wait=None, what: str = "lock", hint: str = "") -> Iterator[None]:
+    """Hold the exclusive ``flock`` of the file ``lock`` (created if missing), waiting while another process
+    holds it (``on_wait()`` is called first, to say so). For work that a second srtool should wait for and
+    then reuse, not redo alongside (a download, a cache build). The kernel drops the lock when its holder
+    dies. Windows has no flock: no lock there."""
+    from .errors import UserError
+
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    try:  # read-only is enough for flock, and lets users sharing a cache open each other's lock file
+        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise UserError(f"{lock}: cannot open the {what} ({exc.strerror or exc})" + (f"; {hint}" if hint else "")) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # a file system without flock on a read-only descriptor (NFS: EBADF/ENOLCK): no lock
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock

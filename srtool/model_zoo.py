@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import sha256_file, write_text_atomic
+from .atomic import sha256_file, waiting_lock, write_text_atomic
 from .errors import UserError
 
 _REALESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
@@ -168,29 +168,14 @@ def _cache_folder(folder: Path, entry: ZooModel, url: str) -> None:
 @contextlib.contextmanager
 def _download_lock(dest: Path, notice: Callable[[str], None] | None) -> Iterator[None]:
     """Hold ``<dest>.lock`` while downloading: a second srtool asking for the same model waits, then finds
-    the verified file, instead of appending to the first one's ``.part``. The kernel drops the lock when
-    its holder dies. (Windows has no flock: no lock there.)"""
-    try:
-        import fcntl
-    except ImportError:
+    the verified file, instead of appending to the first one's ``.part``."""
+    def waiting() -> None:
+        if notice:
+            notice(f"waiting for another srtool that is downloading {dest.name}")
+
+    with waiting_lock(dest.with_name(dest.name + ".lock"), waiting, "download lock",
+                      "set SRTOOL_CACHE_DIR to a folder you can write"):
         yield
-        return
-    lock = dest.with_name(dest.name + ".lock")
-    try:  # read-only is enough for flock, and lets users sharing a cache open each other's lock file
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
-    except OSError as exc:
-        raise UserError(f"{lock}: cannot open the download lock ({exc.strerror or exc}); "
-                        "set SRTOOL_CACHE_DIR to a folder you can write") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if notice:
-                notice(f"waiting for another srtool that is downloading {dest.name}")
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = None,

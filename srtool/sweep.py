@@ -287,7 +287,7 @@ def reconcile(points: list[Point], sweep_dir: Path, data: list[Path], manifest: 
                             f"not on {[str(p) for p in data]}")
             continue
         wanted_init = init_from_for(init_from, point) if init_from else None
-        if run_info.get("init_from") != wanted_init:
+        if run_info.get("init_from") not in _init_records(wanted_init):
             problems.append(f"sweep point {point.name}: the run on disk started from --init-from "
                             f"{run_info.get('init_from')!r}, not {wanted_init!r}")
             continue
@@ -353,6 +353,17 @@ def train_args(options: SweepOptions, point: Point, sweep_dir: Path) -> list[str
     if run_dir.exists() and not (run_dir / "run.json").exists() and any(run_dir.iterdir()):
         args.append("--overwrite")  # the sweep's own folder, left by a kill before training was set up
     return [*args, *extra, "--no-progress"]
+
+
+def _init_records(spec: str | None) -> set[str | None]:
+    """What ``run.json`` may record for ``--init-from spec``: the path made absolute, for a run directory
+    the export file it holds (older runs recorded the directory itself)."""
+    from .train.runstate import init_weights_file, record_path
+
+    records = {record_path(spec, hash_file=False)[0]}
+    with contextlib.suppress(UserError):  # a folder without exports: only the folder itself can match
+        records.add(record_path(init_weights_file(spec), hash_file=False)[0])
+    return records
 
 
 def init_from_for(template: str, point: Point) -> str:

@@ -133,6 +133,12 @@ def describe_problem(err: dict[str, Any]) -> str:
     if err["type"] == "union_tag_invalid":
         table = DISCRIMINATOR_CONFIGS if "discriminator" in err["loc"] else GENERATOR_CONFIGS
         return f"unknown architecture; allowed: {', '.join(table)}"
+    if err["type"] == "union_tag_not_found":  # e.g. --set model.discriminator.n_blocks=2 on a psnr-stage preset
+        table = DISCRIMINATOR_CONFIGS if "discriminator" in err["loc"] else GENERATOR_CONFIGS
+        section = ".".join(str(p) for p in err["loc"])
+        why = ("; a psnr-stage preset has no discriminator: these keys are for gan-stage presets (srgan, esrgan)"
+               if table is DISCRIMINATOR_CONFIGS else "")
+        return f"{section}.arch is missing (one of {', '.join(table)}){why}"
     if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
         return f"{err['msg']} (got {err['input']!r})"
     return err["msg"]

@@ -50,9 +50,11 @@ class CropSource:
         self.scale = scale
         rows: list[tuple[int, int]] = []
         skipped: list[str] = []
+        fits = 0  # the largest crop (a multiple of the scale) some sub-image could give (for the advice below)
         for si, store in enumerate(stores):
             for i in range(len(store)):
                 h, w = store.hr(i).shape[:2]
+                fits = max(fits, min(h, w) // scale * scale)
                 if h < hr_crop or w < hr_crop:
                     name = store.image_name(i) if hasattr(store, "image_name") else str(i)
                     skipped.append(f"{labels[si]}:{name} ({w}x{h})")
@@ -65,9 +67,10 @@ class CropSource:
             shown = ", ".join(skipped[:5]) + (f", ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
             warn(f"skipped {len(skipped)} of {total} training sub-images smaller than the {hr_crop} px crop: {shown}")
         if not len(self.index):
+            lower = f"lower train.hr_crop (--set train.hr_crop={fits} or less) or " if fits >= scale else ""
             raise UserError(
                 f"no training sub-image is at least {hr_crop}x{hr_crop} in {', '.join(labels)}: "
-                "lower train.hr_crop (e.g. --set train.hr_crop=96) or add larger images"
+                f"{lower}add larger images"
             )
 
     def __len__(self) -> int:
@@ -243,11 +246,18 @@ def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, wo
         else:
             from ..prepare import prepare_folder
 
+            from ..atomic import waiting_lock
+
             target = (cache_dir or default_cache_dir()) / "train-folders" / _folder_key(path, scale)
-            if not _is_prepared(target):
-                warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
-                prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr,
-                               progress=progress)
+            target.mkdir(parents=True, exist_ok=True)
+            # another training on the same folder (a sweep with --jobs 2, a second run) may be preparing it
+            # now: wait for it and use its result, instead of failing on prepare's --out lock
+            with waiting_lock(target / ".srtool-cache.lock", lambda: warn_stderr(
+                    f"--data {path}: waiting for another srtool that is preparing it into the cache {target}")):
+                if not _is_prepared(target):
+                    warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
+                    prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr,
+                                   progress=progress)
             stores.append(TrainingStore.open(target, scale))
         labels.append(path.name or str(path))
     return stores, labels

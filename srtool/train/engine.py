@@ -224,7 +224,7 @@ class Trainer:
             self.run_dir = Path(options.out).expanduser()  # `--out=~/x`: bash leaves that ~ alone
             check_distinct_data(options.data)
             data = [Path(p).expanduser().resolve() for p in options.data]
-            init_from, vgg_weights = options.init_from, options.vgg_weights
+            init_from, vgg_weights = runstate.init_weights_file(options.init_from), options.vgg_weights
             allow_random_vgg = options.allow_random_vgg
             # every path absolute (and hashed where it is a file): --resume works from any directory
             init_path, init_sha = runstate.record_path(init_from)
@@ -242,13 +242,17 @@ class Trainer:
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         if not self.dist.is_main:
             self.warn = lambda message: None  # rank 0 speaks for the run
+        self._run_lock = None  # rank 0 holds the run directory before anything in it is deleted or rewritten
+        if self.dist.is_main and self.run_dir.is_dir():
+            self._run_lock = runstate.RunLock(self.run_dir)
         if not resuming:
             self._check_out_dir()
         else:
             runstate.check_recorded_paths(self.run_dir, run_info, check_vgg=options.vgg_weights is None,
                                           check_init=options.restart)
         check_data_paths(data)
-        self._check_validation_datasets()
+        self.val_datasets = runstate.validation_folders(self.run_dir, run_info, self.preset.validation.datasets,
+                                                        self.preset.scale)
         self.device = resolve_device(options.device, self.dist)
         self.amp_dtype = resolve_precision(t.precision, self.device)
         if self.device.type == "cuda":
@@ -266,9 +270,11 @@ class Trainer:
         if not resuming and "vgg_weights" in self.weights_used:
             run_info["vgg_weights_file"] = self.weights_used["vgg_weights"]["path"]
             run_info["vgg_weights_sha256"] = self.weights_used["vgg_weights"]["sha256"]
-        from .validation import plan_validation
+        from .validation import check_validation_data, plan_validation
 
         self.val_plan, self.val_scorer = plan_validation(p, self.warn, str(self.device)) if self.val_datasets else (None, None)
+        if self.val_plan is not None:
+            check_validation_data(self.val_datasets, self.val_plan, p.scale)
         init_state = None
         if init_from and not resuming:
             init_state = load_init_weights(init_from, p, self.warn)
@@ -343,6 +349,11 @@ class Trainer:
         self.monitor = None
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            if self._run_lock is None:  # a new folder: another training may have made a run there meanwhile
+                self._run_lock = runstate.RunLock(self.run_dir)
+                if not resuming and any((self.run_dir / name).exists() for name in RUN_FILES):
+                    raise UserError(f"--out {self.run_dir}: another srtool train made a run there while this one "
+                                    "was setting up; nothing of it was replaced. Choose another --out")
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
             if not resuming:
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
@@ -410,11 +421,6 @@ class Trainer:
                 path = self.run_dir / name
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         barrier(self.dist)  # every rank passes here exactly once, whatever it saw
-
-    def _check_validation_datasets(self) -> None:
-        from ..prepare.paths import resolve_dataset
-
-        self.val_datasets = [resolve_dataset(d, self.preset.scale) for d in self.preset.validation.datasets]
 
     def _wrap(self, net: nn.Module | None) -> nn.Module | None:
         if net is None:
@@ -587,7 +593,10 @@ class Trainer:
 
         select = self.val_plan.select
         score = sum(s[select] for s in scores.values()) / len(scores)
+        # NIQE of a flat output (an early GAN generator's) is NaN, and nothing compares better than NaN: a
+        # NaN best would be kept for the whole run, so any real score replaces it
         is_best = (self.best is None or self.best.get("metric") != select
+                   or (math.isnan(self.best["score"]) and not math.isnan(score))
                    or METRICS[select].better(score, self.best["score"]))
         if is_best:
             self.best = {"iteration": self.iteration, "metric": select, "score": score, "scores": scores}
@@ -694,6 +703,12 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        if (self.dist.is_main and not interrupted and self.iteration == self.total and self.val_datasets
+                and not self.monitor.validated_at(self.iteration)):
+            # a run that reached its end without the final validation (stopped on its last iteration, or
+            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked too
+            self._after_validation(self.validate())
+            self._save()
         if self.dist.is_main and self.iteration == 0 and not (self.run_dir / "exports" / "last.safetensors").exists():
             self._save()
         barrier(self.dist)
@@ -722,6 +737,9 @@ class Trainer:
         if self.monitor is not None:
             self.monitor.close()
             self.monitor = None
+        if self._run_lock is not None:
+            self._run_lock.close()
+            self._run_lock = None
 
 
 def train(options: TrainOptions) -> TrainResult:

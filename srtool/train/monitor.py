@@ -219,6 +219,10 @@ class RunMonitor:
             self._set_status()
         return record
 
+    def validated_at(self, iteration: int) -> bool:
+        """Whether the log holds a validation of ``iteration`` (this run's, or before the resume)."""
+        return any(r.get("kind") == "val" and r.get("iter") == iteration for r in self.records)
+
     def log_validation(self, iteration: int, scores: dict[str, dict[str, float]], best: bool) -> None:
         record: dict[str, Any] = {"kind": "val", "iter": iteration, "time": time.time()}
         from ..scoring import score_lines

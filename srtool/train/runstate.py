@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -51,6 +52,17 @@ def record_path(spec: str | None, keywords: tuple[str, ...] = (), hash_file: boo
         return spec, None  # not a path (e.g. a named model); the loader reports it if it is wrong
     path = path.resolve()
     return str(path), sha256_file(path) if path.is_file() and hash_file else None
+
+
+def init_weights_file(spec: str | None) -> str | None:
+    """``--init-from`` as a run uses and records it: a run directory stands for the export file it holds
+    now. The run may go on training (a new best export), and ``run.json``, the exports' provenance and
+    ``--restart`` must name, and hash, the weights this run really started from."""
+    if spec and Path(spec).expanduser().is_dir():
+        from ..model_files import weights_in
+
+        return str(weights_in(Path(spec).expanduser()))
+    return spec
 
 
 def weights_record(vgg_spec: str | None, run_info: Mapping[str, Any]) -> dict[str, Any]:
@@ -113,6 +125,32 @@ def check_recorded_paths(run_dir: Path, info: Mapping[str, Any], check_vgg: bool
         if digest and Path(value).is_file() and sha256_file(value) != digest:
             raise UserError(f"{where}: the recorded {option} {value} has changed since the run started "
                             f"(sha256 {digest[:12]}... expected); restore the original file")
+
+
+def validation_folders(run_dir: Path, info: dict[str, Any], datasets: list[str], scale: int) -> list[Path]:
+    """The folders of ``validation.datasets``. One given as a path (``Set5mini``, ``../val``) is recorded in
+    ``run.json`` absolute at the start (``validation_folders``) and used from there on ``--resume``: the
+    preset keeps it as typed, which from another working directory names no folder, or another one, so
+    the resumed run would validate, and pick its best export, on different images. A known name
+    (``Set5``) stays a name, resolved in srtool's data folder."""
+    from ..prepare.paths import given_dataset_folder, resolve_dataset
+
+    recorded = dict(info.get("validation_folders") or {})
+    folders = []
+    for name in datasets:
+        if isinstance(recorded.get(name), str):
+            folder = Path(recorded[name])
+            if not folder.is_dir():
+                raise UserError(f"{Path(run_dir) / 'run.json'}: the recorded validation dataset {name!r} "
+                                f"({folder}) is missing; restore it there")
+        else:
+            folder = resolve_dataset(name, scale)
+            if given_dataset_folder(name) is not None and "validation_folders" not in info:  # a new run
+                recorded[name] = str(folder.resolve())
+        folders.append(folder)
+    if recorded and "validation_folders" not in info:
+        info["validation_folders"] = recorded
+    return folders
 
 
 # --------------------------------------------------------------------------------- run directory
@@ -321,3 +359,39 @@ def state_nbytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(state_nbytes(v) for v in obj)
     return 0
+
+
+# ------------------------------------------------------------------------------------------- run lock
+
+
+class RunLock:
+    """One ``srtool train`` per run directory at a time: an exclusive ``flock`` on the directory itself
+    (no file is added to the run; the kernel drops the lock when the holder dies, so a killed run never
+    leaves a stale lock). A second process resuming, overwriting or extending the same run would
+    otherwise train next to the first: both write the same checkpoints and exports, and each rewrites
+    ``log.jsonl`` under the other, whose records are then lost. (Windows: no flock, no lock.)"""
+
+    def __init__(self, run_dir: Path):
+        self._fd: int | None = None
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{run_dir}: another srtool train is training in this run directory; wait for it "
+                            "to finish or stop it first") from None
+        except OSError:  # a file system without flock on a directory (NFS emulates it, EBADF/ENOLCK): no lock
+            os.close(fd)
+            return
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None
+
+    __del__ = close  # a Trainer that failed while setting up releases the run at once

@@ -62,3 +62,15 @@ def plan_validation(preset: Preset, warn: Callable[[str], None], device: str = "
         warn(note)
     plan = ValidationPlan(tuple(metrics), wanted, METRICS[wanted].higher_is_better, notes, scorer.describe())
     return plan, scorer
+
+
+def check_validation_data(folders: list, plan: ValidationPlan, scale: int) -> None:
+    """Every validation image readable and large enough for the validated metrics, checked at start-up as
+    ``srtool eval`` checks them: found only at the first validation (``validation.every`` iterations in,
+    before that iteration's checkpoint), an image too small for SSIM or NIQE stopped the run there and
+    lost those iterations (NIQE's as an internal error)."""
+    from ..evaluate import check_niqe_sizes, open_dataset
+
+    opened = [open_dataset(folder, scale) for folder in folders]
+    if "niqe" in plan.metrics:
+        check_niqe_sizes(opened)
