@@ -290,7 +290,7 @@ def eval_(
     figure_image: Annotated[Optional[str], typer.Option("--figure-image", metavar="NAME", help="Image for --figure: NAME or DATASET/NAME (default: where the models' PSNRs differ most).")] = None,
     figure_region: Annotated[Optional[str], typer.Option("--figure-region", metavar="X,Y,W,H", help="Region for --figure in HR pixels (default: where the outputs differ most).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where networks run (auto: CUDA when available).")] = "auto",
-    tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images.")] = None,
+    tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images; 0 = no tiling. Default: as for upscale.")] = None,
     scale: Annotated[Optional[int], typer.Option("--scale", min=2, metavar="S", help="Scale factor, checked against the models; sets bicubic's (default: the models' scale, 4 for bicubic alone).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", metavar="NAME", help="Row name of the matching --model (repeatable, in the same order).")] = None,
