@@ -21,7 +21,7 @@ from . import __version__
 from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, print_error, set_quiet as _quiet
 from .cli_models import models_app
 from .cli_sweep import sweep_app
-from .errors import UserError
+from .errors import ScaleMismatch, UserError
 
 
 app = typer.Typer(
@@ -418,8 +418,12 @@ def upscale(
             err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False)
 
     def prepare():
-        sr_model = load_model(model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad,
-                              scale=scale, alpha=alpha, notice=notice)
+        try:
+            sr_model = load_model(model, device=shard.device(device), precision=precision, tile=tile,
+                                  tile_pad=tile_pad, scale=scale, alpha=alpha, notice=notice)
+        except ScaleMismatch as exc:  # upscale, unlike eval, can still deliver that scale
+            raise UserError(f"{exc} (for a x{exc.scale} result from it use --outscale {exc.scale}, "
+                            f"or -s {exc.scale})") from exc
         if planned is not None and planned[0] == sr_model.scale:
             return sr_model, planned[1]
         return sr_model, plan_jobs(inputs, options, sr_model.scale, sources)

@@ -155,6 +155,18 @@ def test_scale_mismatch_suggests_outscale(tmp_path, capsys):
     assert "use --outscale 2, or -s 2" in capsys.readouterr().err
 
 
+def test_eval_scale_mismatch_offers_no_upscale_option(shared_data, tmp_path, capsys):
+    """eval has no --outscale: its refusal of a --scale the model does not have must not suggest one."""
+    from srtool.models import RRDBNet, RRDBNetConfig
+    from srtool.models.export import save_export
+
+    model = save_export(tmp_path / "tiny.safetensors", RRDBNet(RRDBNetConfig(n_blocks=1, n_feats=8, growth=4)))
+    code, err = run_cli_err(capsys, "eval", "-m", str(model), "--scale", "2", "-d", str(shared_data / "benchmarks/Set5/HR"),
+                            "--no-progress")
+    assert code == 2 and "--scale 2 disagrees" in err and "x4" in err
+    assert "outscale" not in err and "-s 2" not in err
+
+
 def test_eval_flat_folder_labels_and_json_to_stdout(shared_data, tmp_path, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()
