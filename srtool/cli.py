@@ -304,7 +304,8 @@ def eval_(
     """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 
     --data takes a prepared dataset (HR/ [+ LR_bicubic/X{s}/]), a name, or a plain folder of HR images
-    (LR made on the fly with MATLAB bicubic). --json - writes the JSON to stdout (the table then goes to stderr)."""
+    (LR made on the fly with MATLAB bicubic). --json - (or --csv -, --markdown -) writes that file to stdout
+    (the table then goes to stderr)."""
     _quiet(quiet)
     from .evaluate import EvalOutputs, parse_region, run_eval
     from .report import print_report
@@ -314,9 +315,17 @@ def eval_(
     def as_path(value: Optional[str]) -> Optional[Path]:
         return Path(value) if value is not None else None
 
-    json_stdout = json_out == "-"
+    to_stdout = [f"{option} -" for option, value in (("--json", json_out), ("--csv", csv_out),
+                                                     ("--markdown", markdown_out)) if value == "-"]
+    if len(to_stdout) > 1:
+        raise UserError(f"{' and '.join(to_stdout)}: only one of them can go to standard output")
+    json_stdout, csv_stdout, markdown_stdout = json_out == "-", csv_out == "-", markdown_out == "-"
+
+    def file_path(value: Optional[str]) -> Optional[Path]:  # "-" is standard output, written here
+        return None if value == "-" else as_path(value)
+
     outputs = EvalOutputs(
-        json=None if json_stdout else as_path(json_out), csv=as_path(csv_out), markdown=as_path(markdown_out),
+        json=file_path(json_out), csv=file_path(csv_out), markdown=file_path(markdown_out),
         save_images=as_path(save_images), figure=as_path(figure),
         figure_image=figure_image, figure_region=parse_region(figure_region) if figure_region else None,
         overwrite=overwrite,
@@ -328,18 +337,22 @@ def eval_(
                       lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers)
     if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
         return
-    if json_stdout:  # stdout carries the JSON document only; the table goes to stderr
+    if to_stdout:  # stdout carries that document only; the table goes to stderr
         import json
 
-        from .report import to_json_document
+        from .report import to_csv, to_json_document, to_markdown
 
         if not quiet:
             print_report(report, err_console)
-        sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+        if json_stdout:
+            sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+        else:
+            sys.stdout.write(to_csv(report) if csv_stdout else to_markdown(report))
     else:
         print_report(report, out_console)
-    for kind, option, path in (("JSON", "--json", None if json_stdout else json_out), ("CSV", "--csv", csv_out),
-                               ("Markdown", "--markdown", markdown_out)):
+    for kind, option, path in (("JSON", "--json", None if json_stdout else json_out),
+                               ("CSV", "--csv", None if csv_stdout else csv_out),
+                               ("Markdown", "--markdown", None if markdown_stdout else markdown_out)):
         if path is not None and f"{option} {path}" not in report.kept:
             err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
