@@ -22,7 +22,7 @@ from . import __version__
 from .cli_common import HELP, QuietOption, SetOption, err_console, out_console, print_error, set_quiet as _quiet
 from .cli_models import models_app
 from .cli_sweep import sweep_app
-from .errors import UserError
+from .errors import ScaleMismatch, UserError
 
 
 app = typer.Typer(
@@ -291,7 +291,7 @@ def eval_(
     figure_image: Annotated[Optional[str], typer.Option("--figure-image", metavar="NAME", help="Image for --figure: NAME or DATASET/NAME (default: where the models' PSNRs differ most).")] = None,
     figure_region: Annotated[Optional[str], typer.Option("--figure-region", metavar="X,Y,W,H", help="Region for --figure in HR pixels (default: where the outputs differ most).")] = None,
     device: Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where networks run (auto: CUDA when available).")] = "auto",
-    tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images.")] = None,
+    tile: Annotated[Optional[int], typer.Option("--tile", metavar="N", help="Tile size (LR pixels) for bounded memory on large images; 0 = no tiling. Default: as for upscale.")] = None,
     scale: Annotated[Optional[int], typer.Option("--scale", min=2, metavar="S", help="Scale factor, checked against the models; sets bicubic's (default: the models' scale, 4 for bicubic alone).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.")] = False,
     label: Annotated[Optional[list[str]], typer.Option("--label", "-l", metavar="NAME", help="Row name of the matching --model (repeatable, in the same order).")] = None,
@@ -305,7 +305,8 @@ def eval_(
     """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 
     --data takes a prepared dataset (HR/ [+ LR_bicubic/X{s}/]), a name, or a plain folder of HR images
-    (LR made on the fly with MATLAB bicubic). --json - writes the JSON to stdout (the table then goes to stderr)."""
+    (LR made on the fly with MATLAB bicubic). --json - (or --csv -, --markdown -) writes that file to stdout
+    (the table then goes to stderr)."""
     _quiet(quiet)
     from .evaluate import EvalOutputs, parse_region, run_eval
     from .report import print_report
@@ -315,9 +316,17 @@ def eval_(
     def as_path(value: Optional[str]) -> Optional[Path]:
         return Path(value) if value is not None else None
 
-    json_stdout = json_out == "-"
+    to_stdout = [f"{option} -" for option, value in (("--json", json_out), ("--csv", csv_out),
+                                                     ("--markdown", markdown_out)) if value == "-"]
+    if len(to_stdout) > 1:
+        raise UserError(f"{' and '.join(to_stdout)}: only one of them can go to standard output")
+    json_stdout, csv_stdout, markdown_stdout = json_out == "-", csv_out == "-", markdown_out == "-"
+
+    def file_path(value: Optional[str]) -> Optional[Path]:  # "-" is standard output, written here
+        return None if value == "-" else as_path(value)
+
     outputs = EvalOutputs(
-        json=None if json_stdout else as_path(json_out), csv=as_path(csv_out), markdown=as_path(markdown_out),
+        json=file_path(json_out), csv=file_path(csv_out), markdown=file_path(markdown_out),
         save_images=as_path(save_images), figure=as_path(figure),
         figure_image=figure_image, figure_region=parse_region(figure_region) if figure_region else None,
         overwrite=overwrite,
@@ -329,18 +338,22 @@ def eval_(
                       lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers)
     if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
         return
-    if json_stdout:  # stdout carries the JSON document only; the table goes to stderr
+    if to_stdout:  # stdout carries that document only; the table goes to stderr
         import json
 
-        from .report import to_json_document
+        from .report import to_csv, to_json_document, to_markdown
 
         if not quiet:
             print_report(report, err_console)
-        sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+        if json_stdout:
+            sys.stdout.write(json.dumps(to_json_document(report), indent=2, allow_nan=False) + "\n")
+        else:
+            sys.stdout.write(to_csv(report) if csv_stdout else to_markdown(report))
     else:
         print_report(report, out_console)
-    for kind, option, path in (("JSON", "--json", None if json_stdout else json_out), ("CSV", "--csv", csv_out),
-                               ("Markdown", "--markdown", markdown_out)):
+    for kind, option, path in (("JSON", "--json", None if json_stdout else json_out),
+                               ("CSV", "--csv", None if csv_stdout else csv_out),
+                               ("Markdown", "--markdown", None if markdown_stdout else markdown_out)):
         if path is not None and f"{option} {path}" not in report.kept:
             err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
@@ -419,8 +432,12 @@ def upscale(
             err_console.print(f"[yellow]notice:[/yellow] {escape(msg)}", highlight=False)
 
     def prepare():
-        sr_model = load_model(model, device=shard.device(device), precision=precision, tile=tile, tile_pad=tile_pad,
-                              scale=scale, alpha=alpha, notice=notice)
+        try:
+            sr_model = load_model(model, device=shard.device(device), precision=precision, tile=tile,
+                                  tile_pad=tile_pad, scale=scale, alpha=alpha, notice=notice)
+        except ScaleMismatch as exc:  # upscale, unlike eval, can still deliver that scale
+            raise UserError(f"{exc} (for a x{exc.scale} result from it use --outscale {exc.scale}, "
+                            f"or -s {exc.scale})") from exc
         if planned is not None and planned[0] == sr_model.scale:
             return sr_model, planned[1]
         return sr_model, plan_jobs(inputs, options, sr_model.scale, sources)

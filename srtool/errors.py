@@ -14,6 +14,14 @@ class UserError(Exception):
     exit_code = 2
 
 
+class ScaleMismatch(UserError):
+    """A model asked to run at a scale it does not have (``--scale``); ``upscale`` adds how to reach that scale."""
+
+    def __init__(self, message: str, scale: int, model_scale: int):
+        super().__init__(message)
+        self.scale, self.model_scale = scale, model_scale
+
+
 class ImageWarning(UserWarning):
     """A recoverable problem with an input image (e.g. broken EXIF metadata): the pixels are still used."""
 

@@ -668,7 +668,7 @@ def _check_outputs(
 
     for option, path in (("--json", outputs.json), ("--csv", outputs.csv), ("--markdown", outputs.markdown),
                          ("--figure", outputs.figure)):
-        if path is None or str(path) == "-":  # "-": standard output
+        if path is None:  # (the CLI writes `--json -` to standard output itself: "-" never gets here)
             continue
         _check_writable_file(option, Path(path))
         claim(option, Path(path))
@@ -947,6 +947,16 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
     return report
 
 
+def _expand_home(outputs: EvalOutputs) -> EvalOutputs:
+    """``~`` in every output path, once, so the files checked are the files written (bash leaves the ``~`` of
+    ``--json=~/r.json`` alone)."""
+    def expand(path: Path | None) -> Path | None:
+        return None if path is None else Path(path).expanduser()
+
+    return replace(outputs, json=expand(outputs.json), csv=expand(outputs.csv), markdown=expand(outputs.markdown),
+                   save_images=expand(outputs.save_images), figure=expand(outputs.figure))
+
+
 def run_eval(
     model_specs: Sequence[str | Path],
     datasets: Sequence[str | Path],
@@ -984,7 +994,7 @@ def run_eval(
 
     shard = current_shard()
 
-    outputs = outputs or EvalOutputs()
+    outputs = _expand_home(outputs or EvalOutputs())
     if protocol not in PROTOCOLS:
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:

@@ -14,7 +14,7 @@ import torch
 from .atomic import sha256_file
 from .devices import cpu_has_native_bf16, resolve_device, resolve_precision
 from .engine import SRModel, network_traits
-from .errors import UserError
+from .errors import ScaleMismatch, UserError
 from .fusion import prepare_network
 from .memory import retain_freed_memory
 from .model_files import bundled_model_path, check_model_options, looks_like_safetensors, read_export_metadata, weights_in
@@ -103,8 +103,8 @@ def load_model(
         network, info = load_network(path, scale)
     net_scale = int(getattr(network, "scale"))
     if scale is not None and scale != net_scale:
-        raise UserError(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale} "
-                        f"(for a x{scale} result from it use --outscale {scale}, or -s {scale})")
+        raise ScaleMismatch(f"--scale {scale} disagrees with the model {path.name}, which upscales x{net_scale}",
+                            scale, net_scale)
     identity = sha256_file(path)
     traits = network_traits(network)
     prec = resolve_precision(precision, dev, identity, half_ok=traits.half, bf16_ok=traits.bf16)

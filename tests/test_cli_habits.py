@@ -155,6 +155,33 @@ def test_scale_mismatch_suggests_outscale(tmp_path, capsys):
     assert "use --outscale 2, or -s 2" in capsys.readouterr().err
 
 
+def test_eval_scale_mismatch_offers_no_upscale_option(shared_data, tmp_path, capsys):
+    """eval has no --outscale: its refusal of a --scale the model does not have must not suggest one."""
+    from srtool.models import RRDBNet, RRDBNetConfig
+    from srtool.models.export import save_export
+
+    model = save_export(tmp_path / "tiny.safetensors", RRDBNet(RRDBNetConfig(n_blocks=1, n_feats=8, growth=4)))
+    code, err = run_cli_err(capsys, "eval", "-m", str(model), "--scale", "2", "-d", str(shared_data / "benchmarks/Set5/HR"),
+                            "--no-progress")
+    assert code == 2 and "--scale 2 disagrees" in err and "x4" in err
+    assert "outscale" not in err and "-s 2" not in err
+
+
+def test_eval_csv_or_markdown_dash_is_stdout_not_a_file_named_dash(shared_data, tmp_path, capsys, monkeypatch):
+    """`--csv -` / `--markdown -` go to stdout as `--json -` does (they used to write, and silently replace, a
+    file named `-`); two of them on stdout at once are refused."""
+    monkeypatch.chdir(tmp_path)
+    set5 = str(shared_data / "benchmarks" / "Set5")
+    for option, first_line in (("--csv", "model,model_identity,dataset,image,psnr,ssim"), ("--markdown", "# srtool eval")):
+        code = run_cli("eval", "--data", set5, "-m", "bicubic", option, "-", "--no-progress")
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        assert captured.out.startswith(first_line) and "bicubic" in captured.err  # the table on stderr
+        assert not (tmp_path / "-").exists()
+    code, err = run_cli_err(capsys, "eval", "--data", set5, "-m", "bicubic", "--json", "-", "--csv", "-")
+    assert code == 2 and "--json -" in err and "--csv -" in err and "standard output" in err
+
+
 def test_eval_flat_folder_labels_and_json_to_stdout(shared_data, tmp_path, capsys):
     flat = tmp_path / "flat"
     flat.mkdir()

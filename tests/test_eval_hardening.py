@@ -167,3 +167,20 @@ def test_figure_region_too_small_or_without_figure_is_refused(set5, tmp_path, ca
     code, err = cli(capsys, *evalcmd(set5, "--figure-image", "bird"))
     one_line(code, err, "--figure-image", "--figure")
     assert not (tmp_path / "f.png").exists()
+
+
+def test_tilde_after_equals_is_the_home_folder_for_every_output(set5, tmp_path, capsys, monkeypatch):
+    """bash leaves `~` alone in `--json=~/r.json`: eval expands it for every output, as it does when checking
+    them (it used to check ~/r.json but write ./~/r.json, a folder named `~` in the working directory)."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir(), work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    code, err = cli(capsys, *evalcmd(set5, "--json=~/r.json", "--csv=~/r.csv", "--markdown=~/r.md",
+                                     "--figure=~/f.png", "--save-images=~/sr", "--no-progress"))
+    assert code == 0, err
+    assert sorted(p.name for p in home.iterdir()) == ["f.png", "r.csv", "r.json", "r.md", "sr"]
+    assert len(list((home / "sr").rglob("*.png"))) == 5
+    assert not any(work.iterdir()), list(work.iterdir())
+    code, err = cli(capsys, *evalcmd(set5, "--json=~/r.json"))  # and the existing file is the one refused
+    one_line(code, err, "--json", "file exists")
