@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path, sha256_file
+from .atomic import atomic_path, name_too_long, sha256_file
 from .engine import network_traits
 from .errors import UserError
 
@@ -47,6 +47,8 @@ def _target(out: str | Path, suffix: str, overwrite: bool, source: Path) -> Path
     out = Path(out).expanduser()
     if out.suffix.lower() != suffix:
         raise UserError(f"{out}: the output must end in {suffix}")
+    if (too_long := name_too_long(out)) is not None:
+        raise UserError(f"{out}: {too_long}")
     for written in (out, out.with_suffix(".json")) if suffix == ".safetensors" else (out,):
         if os.path.lexists(written) and written.resolve() == source.resolve():
             raise UserError(f"{written}: is the input model {source}; give the output another name "

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import name_too_long
 from .errors import UserError
 from .ranks import launch
 from .threads import check_workers, default_workers
@@ -320,6 +321,8 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
         key = job.output.resolve()
         if key in input_files:
             job.status, job.message = "failed", f"output {job.output} would overwrite an input; use -o or --suffix"
+        elif (too_long := name_too_long(job.output)) is not None:
+            job.status, job.message = "failed", f"output {job.output}: {too_long}; use a shorter --suffix or -o FILE"
         elif key in kept:
             job.status = "failed" if options.overwrite else "skipped"
             job.message = (f"{job.label}: its output name {job.output} is taken by your file (an input without "

@@ -92,3 +92,13 @@ def test_scale_disagreeing_with_a_named_model_is_refused_before_downloading(monk
         assert server.requests == [] and not (tmp_path / "cache" / "models" / "RealESRGAN_x4plus.pth").exists()
     finally:
         server.close()
+
+
+def test_an_output_name_too_long_is_one_line(tmp_path, capsys):
+    """`models convert|export` to a name over the file system's limit: "internal error: OSError: [Errno 36]"
+    (exit 1); now one line naming the limit (exit 2), and no temporary left behind."""
+    compact = _compact(tmp_path)
+    for command, suffix in (("convert", ".safetensors"), ("export", ".onnx")):
+        code, err = run_cli_err(capsys, "models", command, str(compact), str(tmp_path / ("m" * 251 + suffix)))
+        assert code == 2 and "longer than this file system allows" in err and "internal error" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [compact.name]

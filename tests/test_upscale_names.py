@@ -117,3 +117,16 @@ def test_format_keep_keeps_a_lossless_webp_lossless(set14, tmp_path, capsys):
                              "-m", "bicubic", "--quality", quality, "--no-progress"], capsys)
         assert code == 0, err
         assert webp_is_lossless((out / f"q{quality}.webp").read_bytes()) is lossless
+
+
+def test_an_output_name_too_long_for_the_file_system_fails_before_any_work(set14, tmp_path, capsys):
+    """A 251-byte input name + `_x4` is over the usual 255-byte limit: the image was upscaled, then
+    failed in the rename with "OSError: [Errno 36] File name too long: '.srtool-....tmp' -> ...".
+    Now it fails before the model runs, naming the limit; the other image is written."""
+    photos = tmp_path / "photos"
+    long = _copy(set14, "comic.png", photos / ("a" * 251 + ".png"))
+    _copy(set14, "face.png", photos / "face.png")
+    code, err = run_cli(["upscale", str(photos), "-m", "bicubic", "--no-progress"], capsys)
+    line = " ".join(err.split())
+    assert code == 1 and "longer than this file system allows" in line and "Errno" not in line, err
+    assert sorted(p.name for p in photos.iterdir()) == sorted([long.name, "face.png", "face_x4.png"])
