@@ -112,7 +112,19 @@ def cache_dir() -> Path:
 
 def _url(entry: ZooModel) -> str:
     mirror = os.environ.get("SRTOOL_MODEL_MIRROR")
-    return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
+    if not mirror:
+        return entry.url
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(mirror)
+        usable = parts.scheme in ("http", "https", "file") and (parts.netloc or parts.scheme == "file")
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        usable = False
+    if not usable:
+        raise UserError(f"SRTOOL_MODEL_MIRROR={mirror!r}: not a base URL such as http://host:8000/models "
+                        "(http, https or file); fix or unset it")
+    return f"{mirror.rstrip('/')}/{entry.filename}"
 
 
 def _pin(entry: ZooModel) -> str:
@@ -196,9 +208,9 @@ def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = 
         raise ScaleMismatch(f"--scale {scale} disagrees with the model {entry.name}, which upscales x{entry.scale}",
                             scale, entry.scale)
     dest = cache_dir() / entry.filename
-    url = _url(entry)
     if dest.is_file() and _verified(entry, dest):
         return dest
+    url = _url(entry)  # only a download needs it (a bad $SRTOOL_MODEL_MIRROR is refused here)
     if dest.exists() and not dest.is_file():
         raise UserError(f"{dest}: is in the way of {entry.name}'s file (not a regular file); remove it and run again")
     _cache_folder(dest.parent, entry, url)

@@ -102,3 +102,15 @@ def test_an_output_name_too_long_is_one_line(tmp_path, capsys):
         code, err = run_cli_err(capsys, "models", command, str(compact), str(tmp_path / ("m" * 251 + suffix)))
         assert code == 2 and "longer than this file system allows" in err and "internal error" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == [compact.name]
+
+
+@pytest.mark.parametrize("mirror", ["127.0.0.1:8000", "http://[::1", "host/models"])
+def test_a_malformed_model_mirror_is_one_line(mirror, monkeypatch, tmp_path, capsys):
+    """$SRTOOL_MODEL_MIRROR without a scheme was retried 5 times as "unknown url type"; an unclosed IPv6
+    bracket was an internal error (ValueError). Now one line naming the variable, nothing downloaded."""
+    server = serve_named_model(monkeypatch, tmp_path, "realesr-animevideov3", b"x")
+    server.close()
+    monkeypatch.setenv("SRTOOL_MODEL_MIRROR", mirror)
+    code, err = run_cli_err(capsys, "models", "inspect", "realesr-animevideov3")
+    assert code == 2 and "SRTOOL_MODEL_MIRROR" in err and "internal error" not in err, err
+    assert not list((tmp_path / "cache").rglob("*.pth*"))
