@@ -29,7 +29,7 @@ from .imageio import (
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
-SOFTWARE_MARKER = "srtool upscale"  # written into PNG/TIFF/JPEG metadata; how a re-run knows its own outputs
+SOFTWARE_MARKER = "srtool upscale"  # in PNG/TIFF/JPEG/GIF/WebP metadata (not BMP); how a re-run knows its own outputs
 
 
 @dataclass
