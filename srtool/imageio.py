@@ -320,17 +320,17 @@ def webp_is_lossless(data: bytes) -> bool:
         return False
     kinds: set[bytes] = set()
 
-    def walk(start: int, end: int) -> None:
+    def walk(start: int, end: int, top: bool) -> None:
         pos = start
         while pos + 8 <= end:
             tag, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
             if tag in (b"VP8 ", b"VP8L"):
                 kinds.add(tag)
-            elif tag == b"ANMF":
-                walk(pos + 8 + 16, min(pos + 8 + size, end))  # a frame: 16 bytes of position and timing, then chunks
+            elif tag == b"ANMF" and top:  # a frame: 16 bytes of position and timing, then its chunks
+                walk(pos + 8 + 16, min(pos + 8 + size, end), False)
             pos += 8 + size + (size & 1)
 
-    walk(12, len(data))
+    walk(12, len(data), True)
     return kinds == {b"VP8L"}
 
 
