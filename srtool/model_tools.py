@@ -33,6 +33,9 @@ def _source(path: str | Path, scale: int | None = None) -> Path:
     if str(path) == "default" and bundled_model_path() is not None:  # the name, as --model default (./default: a path)
         return bundled_model_path()
     given = Path(path).expanduser()
+    if str(path) == "bicubic" and not given.exists():
+        raise UserError("bicubic: MATLAB bicubic is a resize, not a network: there is no model file to "
+                        "inspect, convert or export")
     if not given.exists() and zoo_entry(str(path)) is not None:
         return fetch(str(path), notice=lambda msg: print(f"notice: {msg}", file=sys.stderr), scale=scale)
     if not os.path.lexists(given):

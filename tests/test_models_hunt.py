@@ -114,3 +114,11 @@ def test_a_malformed_model_mirror_is_one_line(mirror, monkeypatch, tmp_path, cap
     code, err = run_cli_err(capsys, "models", "inspect", "realesr-animevideov3")
     assert code == 2 and "SRTOOL_MODEL_MIRROR" in err and "internal error" not in err, err
     assert not list((tmp_path / "cache").rglob("*.pth*"))
+
+
+def test_models_bicubic_says_it_is_no_network(capsys):
+    """`models inspect|convert|export bicubic` said "model file not found: bicubic", though `--model
+    bicubic` is a model everywhere else: now one line saying there is no network file."""
+    for args in (["inspect", "bicubic"], ["export", "bicubic", "b.onnx"]):
+        code, err = run_cli_err(capsys, "models", *args)
+        assert code == 2 and "not a network" in err and "not found" not in err, err
