@@ -99,6 +99,20 @@ def _publish_new(tmp: Path, final: Path) -> None:
     tmp.unlink()
 
 
+def name_too_long(path: str | os.PathLike) -> str | None:
+    """Why ``path``'s file name cannot exist on its file system (longer than its limit, usually 255
+    bytes), else None: so a long name is refused before any work rather than by the final rename."""
+    name = os.fsencode(Path(path).name)
+    folder = Path(path).parent
+    while not folder.is_dir() and folder != folder.parent:  # the limit of the nearest existing folder
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no such folder at all
+        limit = 255
+    return f"its name is {len(name)} bytes, longer than this file system allows ({limit})" if len(name) > limit else None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks (model identities, manifests, download checks)."""
     digest = hashlib.sha256()

@@ -385,7 +385,7 @@ def upscale(
     alpha: Annotated[str, typer.Option(help="Upscale alpha with the model or with MATLAB bicubic.")] = "model",
     suffix: Annotated[Optional[str], typer.Option(help="Appended to output names: 'out' gives photo_out.png (an _ is added unless it starts with _, -, . or a space). Default _x<outscale> (_x4 with a x4 model).")] = None,
     format_: Annotated[str, typer.Option("--format", "--ext", help="png, jpg, webp, tiff, bmp, gif, or keep (the input's format). Animations and multi-page TIFFs keep every frame (png = APNG, webp, gif, tiff).")] = "png",
-    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100.")] = 95,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality, 1-100 (100: lossless WebP).")] = 95,
     recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into subfolders of folder inputs.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs (inputs are never replaced).")] = False,
     max_pixels: Annotated[int, typer.Option(min=1, help="Refuse inputs with more pixels (decompression-bomb guard).")] = 100_000_000,

@@ -36,7 +36,7 @@ def models_inspect(
     if as_json:
         typer.echo(json.dumps(info, indent=2, sort_keys=True))
         return
-    table = Table(title=info["file"], show_header=False)
+    table = Table(title=escape(info["file"]), show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value")
     req = info["size_requirements"]

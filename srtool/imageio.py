@@ -308,6 +308,30 @@ class DecodedImage:
     frames: list[np.ndarray] | None = None  # every frame/page (frames[0] is array) when there are several
     durations: list[int] | None = None  # ms per frame (GIF, APNG, WebP), when the file says
     loop: int | None = None  # 0 = forever (GIF, APNG, WebP), when the file says
+    lossless: bool = False  # a lossless WebP (VP8L bitstreams only), which --format keep keeps lossless
+
+
+def webp_is_lossless(data: bytes) -> bool:
+    """Whether a WebP file holds lossless (VP8L) bitstreams only: its still image or every frame.
+
+    PIL does not say; the RIFF chunks do (a lossy image is a ``VP8 `` chunk, with an ``ALPH`` chunk
+    for its alpha; an animation's ``ANMF`` frames each hold one of the two)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return False
+    kinds: set[bytes] = set()
+
+    def walk(start: int, end: int, top: bool) -> None:
+        pos = start
+        while pos + 8 <= end:
+            tag, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+            if tag in (b"VP8 ", b"VP8L"):
+                kinds.add(tag)
+            elif tag == b"ANMF" and top:  # a frame: 16 bytes of position and timing, then its chunks
+                walk(pos + 8 + 16, min(pos + 8 + size, end), False)
+            pos += 8 + size + (size & 1)
+
+    walk(12, len(data), True)
+    return kinds == {b"VP8L"}
 
 
 def format_for_suffix(suffix: str) -> str | None:
@@ -511,7 +535,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         array = frames[0]
     return DecodedImage(
         array=array, icc_profile=icc, exif=_portable_exif(exif, label), format=fmt,
-        frames=frames, durations=durations, loop=loop,
+        frames=frames, durations=durations, loop=loop, lossless=fmt == "webp" and webp_is_lossless(data),
     )
 
 
@@ -593,16 +617,17 @@ def _flatten_alpha(array: np.ndarray) -> np.ndarray:
 
 def encode_image(
     array: np.ndarray, fmt: str, quality: int = 95, icc_profile: bytes | None = None, exif: bytes | None = None,
-    software: str | None = None, helpers: Executor | None = None, helper_count: int = 0,
+    software: str | None = None, helpers: Executor | None = None, helper_count: int = 0, lossless: bool = False,
 ) -> bytes:
     """Encode an (H, W[, C]) uint8/uint16 array as ``fmt`` (png, jpg, webp, tiff, bmp, gif).
 
     PNG and TIFF keep 16 bits; JPEG, WebP and BMP are 8-bit (16-bit input is rounded v/257); JPEG
     and BMP have no alpha, so alpha images are composited over white. ICC and EXIF are embedded
     where the format allows (16-bit colour TIFF keeps the ICC profile but not EXIF). ``software``
-    is recorded as the PNG ``Software`` text, the TIFF Software tag or the JPEG comment (see
-    :func:`read_software`); WebP and BMP do not carry it. ``helpers``/``helper_count``: threads that
-    may share an 8-bit PNG's compression with the caller (:func:`srtool.png_writer.encode_png8`).
+    is recorded as the PNG ``Software`` text, the TIFF Software tag, the JPEG or GIF comment or the WebP's
+    EXIF Software tag (see :func:`read_software`); BMP does not carry it. ``lossless``: a lossless WebP
+    (``quality`` is then its compression effort). ``helpers``/``helper_count``: threads that may share
+    an 8-bit PNG's compression with the caller (:func:`srtool.png_writer.encode_png8`).
     """
     if fmt not in OUTPUT_FORMATS:
         raise UserError(f"unknown output format {fmt!r}; use one of {', '.join(OUTPUT_FORMATS)}")
@@ -653,12 +678,30 @@ def encode_image(
                 extra["comment"] = software.encode("utf-8")
             img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2, **extra)
         elif fmt == "webp":
-            img.save(buf, format="WEBP", quality=quality, **extra)
+            if software:
+                extra["exif"] = _with_software(exif, software)
+            img.save(buf, format="WEBP", **_webp_options(quality, lossless), **extra)
         elif fmt == "gif":
-            _gif_frame(arr8).save(buf, format="GIF")
+            _gif_frame(arr8).save(buf, format="GIF", **({"comment": software.encode("utf-8")} if software else {}))
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
+
+
+def _with_software(exif: bytes | None, software: str) -> bytes:
+    """``exif`` (or an empty block) with its Software tag set: WebP's place for srtool's marker."""
+    block = Image.Exif()
+    if exif:
+        block.load(exif)
+    block[0x0131] = software
+    return block.tobytes()
+
+
+WEBP_LOSSLESS_EFFORT = 80  # libwebp's compression effort (0..100) for lossless outputs: its default
+
+
+def _webp_options(quality: int, lossless: bool) -> dict:
+    return {"lossless": True, "quality": WEBP_LOSSLESS_EFFORT} if lossless else {"quality": quality}
 
 
 def _profile_for(icc_profile: bytes | None, gray: bool) -> bytes | None:
@@ -672,7 +715,7 @@ def _profile_for(icc_profile: bytes | None, gray: bool) -> bytes | None:
 
 
 def read_software(path: str | Path) -> str | None:
-    """The writer recorded by :func:`encode_image` (PNG text, TIFF tag, JPEG comment), else None.
+    """The writer recorded by :func:`encode_image` (PNG text, TIFF tag, JPEG/GIF comment, WebP EXIF), else None.
 
     Reads only the header (no pixel decoding); unreadable files give None.
     """
@@ -682,8 +725,10 @@ def read_software(path: str | Path) -> str | None:
                 value = img.info.get("Software")
             elif img.format == "TIFF":
                 value = img.tag_v2.get(0x0131)
-            elif img.format in ("JPEG", "MPO"):
+            elif img.format in ("JPEG", "MPO", "GIF"):
                 value = img.info.get("comment")
+            elif img.format == "WEBP":
+                value = img.getexif().get(0x0131)
             else:
                 return None
     except Exception:  # noqa: BLE001 -- not an image PIL reads: a 16-bit gray+alpha TIFF's tag, else no marker
@@ -703,6 +748,7 @@ def read_software(path: str | Path) -> str | None:
 def encode_frames(
     frames: list[np.ndarray], fmt: str, quality: int = 95, durations: list[int] | None = None,
     loop: int | None = None, icc_profile: bytes | None = None, exif: bytes | None = None, software: str | None = None,
+    lossless: bool = False,
 ) -> bytes:
     """Encode several frames as one animated (PNG = APNG, WebP, GIF) or multi-page (TIFF) file.
 
@@ -711,7 +757,7 @@ def encode_frames(
     are 8-bit (16-bit frames are rounded v/257); a multi-page TIFF keeps 16-bit pages.
     """
     if len(frames) == 1:
-        return encode_image(frames[0], fmt, quality, icc_profile, exif, software=software)
+        return encode_image(frames[0], fmt, quality, icc_profile, exif, software=software, lossless=lossless)
     if fmt not in ANIMATION_FORMATS:
         raise UserError(
             f"{len(frames)} frames: {fmt} holds a single image; use --format {', '.join(ANIMATION_FORMATS)} "
@@ -739,12 +785,16 @@ def encode_frames(
         extra["pnginfo"].add_text("Software", software)
     elif software and fmt == "tiff":
         extra["software"] = software
+    elif software and fmt == "webp":
+        extra["exif"] = _with_software(exif, software)
+    elif software and fmt == "gif":
+        extra["comment"] = software.encode("utf-8")
     buf = io.BytesIO()
     first, rest = images[0], images[1:]
     if fmt == "png":
         first.save(buf, format="PNG", save_all=True, append_images=rest, compress_level=6, **extra)
     elif fmt == "webp":
-        first.save(buf, format="WEBP", save_all=True, append_images=rest, quality=quality, **extra)
+        first.save(buf, format="WEBP", save_all=True, append_images=rest, **_webp_options(quality, lossless), **extra)
     elif fmt == "gif":
         first.save(buf, format="GIF", save_all=True, append_images=rest, disposal=2, **extra)
     else:

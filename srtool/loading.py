@@ -90,7 +90,7 @@ def load_model(
         from .model_zoo import fetch, zoo_entry
 
         if zoo_entry(spec_str) is not None:  # a named official model: downloaded once, verified
-            spec = fetch(spec_str, notice=say)
+            spec = fetch(spec_str, notice=say, scale=scale)
     path = Path(spec).expanduser()
     if not path.exists():
         raise UserError(

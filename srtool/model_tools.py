@@ -7,6 +7,7 @@ a ``.safetensors`` file that never needs unpickling again.
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -15,33 +16,46 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import atomic_path, sha256_file
+from .atomic import atomic_path, name_too_long, sha256_file
 from .engine import network_traits
 from .errors import UserError
 
 DEFAULT_OPSET = 17
 
 
-def _source(path: str | Path) -> Path:
+def _source(path: str | Path, scale: int | None = None) -> Path:
     """The weights file ``path`` names: a file, a training run directory (its export, as ``--model``
     takes it), ``default`` (the bundled model) or a named official model (downloaded once, verified)."""
     from .model_files import bundled_model_path, weights_in
     from .model_zoo import fetch, zoo_entry
+    from .models.integrity import check_model_path
 
-    if str(path) == "default" and bundled_model_path() is not None and not Path("default").exists():
+    if str(path) == "default" and bundled_model_path() is not None:  # the name, as --model default (./default: a path)
         return bundled_model_path()
-    if not Path(path).expanduser().exists() and zoo_entry(str(path)) is not None:
-        return fetch(str(path), notice=lambda msg: print(f"notice: {msg}", file=sys.stderr))
-    path = weights_in(Path(path).expanduser())
-    if not path.is_file():
-        raise UserError(f"model file not found: {path}")
-    return path
+    given = Path(path).expanduser()
+    if str(path) == "bicubic" and not given.exists():
+        raise UserError("bicubic: MATLAB bicubic is a resize, not a network: there is no model file to "
+                        "inspect, convert or export")
+    if not given.exists() and zoo_entry(str(path)) is not None:
+        return fetch(str(path), notice=lambda msg: print(f"notice: {msg}", file=sys.stderr), scale=scale)
+    if not os.path.lexists(given):
+        raise UserError(f"model file not found: {given}")
+    check_model_path(given, str(path))  # a FIFO or device would block: refused by name, as --model does
+    return weights_in(given)
 
 
-def _target(out: str | Path, suffix: str, overwrite: bool) -> Path:
+def _target(out: str | Path, suffix: str, overwrite: bool, source: Path) -> Path:
+    """The output file, checked before any work: the right extension, not a folder, not the input
+    model (its own conversion would replace it, even with --overwrite), existing only with ``overwrite``."""
     out = Path(out).expanduser()
     if out.suffix.lower() != suffix:
         raise UserError(f"{out}: the output must end in {suffix}")
+    if (too_long := name_too_long(out)) is not None:
+        raise UserError(f"{out}: {too_long}")
+    for written in (out, out.with_suffix(".json")) if suffix == ".safetensors" else (out,):
+        if os.path.lexists(written) and written.resolve() == source.resolve():
+            raise UserError(f"{written}: is the input model {source}; give the output another name "
+                            "(the input is never replaced, even with --overwrite)")
     if out.is_dir():
         raise UserError(f"{out}: is a folder; name the output file (ending in {suffix})")
     if out.exists() and not overwrite:
@@ -62,7 +76,7 @@ def inspect_model(path: str | Path, scale: int | None = None) -> dict[str, Any]:
     """Architecture, scale, channels, parameters, size requirements, precisions, purpose/tags, sha256."""
     from .loading import load_network
 
-    path = _source(path)
+    path = _source(path, scale)
     network, info = load_network(path, scale)
     traits = network_traits(network)
     precisions = ["fp32"] + (["fp16"] if traits.half else []) + (["bf16"] if traits.bf16 else [])
@@ -126,8 +140,8 @@ def convert_model(path: str | Path, out: str | Path, scale: int | None = None, o
     from .models.export import read_state_dict, save_checkpoint_export, save_export
     from .models.registry import GENERATORS
 
-    path = _source(path)
-    out = _target(out, ".safetensors", overwrite)
+    path = _source(path, scale)
+    out = _target(out, ".safetensors", overwrite, path)
     if out.with_suffix(".json").is_dir():
         raise UserError(f"{out.with_suffix('.json')}: is a folder (convert writes its metadata there)")
     if out.with_suffix(".json").exists() and not overwrite:  # the export's human-readable metadata copy
@@ -150,8 +164,8 @@ def export_onnx(path: str | Path, out: str | Path, opset: int = DEFAULT_OPSET, f
     """
     from .loading import load_network
 
-    path = _source(path)
-    out = _target(out, ".onnx", overwrite)
+    path = _source(path, scale)
+    out = _target(out, ".onnx", overwrite, path)
     if not 9 <= opset <= 21:
         raise UserError(f"--opset: {opset} is outside 9..21")
     network, info = load_network(path, scale)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic import sha256_file, waiting_lock, write_text_atomic
-from .errors import UserError
+from .errors import ScaleMismatch, UserError
 
 _REALESRGAN = "https://github.com/xinntao/Real-ESRGAN/releases/download"
 _SWINIR = "https://github.com/JingyunLiang/SwinIR/releases/download/v0.0"
@@ -112,7 +112,19 @@ def cache_dir() -> Path:
 
 def _url(entry: ZooModel) -> str:
     mirror = os.environ.get("SRTOOL_MODEL_MIRROR")
-    return f"{mirror.rstrip('/')}/{entry.filename}" if mirror else entry.url
+    if not mirror:
+        return entry.url
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(mirror)
+        usable = parts.scheme in ("http", "https", "file") and (parts.netloc or parts.scheme == "file")
+    except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+        usable = False
+    if not usable:
+        raise UserError(f"SRTOOL_MODEL_MIRROR={mirror!r}: not a base URL such as http://host:8000/models "
+                        "(http, https or file); fix or unset it")
+    return f"{mirror.rstrip('/')}/{entry.filename}"
 
 
 def _pin(entry: ZooModel) -> str:
@@ -179,22 +191,26 @@ def _download_lock(dest: Path, notice: Callable[[str], None] | None) -> Iterator
 
 
 def fetch(name: str, *, on_progress: Callable[[int, int | None], None] | None = None,
-          notice: Callable[[str], None] | None = None) -> Path:
+          notice: Callable[[str], None] | None = None, scale: int | None = None) -> Path:
     """The verified local file of model ``name``, downloaded into :func:`cache_dir` on first use.
 
     A verified file is used as it is (also from a read-only cache). Otherwise the download runs under a
     lock (:func:`_download_lock`), so concurrent runs download once; the file gets its final name only
-    once complete and, for a full pin, verified.
+    once complete and, for a full pin, verified. ``scale`` (``--scale``) that disagrees with the
+    model's is refused before anything is downloaded (a release file is up to 67 MB).
     """
     from .prepare.download import DownloadError, download
 
     entry = zoo_entry(name)
     if entry is None:
         raise UserError(f"{name}: not a named model; known: {', '.join(ZOO)}")
+    if scale is not None and scale != entry.scale:
+        raise ScaleMismatch(f"--scale {scale} disagrees with the model {entry.name}, which upscales x{entry.scale}",
+                            scale, entry.scale)
     dest = cache_dir() / entry.filename
-    url = _url(entry)
     if dest.is_file() and _verified(entry, dest):
         return dest
+    url = _url(entry)  # only a download needs it (a bad $SRTOOL_MODEL_MIRROR is refused here)
     if dest.exists() and not dest.is_file():
         raise UserError(f"{dest}: is in the way of {entry.name}'s file (not a regular file); remove it and run again")
     _cache_folder(dest.parent, entry, url)

@@ -99,11 +99,18 @@ def _job_format(job: Job, options: UpscaleOptions, decoded_format: str | None) -
 def _encode(job: Job, sr: np.ndarray | list[np.ndarray], decoded: DecodedImage, options: UpscaleOptions,
             helpers: ThreadPoolExecutor | None = None, helper_count: int = 0) -> bytes:
     fmt = _job_format(job, options, decoded.format)
+    lossless = webp_lossless(options, decoded)
     if isinstance(sr, list):
         return encode_frames(sr, fmt, options.quality, decoded.durations, decoded.loop, decoded.icc_profile,
-                             decoded.exif, software=SOFTWARE_MARKER)
+                             decoded.exif, software=SOFTWARE_MARKER, lossless=lossless)
     return encode_image(sr, fmt, options.quality, decoded.icc_profile, decoded.exif, software=SOFTWARE_MARKER,
-                        helpers=helpers, helper_count=helper_count)
+                        helpers=helpers, helper_count=helper_count, lossless=lossless)
+
+
+def webp_lossless(options: UpscaleOptions, decoded: DecodedImage) -> bool:
+    """Whether a WebP output is lossless: ``--quality 100``, or ``--format keep`` of a lossless WebP
+    (keeping the format keeps its kind of compression; a lossy q95 copy would lose what it kept)."""
+    return options.quality == 100 or (options.format == "keep" and decoded.lossless)
 
 
 def _write(job: Job, data: bytes, overwrite: bool) -> None:

@@ -11,6 +11,7 @@ loaded.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import os
@@ -18,6 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atomic import name_too_long
 from .errors import UserError
 from .ranks import launch
 from .threads import check_workers, default_workers
@@ -27,7 +29,7 @@ from .imageio import (
 
 STDIO = "-"
 FORMAT_CHOICES = (*OUTPUT_FORMATS, "keep")
-SOFTWARE_MARKER = "srtool upscale"  # written into PNG/TIFF/JPEG metadata; how a re-run knows its own outputs
+SOFTWARE_MARKER = "srtool upscale"  # in PNG/TIFF/JPEG/GIF/WebP metadata (not BMP); how a re-run knows its own outputs
 
 
 @dataclass
@@ -168,9 +170,19 @@ def _inside(path: Path, folder: Path) -> bool:
     return path.resolve().is_relative_to(folder.resolve())
 
 
+def is_marked(path: Path) -> bool:
+    """Whether the file carries srtool's marker (:data:`SOFTWARE_MARKER`, see :func:`read_software`)."""
+    return (read_software(path) or "").startswith(SOFTWARE_MARKER)
+
+
+def marks_outputs(path: Path) -> bool:
+    """Whether srtool's outputs in this file's format carry the marker (all but BMP, which holds no metadata)."""
+    return format_for_suffix(path.suffix) != "bmp"
+
+
 def is_own_output(path: Path, suffix: str) -> bool:
     """An image ``srtool upscale`` wrote: the output suffix on its name and srtool's marker inside."""
-    return bool(suffix) and path.stem.endswith(suffix) and (read_software(path) or "").startswith(SOFTWARE_MARKER)
+    return bool(suffix) and path.stem.endswith(suffix) and is_marked(path)
 
 
 def _stdin_limit(max_pixels: int | None) -> int | None:
@@ -286,28 +298,60 @@ def plan_jobs(inputs: list[str], options: UpscaleOptions, scale: int,
             job.output = _plan_output(job, options, suffix, out_dir, out_file)
         jobs.append(job)
     planned = {job.output.resolve(): job.label for job in jobs if job.output is not None}
+    kept: set[Path] = set()  # the user's own files at another input's output name: never replaced
     for job in jobs:
         origin = planned.get(job.source.resolve()) if job.source is not None else None
         if origin is not None and origin != job.label:
-            job.status, job.message = "skipped", f"{job.source} is srtool's output for {origin}, not an input"
+            job.status = "skipped"
+            if marks_outputs(job.source) and not is_marked(job.source):
+                kept.add(job.source.resolve())
+                job.message = (f"{job.source} has the name of {origin}'s output but no srtool marker: taken to be "
+                               "your file, not upscaled (rename it to upscale it)")
+            else:
+                job.message = f"{job.source} is srtool's output for {origin}, not an input"
         elif job.source is not None and is_own_output(job.source, suffix):
             job.status = "skipped"
             job.message = (f"{job.source} is an earlier srtool output (name and marker), not an input; "
                            "to upscale it again, give another --suffix")
+    _refuse_shared_outputs([job for job in jobs if job.output is not None and job.status == "pending"], options, suffix)
     input_files = {job.source.resolve() for job in jobs if job.source is not None and job.status == "pending"}
-    claimed: dict[Path, str] = {}
     for job in jobs:
         if job.output is None or job.status != "pending":
             continue
         key = job.output.resolve()
         if key in input_files:
             job.status, job.message = "failed", f"output {job.output} would overwrite an input; use -o or --suffix"
-        elif key in claimed:
-            job.status, job.message = "failed", f"output {job.output} is also the output of {claimed[key]}"
+        elif (too_long := name_too_long(job.output)) is not None:
+            job.status, job.message = "failed", f"output {job.output}: {too_long}; use a shorter --suffix or -o FILE"
+        elif key in kept:
+            job.status = "failed" if options.overwrite else "skipped"
+            job.message = (f"{job.label}: its output name {job.output} is taken by your file (an input without "
+                           "srtool's marker), which is never replaced, even with --overwrite; rename it, or write "
+                           "elsewhere with -o or --suffix")
         elif os.path.lexists(job.output) and not options.overwrite:  # a dangling link is the user's too
             job.status, job.message = "skipped", f"{job.output} exists (use --overwrite)"
-        claimed.setdefault(key, job.label)
     return jobs
+
+
+def _refuse_shared_outputs(jobs: list[Job], options: UpscaleOptions, suffix: str) -> None:
+    """Several inputs mapping to one output (``a.png`` and ``a.jpg`` -> ``a_x4.png``) are refused
+    together, before any work: writing one of them would make the output's origin depend on the
+    order of the inputs, and the others would fail on every run."""
+    by_output: dict[Path, list[Job]] = {}
+    for job in jobs:
+        by_output.setdefault(job.output.resolve(), []).append(job)
+    shared = [group for group in by_output.values() if len(group) > 1]
+    if not shared:
+        return
+    listed = "; ".join(f"{group[0].output} from {', '.join(job.label for job in group)}" for group in shared[:3])
+    more = f" (and {len(shared) - 3} more)" if len(shared) > 3 else ""
+    keep = dataclasses.replace(options, format="keep")
+    separable = options.format != "keep" and all(
+        len({_output_name(job.relative, job.source, suffix, _output_format(keep, job.source))
+             for job in group}) == len(group) for group in shared)
+    hint = "use --format keep (each keeps its own extension) or rename them" if separable else \
+        "rename them, or upscale them in separate runs (another -o or --suffix)"
+    raise UserError(f"several inputs would write the same output: {listed}{more}; {hint}")
 
 
 def _check_output_folder(out_dir: Path, option: str) -> None:
