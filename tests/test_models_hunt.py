@@ -122,3 +122,20 @@ def test_models_bicubic_says_it_is_no_network(capsys):
     for args in (["inspect", "bicubic"], ["export", "bicubic", "b.onnx"]):
         code, err = run_cli_err(capsys, "models", *args)
         assert code == 2 and "not a network" in err and "not found" not in err, err
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WebP", "TIFF", "BMP", "GIF"])
+def test_an_image_given_as_the_model_is_named_an_image(fmt, benchmarks_dir, tmp_path, capsys):
+    """`-m photo.png` (arguments swapped): it was 'the safe loader rejected it (Unsupported operand 80)',
+    as if it were a hostile pickle; it is named as an image, with how to upscale it."""
+    from PIL import Image
+
+    bird = benchmarks_dir / "Set5" / "HR" / "bird.png"
+    given = tmp_path / f"bird.{fmt.lower()}.pth"  # the content decides, not the name
+    with Image.open(bird) as im:
+        im.convert("RGB").save(given, format=fmt)
+    code, err = run_cli_err(capsys, "upscale", str(bird), "-m", str(given), "-o", str(tmp_path / "out"))
+    assert code == 2 and f"is a {fmt} image, not model weights" in err and "Traceback" not in err, err
+    code, err = run_cli_err(capsys, "models", "inspect", str(given))
+    assert code == 2 and f"is a {fmt} image" in err, err
+    assert not (tmp_path / "out").exists()

@@ -47,6 +47,9 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     if kind == "empty":
         what = "safetensors file" if path.suffix.lower() == ".safetensors" else "PyTorch checkpoint"
         raise UserError(f"{path}: not a readable {what} (it is empty, 0 bytes: an interrupted copy or download?)")
+    if kind is not None and kind.startswith("image:"):
+        raise UserError(f"{path}: is a {kind[6:]} image, not model weights (to upscale it, give it as an input: "
+                        "srtool upscale IMAGE -m MODEL)")
     if kind == "onnx":
         raise UserError(f"{path}: looks like an ONNX model (a compiled graph), not PyTorch weights; srtool loads "
                         ".pth/.pt/.ckpt state dicts and .safetensors files (the model's project usually publishes one)")
@@ -77,9 +80,16 @@ def read_state_dict(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+_IMAGE_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"RIFF", "WebP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"),
+)
+
+
 def sniff_weights_format(path: Path) -> str | None:
     """"safetensors", "zip" (torch.save's format, or TorchScript), "pickle" (torch's legacy format),
-    "onnx", "empty", or None (unknown), from the first bytes."""
+    "onnx", "image:FORMAT" (an image given where a model was meant), "empty", or None (unknown), from the
+    first bytes."""
     from ..model_files import looks_like_safetensors
 
     with open(path, "rb") as fh:
@@ -90,6 +100,9 @@ def sniff_weights_format(path: Path) -> str | None:
         return "safetensors"
     if head.startswith(b"PK\x03\x04"):
         return "zip"
+    for signature, name in _IMAGE_SIGNATURES:
+        if head.startswith(signature) and (name != "WebP" or head[8:12] == b"WEBP"):
+            return f"image:{name}"
     if head[0] == 0x80:  # pickle protocol 2+ (torch's legacy format starts with a pickled magic number)
         return "pickle"
     # ONNX ModelProto: field 1 (ir_version, a small varint), then producer name / graph / opset fields
