@@ -345,6 +345,8 @@ class Trainer:
                         f"--resume {self.run_dir}: the run is at iteration {self.iteration}, past the {self.total} "
                         "iterations its schedule would now have; a run can be shortened only down to where it is"
                     )
+                if self.dist.is_main:
+                    self._reconcile_exports(found[1])
             resumed_from = self.iteration
         self.monitor = None
         if self.dist.is_main:
@@ -571,24 +573,86 @@ class Trainer:
         self.last_scores = scores
         return scores
 
-    def export_info(self, scores: dict[str, Any] | None) -> dict[str, Any]:
+    def export_info(self, scores: dict[str, Any] | None, iteration: int | None = None) -> dict[str, Any]:
         p = self.preset
         return {
-            "preset": p.name, "stage": p.stage, "iterations": self.iteration, "weights": "ema",
+            "preset": p.name, "stage": p.stage, "iterations": self.iteration if iteration is None else iteration,
+            "weights": "ema",
             "validation": scores or {}, "validation_protocol": p.validation.protocol,
             "hyperparameters": {"train": p.train.model_dump(mode="json"), "loss": p.loss.model_dump(mode="json")},
             "preset_toml": dump_toml(p, with_descriptions=False), "run_dir": str(self.run_dir.resolve()),
             **self.weights_used,
         }
 
-    def export(self, name: str, scores: dict[str, Any] | None) -> Path:
+    def export(self, name: str, scores: dict[str, Any] | None, network: nn.Module | None = None,
+               iteration: int | None = None) -> Path:
+        """``exports/NAME.safetensors`` of the EMA generator now (or of ``network`` at ``iteration``)."""
         from ..models.export import save_export
 
+        network = self.ema.module if network is None else network
         path = self.run_dir / "exports" / f"{name}.safetensors"
-        with runstate.disk_full_guard(path, runstate.state_nbytes(self.ema.module.state_dict()), self.run_dir):
-            return save_export(path, self.ema.module, self.export_info(scores))
+        with runstate.disk_full_guard(path, runstate.state_nbytes(network.state_dict()), self.run_dir):
+            return save_export(path, network, self.export_info(scores, iteration))
 
-    def _after_validation(self, scores: dict[str, dict[str, float]]) -> None:
+    def _reconcile_exports(self, state: dict[str, Any]) -> None:
+        """``--resume``: exports and ``best.pt`` written after the checkpoint the run resumes from belong to
+        a discarded timeline. A run killed after a validation wrote a new best but before the next
+        numbered checkpoint redoes those iterations, and under GPU nondeterminism the redone scores can
+        stay below the discarded one's: ``best.safetensors`` would keep weights this run never produced.
+        Such files are kept aside (``best.discarded-iterN.*``), the best export is rewritten from the
+        resumed checkpoint's own best where its weights are still on disk (the resumed checkpoint or a kept
+        numbered one), and otherwise the resumed run's validations pick the best export again."""
+        resumed = self.iteration
+        want = self.best.get("iteration") if self.best else None
+        exports = self.run_dir / "exports"
+        found: list[tuple[Path, int | None]] = []  # (file, the iteration it records) that does not belong here
+        for name in ("best", "last"):
+            path = exports / f"{name}.safetensors"
+            if not path.is_file() or (recorded := runstate.export_iteration(path)) is None:
+                continue
+            ranked = name == "best" and bool(self.val_datasets)
+            if (recorded != want) if ranked else (recorded > resumed):
+                found.append((path, recorded))
+        if self.val_datasets and self.checkpoints.best_path.is_file():
+            try:
+                recorded = load_checkpoint(self.checkpoints.best_path).get("iteration")
+            except UserError:
+                recorded = None
+            if recorded != want:
+                found.append((self.checkpoints.best_path, recorded if isinstance(recorded, int) else None))
+        if not found:
+            return
+        listing = ", ".join(f"{p.relative_to(self.run_dir)} (iteration {it})" for p, it in found)
+        aside = [runstate.set_aside_discarded(p, it) for p, it in found]
+        names = {p.name for p, _ in found}
+        outcome = []
+        if "last.safetensors" in names:
+            self.export("last", None)
+            outcome.append(f"last export rewritten from iteration {resumed}")
+        if names & {"best.safetensors", "best.pt"} and want is not None:
+            source = state if want == resumed else None
+            if source is None and self.checkpoints.path_for(want).is_file():
+                try:
+                    source = load_checkpoint(self.checkpoints.path_for(want))
+                except UserError:
+                    source = None
+            if source is not None:
+                from .checkpoint import save_checkpoint
+
+                save_checkpoint(self.checkpoints.best_path, {k: v for k, v in source.items() if k != "format"})
+                network = copy.deepcopy(self.ema.module)
+                network.load_state_dict(source["ema"])
+                self.export("best", self.best.get("scores"), network, want)
+                outcome.append(f"best export and best.pt rewritten from iteration {want} (the resumed run's best)")
+            elif "best.safetensors" in names:
+                self.best = None  # its weights are gone: the resumed run's own validations pick best again
+        if self.best is None and "best.safetensors" in names:
+            outcome.append("the resumed run's validations pick the best export again")
+        self.warn(f"--resume {self.run_dir}: {listing} came after the checkpoint it resumes from (iteration "
+                  f"{resumed}), from iterations that are redone now; kept aside as {', '.join(a.name for a in aside)}"
+                  + (f"; {'; '.join(outcome)}" if outcome else ""))
+
+    def _after_validation(self, scores: dict[str, dict[str, float]], log: bool = True) -> None:
         from ..scoring import METRICS
 
         select = self.val_plan.select
@@ -606,7 +670,8 @@ class Trainer:
             with runstate.disk_full_guard(self.checkpoints.best_path, runstate.state_nbytes(state), self.run_dir):
                 save_checkpoint(self.checkpoints.best_path, state)
             self.export("best", scores)
-        self.monitor.log_validation(self.iteration, scores, is_best)
+        if log:
+            self.monitor.log_validation(self.iteration, scores, is_best)
 
     def _save(self) -> None:
         state = self.state_dict()
@@ -703,11 +768,13 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        validated = self.dist.is_main and self.monitor.validated_at(self.iteration)
         if (self.dist.is_main and not interrupted and self.iteration == self.total and self.val_datasets
-                and not self.monitor.validated_at(self.iteration)):
+                and (not validated or self.best is None)):
             # a run that reached its end without the final validation (stopped on its last iteration, or
-            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked too
-            self._after_validation(self.validate())
+            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked
+            # too; so are they when a discarded timeline's best was set aside and nothing since replaced it
+            self._after_validation(self.validate(), log=not validated)
             self._save()
         if self.dist.is_main and self.iteration == 0 and not (self.run_dir / "exports" / "last.safetensors").exists():
             self._save()

@@ -1,0 +1,87 @@
+"""The researcher's path, defects left by the trainhunt (trainfix): exports of a discarded timeline on
+``--resume``, a validation failing mid-run, sweep notices, one-line refusals. Tiny networks on a real T91 store
+and real Set5 images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cli_runner import run_cli_err
+from test_train_habits import t91_subset  # noqa: F401  (the prepared T91 subset fixture)
+from srtool.model_files import read_export_metadata
+from srtool.train.checkpoint import load_checkpoint
+
+TINY = ["model.generator.n_blocks=1", "model.generator.n_feats=8", "train.batch_size=2", "train.hr_crop=32",
+        "train.num_workers=0", "log.every=1", "train.epochs=1"]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+def val_folder(where: Path, shared_data: Path, names=("bird", "head")) -> Path:
+    """A validation folder of real Set5 images (symlinks: nothing of /work/shared is copied)."""
+    for sub in ("HR", "LR_bicubic/X4"):
+        (where / sub).mkdir(parents=True)
+        for name in names:
+            (where / sub / f"{name}.png").symlink_to(shared_data / "benchmarks" / "Set5" / sub / f"{name}.png")
+    return where
+
+
+def validated(overrides: list[str], val: Path) -> list[str]:
+    return [*TINY, f'validation.datasets=["{val}"]', 'validation.metrics=["psnr"]', *overrides]
+
+
+def test_resume_sets_aside_a_best_export_from_a_discarded_timeline(t91_subset, shared_data, tmp_path, capsys):
+    """Killed after the validation at iteration 3 made it best (best.pt and exports/best.safetensors written)
+    but before checkpoint 3: `--resume` goes back to checkpoint 2, and best.safetensors kept iteration 3's
+    weights, which the resumed run never produced (on a GPU its redone scores can stay below them). Now those
+    files are kept aside under a clear name, announced in one line, and the best export is the resumed
+    timeline's own."""
+    val = val_folder(tmp_path / "val", shared_data)
+    run = tmp_path / "run"
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q",
+                            *sets(validated(["train.iters_per_epoch=3", "validation.every=1", "checkpoint.every=2",
+                                             "checkpoint.keep_last=5"], val)))
+    assert code == 0, err
+    # the discarded timeline: iteration 3 validated best (best.pt, best export) and was then killed before
+    # its checkpoint; last.safetensors still names iteration 2's weights
+    ckpt, exports = run / "checkpoints", run / "exports"
+    shutil.copyfile(ckpt / "iter_00000003.pt", ckpt / "best.pt")
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(exports / f"last{suffix}", exports / f"best{suffix}")
+    (ckpt / "iter_00000003.pt").unlink()
+    assert read_export_metadata(exports / "best.safetensors")["iterations"] == 3
+    # the resumed run ends where its checkpoint is (iteration 2): nothing redoes iteration 3
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.iters_per_epoch=2",
+                            "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    assert "Traceback" not in err
+    notice = [line for line in err.splitlines() if "came after the checkpoint" in line]
+    assert len(notice) == 1, err
+    assert "exports/best.safetensors (iteration 3)" in notice[0] and "checkpoints/best.pt (iteration 3)" in notice[0]
+    assert "best.discarded-iter3.safetensors" in notice[0] and "best.discarded-iter3.pt" in notice[0]
+    # the discarded files are kept, under names nothing picks up as the run's export or best checkpoint
+    assert read_export_metadata(exports / "best.discarded-iter3.safetensors")["iterations"] == 3
+    assert (exports / "best.discarded-iter3.json").is_file() and (ckpt / "best.discarded-iter3.pt").is_file()
+    # the run that ended has a best export, and it names weights of its own timeline
+    best_it = read_export_metadata(exports / "best.safetensors")["iterations"]
+    assert best_it <= 2
+    assert json.loads((exports / "best.json").read_text())["iterations"] == best_it
+    assert load_checkpoint(ckpt / "best.pt")["iteration"] == best_it
+    from srtool.models.export import read_state_dict
+
+    resumed = load_checkpoint(ckpt / "iter_00000002.pt")
+    if best_it == 2:  # bit-equal to the EMA of the resumed checkpoint
+        best = read_state_dict(exports / "best.safetensors")
+        assert all(bool((best[k] == v).all()) for k, v in resumed["ema"].items())
+    # running the same command again finds nothing to set aside
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.iters_per_epoch=2",
+                            "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    assert "came after the checkpoint" not in err
