@@ -85,3 +85,36 @@ def test_resume_sets_aside_a_best_export_from_a_discarded_timeline(t91_subset, s
                             "--device", "cpu", "--no-progress", "-q")
     assert code == 0, err
     assert "came after the checkpoint" not in err
+
+
+def test_a_validation_failing_mid_run_checkpoints_first_and_resume_validates_there(t91_subset, shared_data, tmp_path,
+                                                                                   capsys):
+    """A validation image deleted during training stopped the run at its next validation, which runs before
+    that iteration's checkpoint: the iterations since the last checkpoint were lost. Now the run checkpoints,
+    says so in the one-line error, and `--resume` validates that iteration first, then goes on."""
+    from srtool.errors import UserError
+    from srtool.train import TrainOptions
+    from srtool.train.engine import Trainer
+
+    val = val_folder(tmp_path / "val", shared_data)
+    run = tmp_path / "run"
+    overrides = validated(["train.iters_per_epoch=4", "validation.every=1", "checkpoint.every=4"], val)
+    trainer = Trainer(TrainOptions(preset="srresnet", data=[t91_subset], out=run, overrides=overrides, device="cpu",
+                                   progress=False, quiet=True))
+    try:
+        trainer.run(until=1)
+        (val / "HR" / "head.png").unlink()  # deleted while the run trains
+        with pytest.raises(UserError) as caught:
+            trainer.run()
+    finally:
+        trainer.close()
+    message = str(caught.value)
+    assert "\n" not in message and "validation at iteration 2" in message
+    assert str(val / "LR_bicubic" / "X4" / "head.png") in message
+    assert f"checkpoint saved at iteration 2; fix that and continue with `srtool train --resume {run}`" in message
+    assert load_checkpoint(run / "checkpoints" / "iter_00000002.pt")["iteration"] == 2
+    (val / "HR" / "head.png").symlink_to(shared_data / "benchmarks" / "Set5" / "HR" / "head.png")
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "val"] == [1, 2, 3, 4]

@@ -673,6 +673,25 @@ class Trainer:
         if log:
             self.monitor.log_validation(self.iteration, scores, is_best)
 
+    def _validate_or_checkpoint(self) -> None:
+        """Validate; a validation that fails (an image deleted or damaged during training, no memory left for
+        it) checkpoints the iterations done since the last checkpoint before the error stops the run, and
+        ``--resume`` validates that iteration first (:meth:`run`)."""
+        try:
+            scores = self.validate()
+        except Exception as exc:
+            try:
+                self._save()
+            except Exception:  # the checkpoint itself failed (disk full): the validation's error is the news
+                raise exc from None
+            saved = (f"checkpoint saved at iteration {self.iteration}; fix that and continue with "
+                     f"`srtool train --resume {self.run_dir}`")
+            if isinstance(exc, UserError):
+                raise UserError(f"validation at iteration {self.iteration}: {exc}; {saved}") from None
+            self.warn(f"validation at iteration {self.iteration} failed: {saved}")
+            raise
+        self._after_validation(scores)
+
     def _save(self) -> None:
         state = self.state_dict()
         path = self.checkpoints.path_for(self.iteration)
@@ -730,6 +749,9 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         interrupted = None
+        if (self.dist.is_main and self.val_datasets and 0 < self.iteration < end
+                and self.iteration % p.validation.every == 0 and not self.monitor.validated_at(self.iteration)):
+            self._validate_or_checkpoint()  # resumed from a checkpoint saved when its validation failed
         self.generator.train()
         if self.discriminator is not None:
             self.discriminator.train()
@@ -759,7 +781,7 @@ class Trainer:
                         self._log()
                     if self.val_datasets and (self.iteration % p.validation.every == 0 or
                                               (self.iteration == self.total and not stop)):
-                        self._after_validation(self.validate())
+                        self._validate_or_checkpoint()
                         self.generator.train()
                     if self.iteration % p.checkpoint.every == 0 or done or stop:
                         self._save()
