@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_runner import run_cli_err
+from cli_runner import run_cli, run_cli_err
 from test_train_habits import t91_subset  # noqa: F401  (the prepared T91 subset fixture)
 from srtool.model_files import read_export_metadata
 from srtool.train.checkpoint import load_checkpoint
@@ -118,3 +118,36 @@ def test_a_validation_failing_mid_run_checkpoints_first_and_resume_validates_the
     assert code == 0, err
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["kind"] == "val"] == [1, 2, 3, 4]
+
+
+def test_sweep_says_when_the_grid_or_seeds_replace_a_set_value_and_dry_run_prints_absolute_paths(
+        t91_subset, tmp_path, capsys, monkeypatch):
+    """`--seeds 0,1 --set train.seed=5` and `--grid train.lr=... --set train.lr=...`: the point's value silently
+    replaced the --set one. The base-plus-variation behaviour stays; one notice line per key says so.
+    --dry-run printed --out (and a preset file) relative to the working directory, unlike the data paths."""
+    import shlex
+
+    monkeypatch.chdir(tmp_path)
+    preset = tmp_path / "my.toml"
+    from srtool.config import dump_toml, load_preset
+
+    preset.write_text(dump_toml(load_preset("srresnet")))
+    code = run_cli("sweep", "--preset", "my.toml", "--data", str(t91_subset), "--out", "sw",
+                            "--grid", "train.lr=1e-3,2e-3", "--seeds", "0,1", "--set", "train.lr=5e-4",
+                            "--set", "train.seed=5", "--set", "train.hr_crop=32", "--set", "validation.datasets=[]",
+                            "--dry-run")
+    captured = capsys.readouterr()
+    err = captured.err
+    assert code == 0, err
+    notices = [line for line in err.splitlines() if "is replaced in every point" in line]
+    assert notices == ["--set train.lr=5e-4 is replaced in every point: --grid varies train.lr",
+                       "--set train.seed=5 is replaced in every point: --seeds varies train.seed"]
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 4
+    for line in lines:
+        argv = shlex.split(line)
+        assert Path(argv[argv.index("--out") + 1]).parent == tmp_path / "sw"
+        assert argv[argv.index("--preset") + 1] == str(preset)
+    # the base plus variations: each point trains with its own grid value and seed
+    assert "--set train.lr=1e-3" in lines[0] and "--set train.seed=0" in lines[0]
+    assert not (tmp_path / "sw").exists()
