@@ -151,3 +151,20 @@ def test_sweep_says_when_the_grid_or_seeds_replace_a_set_value_and_dry_run_print
     # the base plus variations: each point trains with its own grid value and seed
     assert "--set train.lr=1e-3" in lines[0] and "--set train.seed=0" in lines[0]
     assert not (tmp_path / "sw").exists()
+
+
+def test_a_store_prepared_with_another_recipe_names_only_the_fields_that_differ(shared_data, tmp_path, capsys):
+    """The refusal printed the old recipe as a Python dict ({'edge': 'replicate', ..., 'store': {...}})."""
+    src = tmp_path / "t91"
+    src.mkdir()
+    (src / "t1.png").symlink_to(shared_data / "train" / "T91" / "t1.png")
+    out = tmp_path / "store"
+    code, err = run_cli_err(capsys, "prepare", "folder", str(src), "--out", str(out), "--tile", "64", "--step", "64",
+                            "--workers", "1", "--no-progress")
+    assert code == 0, err
+    code, err = run_cli_err(capsys, "prepare", "folder", str(src), "--out", str(out), "--tile", "48", "--step", "64",
+                            "--workers", "1", "--no-progress")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "{" not in lines[0], err
+    assert "prepared with a different recipe (on disk vs now: tile 64 vs 48); use another --out" in lines[0]
