@@ -168,3 +168,13 @@ def test_a_store_prepared_with_another_recipe_names_only_the_fields_that_differ(
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "{" not in lines[0], err
     assert "prepared with a different recipe (on disk vs now: tile 64 vs 48); use another --out" in lines[0]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_train_on_a_missing_gpu_repeats_the_device_as_typed(t91_subset, tmp_path, capsys):
+    """`--device cuda:3` without a GPU said `--device cuda: no CUDA GPU ...`."""
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out",
+                            str(tmp_path / "run"), "--device", "cuda:3", "--no-progress", *sets([*TINY, "validation.datasets=[]"]))
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda:3: no CUDA GPU is available" in lines[0], err

@@ -149,9 +149,16 @@ def resolve_device(requested: str, info: DistInfo | None = None) -> torch.device
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to PyTorch here; use --device cpu")
+            raise UserError(f"--device {requested}: no CUDA GPU is available to PyTorch here; use --device cpu")
         if requested == "cuda":
             return torch.device("cuda", info.local_rank if info else 0)
+        try:
+            index = int(requested.partition(":")[2])
+        except ValueError:
+            raise UserError(f"--device {requested!r}: expected auto, cpu, cuda or cuda:N") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(requested)
 
 
