@@ -178,3 +178,33 @@ def test_train_on_a_missing_gpu_repeats_the_device_as_typed(t91_subset, tmp_path
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--device cuda:3: no CUDA GPU is available" in lines[0], err
+
+
+def test_a_hand_edited_preset_toml_follows_the_resume_set_rule(t91_subset, tmp_path, capsys):
+    """`--resume RUN --set train.lr=...` is refused, but the same change made in RUN/preset.toml by hand was used
+    silently. Now the file is checked against the preset run.json recorded: other fields are refused in one
+    line naming the file and the change; the schedule's length is taken, as with --set."""
+    run = tmp_path / "run"
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q",
+                            *sets([*TINY, "validation.datasets=[]", "train.iters_per_epoch=1"]))
+    assert code == 0, err
+    preset = run / "preset.toml"
+    original = preset.read_text()
+    assert "\nlr = 0.0001  #" in original and "\nepochs = 1  #" in original
+    preset.write_text(original.replace("\nlr = 0.0001  #", "\nlr = 0.001  #", 1))
+    before = {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert f"{preset}: edited since the run wrote it (train.lr 0.0001 -> 0.001)" in lines[0]
+    assert before == {p.name: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    # the schedule's length is what --resume --set may change: by hand too
+    preset.write_text(original.replace("\nepochs = 1  #", "\nepochs = 2  #", 1))
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    assert "train.epochs edited by hand" in err
+    assert load_checkpoint(run / "checkpoints" / "iter_00000002.pt")["iteration"] == 2
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 0 and "edited" not in err, err

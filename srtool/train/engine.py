@@ -116,6 +116,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted preset fields that differ between two ``model_dump(mode="json")`` documents."""
+    flat_before, flat_after = _flatten(before), _flatten(after)
+    return sorted(k for k in flat_before.keys() | flat_after.keys() if flat_before.get(k) != flat_after.get(k))
+
+
 def lr_factor(preset: Preset, iteration: int) -> float:
     """Learning-rate multiplier at ``iteration`` (a pure function, so resume needs only the iteration)."""
     s, t = preset.train.scheduler, preset.train
@@ -217,7 +223,8 @@ class Trainer:
             self.run_dir = Path(options.resume).expanduser()
             self._check_resume_options()
             run_info = runstate.read_run_json(self.run_dir)
-            self.preset = self._resume_preset()
+            recorded_info = dict(run_info)
+            self.preset = self._resume_preset(run_info)
             data = [Path(p) for p in run_info["data"]]
             init_from = run_info.get("init_from")
             vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
@@ -364,8 +371,13 @@ class Trainer:
                     raise UserError(f"--out {self.run_dir}: another srtool train made a run there while this one "
                                     "was setting up; nothing of it was replaced. Choose another --out")
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
+            # the preset as the run uses it: a hand edit of preset.toml is checked against it on --resume
             if not resuming:
+                run_info["preset"] = p.model_dump(mode="json")
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+            elif recorded_info.get("preset") != p.model_dump(mode="json"):
+                write_text_atomic(self.run_dir / "run.json",
+                                  json.dumps({**recorded_info, "preset": p.model_dump(mode="json")}, indent=2) + "\n")
             if self.val_plan is not None:
                 from .validation import VALIDATION_FILE
 
@@ -394,16 +406,32 @@ class Trainer:
         runstate.check_resumable(self.run_dir, [p for _, p in CheckpointDir(self.run_dir, 1).numbered()],
                                  self.run_dir / "checkpoints", o.restart)
 
-    def _resume_preset(self) -> Preset:
-        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run)."""
+    def _resume_preset(self, run_info: dict[str, Any]) -> Preset:
+        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run).
+        ``preset.toml`` edited by hand since the run wrote it follows the same rule: its changes are checked
+        against the preset ``run.json`` recorded (runs of older srtool versions recorded none)."""
         saved_path = str(self.run_dir / "preset.toml")
         saved = load_preset(saved_path)
+        recorded = run_info.get("preset")
+        if isinstance(recorded, dict):
+            edited = _changed_fields(recorded, saved.model_dump(mode="json"))
+            refused = [k for k in edited if k not in RESUMABLE_FIELDS]
+            if refused:
+                before, after = _flatten(recorded), _flatten(saved.model_dump(mode="json"))
+                shown = ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in refused[:4])
+                raise UserError(
+                    f"{saved_path}: edited since the run wrote it ({shown}); --resume may change only "
+                    f"{', '.join(RESUMABLE_FIELDS)} (as with --set). Put the file back, or start a new run with "
+                    "the edited preset (`srtool train --preset FILE`)"
+                )
+            if edited:
+                self.warn(f"{saved_path}: {', '.join(edited)} edited by hand; the run continues with them, as "
+                          "with --resume --set")
         if not self.options.overrides:
             return saved
         changed = load_preset(saved_path, self.options.overrides)
-        before, after = _flatten(saved.model_dump(mode="json")), _flatten(changed.model_dump(mode="json"))
-        refused = sorted(k for k in before.keys() | after.keys()
-                         if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
+        refused = [k for k in _changed_fields(saved.model_dump(mode="json"), changed.model_dump(mode="json"))
+                   if k not in RESUMABLE_FIELDS]
         if refused:
             raise UserError(
                 f"--resume {self.run_dir}: --set may change only {', '.join(RESUMABLE_FIELDS)} of a run "
