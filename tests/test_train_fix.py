@@ -208,3 +208,27 @@ def test_a_hand_edited_preset_toml_follows_the_resume_set_rule(t91_subset, tmp_p
     assert load_checkpoint(run / "checkpoints" / "iter_00000002.pt")["iteration"] == 2
     code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
     assert code == 0 and "edited" not in err, err
+
+
+def test_the_not_prepared_advice_gives_commands_that_paste(shared_data, tmp_path, monkeypatch, capsys):
+    """"run `srtool prepare benchmark --download Set5 (or SET5_HR_DIR --out DIR) --scale 4`": parentheses inside
+    the backticks, not a command. Now two commands, each one a shell line srtool accepts as it is."""
+    import re
+    import shlex
+
+    data = tmp_path / "my data"  # a space: the folder is quoted in the advice
+    monkeypatch.setenv("SRTOOL_DATA_DIR", str(data))
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "--data", "Set5", "--no-progress")
+    assert code == 2
+    line = " ".join(err.split())
+    commands = re.findall(r"`([^`]+)`", line)
+    assert commands == ["srtool prepare benchmark --download Set5 --scale 4",
+                        f"srtool prepare benchmark SET5_HR_DIR --out {shlex.quote(str(data / 'Set5'))} --scale 4"], line
+    # the second, with a real folder in place of SET5_HR_DIR, prepares what the first names by name
+    hr = tmp_path / "hr"
+    hr.mkdir()
+    (hr / "bird.png").symlink_to(shared_data / "benchmarks" / "Set5" / "HR" / "bird.png")
+    argv = shlex.split(commands[1].replace("SET5_HR_DIR", shlex.quote(str(hr))))
+    code, err = run_cli_err(capsys, *argv[1:], "--workers", "1", "--no-progress")
+    assert code == 0, err
+    assert (data / "Set5" / "HR" / "bird.png").is_file()
