@@ -232,3 +232,30 @@ def test_the_not_prepared_advice_gives_commands_that_paste(shared_data, tmp_path
     code, err = run_cli_err(capsys, *argv[1:], "--workers", "1", "--no-progress")
     assert code == 0, err
     assert (data / "Set5" / "HR" / "bird.png").is_file()
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_again_with_its_best_aside(
+        t91_subset, shared_data, tmp_path, capsys):
+    """Killed after its first validations (best.pt and a best export written) but before the first checkpoint:
+    `--resume` was refused as if the checkpoints had been deleted ("... is missing, so the run cannot
+    continue"). The run has nothing to lose: it starts again from iteration 0, its best kept aside."""
+    val = val_folder(tmp_path / "val", shared_data, names=("bird",))
+    run = tmp_path / "run"
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q",
+                            *sets(validated(["train.iters_per_epoch=2", "validation.every=1", "checkpoint.every=2"],
+                                            val)))
+    assert code == 0, err
+    # as killed after the validations of iterations 1 and 2, before checkpoint 2 (which writes last.safetensors)
+    (run / "checkpoints" / "iter_00000002.pt").unlink()
+    for suffix in (".safetensors", ".json"):
+        (run / "exports" / f"last{suffix}").unlink()
+    discarded = read_export_metadata(run / "exports" / "best.safetensors")["iterations"]
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    assert "came after its start" in err and f"best.discarded-iter{discarded}.safetensors" in err
+    assert (run / "exports" / f"best.discarded-iter{discarded}.safetensors").is_file()
+    assert load_checkpoint(run / "checkpoints" / "iter_00000002.pt")["iteration"] == 2
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in records if r["kind"] == "val"] == [1, 2]
+    assert read_export_metadata(run / "exports" / "best.safetensors")["iterations"] in (1, 2)

@@ -349,6 +349,8 @@ class Trainer:
             if found is None:
                 if not options.restart:
                     self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
+                    if self.dist.is_main:
+                        self._reconcile_exports(None)
                 if init_from:
                     self.generator.load_state_dict(load_init_weights(init_from, p, self.warn))
                     self.ema = EMA(self.generator, t.ema_decay)
@@ -629,7 +631,7 @@ class Trainer:
         with runstate.disk_full_guard(path, runstate.state_nbytes(network.state_dict()), self.run_dir):
             return save_export(path, network, self.export_info(scores, iteration))
 
-    def _reconcile_exports(self, state: dict[str, Any]) -> None:
+    def _reconcile_exports(self, state: dict[str, Any] | None) -> None:
         """``--resume``: exports and ``best.pt`` written after the checkpoint the run resumes from belong to
         a discarded timeline. A run killed after a validation wrote a new best but before the next
         numbered checkpoint redoes those iterations, and under GPU nondeterminism the redone scores can
@@ -661,7 +663,7 @@ class Trainer:
         aside = [runstate.set_aside_discarded(p, it) for p, it in found]
         names = {p.name for p, _ in found}
         outcome = []
-        if "last.safetensors" in names:
+        if "last.safetensors" in names and state is not None:
             self.export("last", None)
             outcome.append(f"last export rewritten from iteration {resumed}")
         if names & {"best.safetensors", "best.pt"} and want is not None:
@@ -683,8 +685,9 @@ class Trainer:
                 self.best = None  # its weights are gone: the resumed run's own validations pick best again
         if self.best is None and "best.safetensors" in names:
             outcome.append("the resumed run's validations pick the best export again")
-        self.warn(f"--resume {self.run_dir}: {listing} came after the checkpoint it resumes from (iteration "
-                  f"{resumed}), from iterations that are redone now; kept aside as {', '.join(a.name for a in aside)}"
+        since = f"the checkpoint it resumes from (iteration {resumed})" if state is not None else "its start"
+        self.warn(f"--resume {self.run_dir}: {listing} came after {since}, from iterations that are redone now; "
+                  f"kept aside as {', '.join(a.name for a in aside)}"
                   + (f"; {'; '.join(outcome)}" if outcome else ""))
 
     def _after_validation(self, scores: dict[str, dict[str, float]], log: bool = True) -> None:

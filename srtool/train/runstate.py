@@ -180,11 +180,13 @@ def restart_aside(run_dir: Path, warn: Callable[[str], None]) -> list[Path]:
 def check_resumable(run_dir: Path, checkpoints: list[Path], checkpoint_dir: Path, restart: bool) -> None:
     """Refuse ``--resume`` when the checkpoints are gone, unless the user asked to ``--restart``.
 
-    A run killed before its first checkpoint (an empty ``checkpoints/``, no exports) has nothing to
-    lose and starts again; one whose checkpoints were deleted would lose its exports and log."""
+    A run killed before its first checkpoint (an empty ``checkpoints/``, no ``last`` export: every
+    checkpoint writes one) has nothing to lose and starts again; a best export its validations wrote
+    meanwhile is kept aside then (:meth:`Trainer._reconcile_exports`). One whose checkpoints were deleted
+    would lose its exports and log."""
     if restart or checkpoints:
         return
-    exported = (Path(run_dir) / "exports").exists()
+    exported = (Path(run_dir) / "exports" / "last.safetensors").exists()
     if checkpoint_dir.is_dir() and not exported:
         return
     what = "checkpoints folder" if not checkpoint_dir.is_dir() else "checkpoint files (iter_*.pt) in"
