@@ -649,6 +649,10 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
     from .train.data import check_data_paths, check_distinct_data
 
     check_distinct_data(options.data)
+    if options.device not in ("auto", "cpu"):  # as each point's `srtool train` would refuse it, before any runs
+        from .train.engine import resolve_device
+
+        resolve_device(options.device)
     options.data = [Path(p).expanduser().resolve() for p in options.data]
     check_data_paths(options.data)
     points = plan_points(options)

@@ -178,6 +178,14 @@ def test_train_on_a_missing_gpu_repeats_the_device_as_typed(t91_subset, tmp_path
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--device cuda:3: no CUDA GPU is available" in lines[0], err
+    # a sweep says so before any point runs (each point failed with it, exit 1)
+    code, err = run_cli_err(capsys, "sweep", "--preset", "srresnet", "--data", str(t91_subset), "--out",
+                            str(tmp_path / "sweep"), "--grid", "train.lr=1e-3,2e-3", "--device", "cuda:3",
+                            "--no-progress", *sets([*TINY, "validation.datasets=[]"]))
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--device cuda:3: no CUDA GPU is available" in lines[0], err
+    assert not (tmp_path / "sweep").exists()
 
 
 def test_a_hand_edited_preset_toml_follows_the_resume_set_rule(t91_subset, tmp_path, capsys):
