@@ -267,3 +267,35 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_again_with_it
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if r["kind"] == "val"] == [1, 2]
     assert read_export_metadata(run / "exports" / "best.safetensors")["iterations"] in (1, 2)
+
+
+def test_resume_picks_best_again_when_the_resumed_best_weights_are_gone(t91_subset, shared_data, tmp_path, capsys):
+    """The resumed checkpoint's best (iteration 1, never checkpointed) had its weights only in best.safetensors,
+    which the discarded timeline overwrote: nothing on disk holds them. The run's own validations pick best
+    again, and the export it ends with names one of them (the checkpoint's best dict is rewritten to say
+    iteration 1 with a score nothing beats, as a GPU run's redone scores could)."""
+    from srtool.train.checkpoint import save_checkpoint
+
+    val = val_folder(tmp_path / "val", shared_data, names=("bird",))
+    run = tmp_path / "run"
+    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
+                            "--device", "cpu", "--no-progress", "-q",
+                            *sets(validated(["train.iters_per_epoch=3", "validation.every=1", "checkpoint.every=2",
+                                             "checkpoint.keep_last=5"], val)))
+    assert code == 0, err
+    ckpt, exports = run / "checkpoints", run / "exports"
+    shutil.copyfile(ckpt / "iter_00000003.pt", ckpt / "best.pt")
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(exports / f"last{suffix}", exports / f"best{suffix}")
+    (ckpt / "iter_00000003.pt").unlink()
+    state = load_checkpoint(ckpt / "iter_00000002.pt")
+    state["best"] = {"iteration": 1, "metric": "psnr", "score": 99.0, "scores": {"val": {"psnr": 99.0}}}
+    save_checkpoint(ckpt / "iter_00000002.pt", {k: v for k, v in state.items() if k != "format"})
+    code, err = run_cli_err(capsys, "train", "--resume", str(run), "--device", "cpu", "--no-progress", "-q")
+    assert code == 0, err
+    assert "the resumed run's validations pick the best export again" in " ".join(err.split())
+    # the run's record of its best and its best export name the same, redone iteration
+    assert read_export_metadata(exports / "best.safetensors")["iterations"] == 3
+    assert load_checkpoint(ckpt / "iter_00000003.pt")["best"]["iteration"] == 3
+    assert load_checkpoint(ckpt / "best.pt")["best"]["score"] != 99.0
+    assert (exports / "best.discarded-iter3.safetensors").is_file()
