@@ -36,27 +36,31 @@ def validated(overrides: list[str], val: Path) -> list[str]:
     return [*TINY, f'validation.datasets=["{val}"]', 'validation.metrics=["psnr"]', *overrides]
 
 
-def test_resume_sets_aside_a_best_export_from_a_discarded_timeline(t91_subset, shared_data, tmp_path, capsys):
-    """Killed after the validation at iteration 3 made it best (best.pt and exports/best.safetensors written)
-    but before checkpoint 3: `--resume` goes back to checkpoint 2, and best.safetensors kept iteration 3's
-    weights, which the resumed run never produced (on a GPU its redone scores can stay below them). Now those
-    files are kept aside under a clear name, announced in one line, and the best export is the resumed
-    timeline's own."""
-    val = val_folder(tmp_path / "val", shared_data)
-    run = tmp_path / "run"
+def run_with_a_discarded_best(t91_subset, val: Path, run: Path, capsys) -> None:
+    """A three-iteration run (validated every iteration, checkpoint 2) left as killed after iteration 3's
+    validation made it best (best.pt and the best export written) but before its checkpoint."""
     code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
                             "--device", "cpu", "--no-progress", "-q",
                             *sets(validated(["train.iters_per_epoch=3", "validation.every=1", "checkpoint.every=2",
                                              "checkpoint.keep_last=5"], val)))
     assert code == 0, err
-    # the discarded timeline: iteration 3 validated best (best.pt, best export) and was then killed before
-    # its checkpoint; last.safetensors still names iteration 2's weights
     ckpt, exports = run / "checkpoints", run / "exports"
     shutil.copyfile(ckpt / "iter_00000003.pt", ckpt / "best.pt")
     for suffix in (".safetensors", ".json"):
         shutil.copyfile(exports / f"last{suffix}", exports / f"best{suffix}")
     (ckpt / "iter_00000003.pt").unlink()
     assert read_export_metadata(exports / "best.safetensors")["iterations"] == 3
+
+
+def test_resume_sets_aside_a_best_export_from_a_discarded_timeline(t91_subset, shared_data, tmp_path, capsys):
+    """Killed after the validation at iteration 3 made it best (best.pt and exports/best.safetensors written)
+    but before checkpoint 3: `--resume` goes back to checkpoint 2, and best.safetensors kept iteration 3's
+    weights, which the resumed run never produced (on a GPU its redone scores can stay below them). Now those
+    files are kept aside under a clear name, announced in one line, and the best export is the resumed
+    timeline's own."""
+    run = tmp_path / "run"
+    run_with_a_discarded_best(t91_subset, val_folder(tmp_path / "val", shared_data), run, capsys)
+    ckpt, exports = run / "checkpoints", run / "exports"
     # the resumed run ends where its checkpoint is (iteration 2): nothing redoes iteration 3
     code, err = run_cli_err(capsys, "train", "--resume", str(run), "--set", "train.iters_per_epoch=2",
                             "--device", "cpu", "--no-progress", "-q")
@@ -276,18 +280,9 @@ def test_resume_picks_best_again_when_the_resumed_best_weights_are_gone(t91_subs
     iteration 1 with a score nothing beats, as a GPU run's redone scores could)."""
     from srtool.train.checkpoint import save_checkpoint
 
-    val = val_folder(tmp_path / "val", shared_data, names=("bird",))
     run = tmp_path / "run"
-    code, err = run_cli_err(capsys, "train", "--preset", "srresnet", "--data", str(t91_subset), "--out", str(run),
-                            "--device", "cpu", "--no-progress", "-q",
-                            *sets(validated(["train.iters_per_epoch=3", "validation.every=1", "checkpoint.every=2",
-                                             "checkpoint.keep_last=5"], val)))
-    assert code == 0, err
+    run_with_a_discarded_best(t91_subset, val_folder(tmp_path / "val", shared_data, names=("bird",)), run, capsys)
     ckpt, exports = run / "checkpoints", run / "exports"
-    shutil.copyfile(ckpt / "iter_00000003.pt", ckpt / "best.pt")
-    for suffix in (".safetensors", ".json"):
-        shutil.copyfile(exports / f"last{suffix}", exports / f"best{suffix}")
-    (ckpt / "iter_00000003.pt").unlink()
     state = load_checkpoint(ckpt / "iter_00000002.pt")
     state["best"] = {"iteration": 1, "metric": "psnr", "score": 99.0, "scores": {"val": {"psnr": 99.0}}}
     save_checkpoint(ckpt / "iter_00000002.pt", {k: v for k, v in state.items() if k != "format"})
