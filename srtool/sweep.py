@@ -211,6 +211,21 @@ def plan_points(options: SweepOptions) -> list[Point]:
     return points
 
 
+def replaced_overrides(options: SweepOptions) -> list[str]:
+    """One notice per ``--set`` key that ``--grid`` or ``--seeds`` also gives: each point's value replaces the
+    common one (a base plus variations), which the user may not have meant."""
+    varied = {parse_axis(item).key: "--grid" for item in options.grid}
+    if options.seeds:
+        varied.setdefault("train.seed", "--seeds")
+    notices = []
+    for item in options.overrides:
+        key = ".".join(parse_override(item)[0])
+        if key in varied:
+            notices.append(f"--set {key}={item.partition('=')[2].strip()} is replaced in every point: "
+                           f"{varied[key]} varies {key}")
+    return notices
+
+
 # -------------------------------------------------------------------------------------- manifest
 
 
@@ -334,22 +349,26 @@ def manifest_document(options: SweepOptions, points: list[Point], previous: dict
 # -------------------------------------------------------------------------------------- commands
 
 
-def train_args(options: SweepOptions, point: Point, sweep_dir: Path) -> list[str]:
-    """The ``srtool train`` arguments of a point: a fresh run, or ``--resume`` of an interrupted one."""
-    run_dir = sweep_dir / point.name
-    extra = (["--vgg-weights", options.vgg_weights] if options.vgg_weights else [])
+def train_args(options: SweepOptions, point: Point, sweep_dir: Path, anywhere: bool = False) -> list[str]:
+    """The ``srtool train`` arguments of a point: a fresh run, or ``--resume`` of an interrupted one.
+    ``anywhere``: for a command printed to be run from another directory, paths are absolute."""
+    def absolute(spec: str) -> str:
+        return str(Path(spec).expanduser().resolve()) if anywhere and Path(spec).expanduser().exists() else spec
+
+    run_dir = sweep_dir.expanduser().resolve() / point.name if anywhere else sweep_dir / point.name
+    extra = (["--vgg-weights", absolute(options.vgg_weights)] if options.vgg_weights else [])
     extra += ["--allow-random-vgg"] if options.allow_random_vgg else []
     extra += ["--device", options.device] if options.device != "auto" else []
     if point.status == "interrupted":
         return ["train", "--resume", str(run_dir), *extra, "--no-progress"]
-    args = ["train", "--preset", options.preset]
+    args = ["train", "--preset", absolute(options.preset)]
     for path in options.data:
         args += ["--data", str(path)]
     args += ["--out", str(run_dir)]
     for item in point.overrides:
         args += ["--set", item]
     if options.init_from:
-        args += ["--init-from", init_from_for(options.init_from, point)]
+        args += ["--init-from", absolute(init_from_for(options.init_from, point))]
     if run_dir.exists() and not (run_dir / "run.json").exists() and any(run_dir.iterdir()):
         args.append("--overwrite")  # the sweep's own folder, left by a kill before training was set up
     return [*args, *extra, "--no-progress"]
@@ -630,6 +649,10 @@ def prepare_sweep(options: SweepOptions) -> tuple[list[Point], dict[str, Any] | 
     from .train.data import check_data_paths, check_distinct_data
 
     check_distinct_data(options.data)
+    if options.device not in ("auto", "cpu"):  # as each point's `srtool train` would refuse it, before any runs
+        from .train.engine import resolve_device
+
+        resolve_device(options.device)
     options.data = [Path(p).expanduser().resolve() for p in options.data]
     check_data_paths(options.data)
     points = plan_points(options)
@@ -658,9 +681,15 @@ def run_sweep(options: SweepOptions, say: Callable[[str], None] | None = None,
     options.out = sweep_dir = Path(options.out).expanduser()
     if options.dry_run:
         points, _ = prepare_sweep(options)
-        commands = [shell_command(train_args(options, p, sweep_dir)) for p in points if p.status in ("pending", "interrupted")]
+        for notice in replaced_overrides(options):
+            say(notice)
+        # printed to be run anywhere else: every path absolute (the data paths are already)
+        commands = [shell_command(train_args(options, p, sweep_dir, anywhere=True)) for p in points
+                    if p.status in ("pending", "interrupted")]
         return SweepResult(sweep_dir, points, commands)
     prepare_sweep(options)  # every error before the folder is even created
+    for notice in replaced_overrides(options):
+        say(notice)
     with sweep_lock(sweep_dir):
         points, manifest = prepare_sweep(options)  # again: another process may have changed it meanwhile
         doc = manifest_document(options, points, manifest)

@@ -13,17 +13,18 @@ from pathlib import Path
 
 from ..errors import UserError
 
-# name (lower case) -> (folder under the data dir, how to make it)
+# name (lower case) -> (folder under the data dir, the benchmark set `prepare benchmark --download` fetches,
+# or None for DIV2K, which `srtool prepare div2k` makes)
 _KNOWN = {
-    "set5": ("Set5", "srtool prepare benchmark --download Set5 (or SET5_HR_DIR --out {dir})"),
-    "set14": ("Set14", "srtool prepare benchmark --download Set14 (or SET14_HR_DIR --out {dir})"),
-    "b100": ("B100", "srtool prepare benchmark --download B100 (or B100_HR_DIR --out {dir})"),
-    "bsd100": ("B100", "srtool prepare benchmark --download B100 (or B100_HR_DIR --out {dir})"),
-    "urban100": ("Urban100", "srtool prepare benchmark --download Urban100 (or URBAN100_HR_DIR --out {dir})"),
-    "div2k-valid": ("DIV2K/valid", "srtool prepare div2k"),
-    "div2k_valid": ("DIV2K/valid", "srtool prepare div2k"),
-    "div2k-train": ("DIV2K/train", "srtool prepare div2k"),
-    "div2k_train": ("DIV2K/train", "srtool prepare div2k"),
+    "set5": ("Set5", "Set5"),
+    "set14": ("Set14", "Set14"),
+    "b100": ("B100", "B100"),
+    "bsd100": ("B100", "B100"),
+    "urban100": ("Urban100", "Urban100"),
+    "div2k-valid": ("DIV2K/valid", None),
+    "div2k_valid": ("DIV2K/valid", None),
+    "div2k-train": ("DIV2K/train", None),
+    "div2k_train": ("DIV2K/train", None),
 }
 DATASET_NAMES: tuple[str, ...] = ("Set5", "Set14", "B100", "Urban100", "DIV2K-valid", "DIV2K-train")
 
@@ -81,9 +82,16 @@ def resolve_dataset(name_or_path: str | Path, scale: int) -> Path:
         return path
     folder = data_dir() / known[0]
     if not (folder / "HR").is_dir():
-        how = known[1].format(dir=folder)
-        raise UserError(
-            f"dataset {text!r} is not prepared in {folder}: run `{how} --scale {scale}` "
-            "(or set SRTOOL_DATA_DIR to where it is)"
-        )
+        raise UserError(f"dataset {text!r} is not prepared in {folder}: {_prepare_advice(known[1], folder, scale)}, "
+                        "or set SRTOOL_DATA_DIR to where it is")
     return folder
+
+
+def _prepare_advice(download: str | None, folder: Path, scale: int) -> str:
+    """Commands that paste as they are: fetch the set, or prepare the user's own copy of its HR images."""
+    import shlex
+
+    if download is None:
+        return f"run `srtool prepare div2k --scale {scale}`"
+    return (f"run `srtool prepare benchmark --download {download} --scale {scale}` (or `srtool prepare benchmark "
+            f"{download.upper()}_HR_DIR --out {shlex.quote(str(folder))} --scale {scale}`)")

@@ -459,6 +459,24 @@ def _clean_stale_temps(folders: Iterable[Path]) -> None:
                     p.unlink(missing_ok=True)
 
 
+def _recipe_difference(old: Any, new: dict[str, Any]) -> str:
+    """``on disk vs now: tile 64 vs 48, step 64 vs 48``: only the fields that differ, by their own names."""
+    if not isinstance(old, dict) or not isinstance(old.get("recipe"), dict):
+        return f"its {STATE_DIR}/state.json is unreadable"
+
+    def fields(state: dict[str, Any]) -> dict[str, Any]:
+        recipe = dict(state["recipe"])
+        store = recipe.pop("store", None)
+        flat = {"kind": state.get("kind"), "lr": "made by bicubic", **recipe}
+        flat.update(store if isinstance(store, dict) else {"tile": "none (no training store)", "step": "none"})
+        return flat
+
+    before, after = fields(old), fields(new)
+    differ = [f"{k} {before.get(k, 'none')} vs {after.get(k, 'none')}" for k in dict.fromkeys([*before, *after])
+              if before.get(k) != after.get(k)]
+    return "on disk vs now: " + ", ".join(differ)
+
+
 def _claim_out(out: Path, inputs: list[ImageSource], recipe: Recipe, kind: str, overwrite: bool) -> None:
     """Make sure we only overwrite what an earlier run of the same recipe wrote (or --overwrite)."""
     state_path = out / STATE_DIR / "state.json"
@@ -472,7 +490,7 @@ def _claim_out(out: Path, inputs: list[ImageSource], recipe: Recipe, kind: str, 
             return
         if not overwrite:
             raise UserError(
-                f"--out {out}: holds a dataset prepared with a different recipe ({old and old.get('recipe')}); "
+                f"--out {out}: holds a dataset prepared with a different recipe ({_recipe_difference(old, state)}); "
                 "use another --out or pass --overwrite"
             )
     elif not overwrite:

@@ -116,6 +116,12 @@ def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _changed_fields(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The dotted preset fields that differ between two ``model_dump(mode="json")`` documents."""
+    flat_before, flat_after = _flatten(before), _flatten(after)
+    return sorted(k for k in flat_before.keys() | flat_after.keys() if flat_before.get(k) != flat_after.get(k))
+
+
 def lr_factor(preset: Preset, iteration: int) -> float:
     """Learning-rate multiplier at ``iteration`` (a pure function, so resume needs only the iteration)."""
     s, t = preset.train.scheduler, preset.train
@@ -149,9 +155,16 @@ def resolve_device(requested: str, info: DistInfo | None = None) -> torch.device
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is available to PyTorch here; use --device cpu")
+            raise UserError(f"--device {requested}: no CUDA GPU is available to PyTorch here; use --device cpu")
         if requested == "cuda":
             return torch.device("cuda", info.local_rank if info else 0)
+        try:
+            index = int(requested.partition(":")[2])
+        except ValueError:
+            raise UserError(f"--device {requested!r}: expected auto, cpu, cuda or cuda:N") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise UserError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                            f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return torch.device(requested)
 
 
@@ -210,7 +223,8 @@ class Trainer:
             self.run_dir = Path(options.resume).expanduser()
             self._check_resume_options()
             run_info = runstate.read_run_json(self.run_dir)
-            self.preset = self._resume_preset()
+            recorded_info = dict(run_info)
+            self.preset = self._resume_preset(run_info)
             data = [Path(p) for p in run_info["data"]]
             init_from = run_info.get("init_from")
             vgg_weights = options.vgg_weights or run_info.get("vgg_weights")
@@ -335,6 +349,8 @@ class Trainer:
             if found is None:
                 if not options.restart:
                     self.warn(f"{self.run_dir}: no checkpoint yet; starting the run again from iteration 0")
+                    if self.dist.is_main:
+                        self._reconcile_exports(None)
                 if init_from:
                     self.generator.load_state_dict(load_init_weights(init_from, p, self.warn))
                     self.ema = EMA(self.generator, t.ema_decay)
@@ -345,6 +361,8 @@ class Trainer:
                         f"--resume {self.run_dir}: the run is at iteration {self.iteration}, past the {self.total} "
                         "iterations its schedule would now have; a run can be shortened only down to where it is"
                     )
+                if self.dist.is_main:
+                    self._reconcile_exports(found[1])
             resumed_from = self.iteration
         self.monitor = None
         if self.dist.is_main:
@@ -355,8 +373,13 @@ class Trainer:
                     raise UserError(f"--out {self.run_dir}: another srtool train made a run there while this one "
                                     "was setting up; nothing of it was replaced. Choose another --out")
             write_text_atomic(self.run_dir / "preset.toml", dump_toml(p))
+            # the preset as the run uses it: a hand edit of preset.toml is checked against it on --resume
             if not resuming:
+                run_info["preset"] = p.model_dump(mode="json")
                 write_text_atomic(self.run_dir / "run.json", json.dumps(run_info, indent=2) + "\n")
+            elif recorded_info.get("preset") != p.model_dump(mode="json"):
+                write_text_atomic(self.run_dir / "run.json",
+                                  json.dumps({**recorded_info, "preset": p.model_dump(mode="json")}, indent=2) + "\n")
             if self.val_plan is not None:
                 from .validation import VALIDATION_FILE
 
@@ -385,16 +408,32 @@ class Trainer:
         runstate.check_resumable(self.run_dir, [p for _, p in CheckpointDir(self.run_dir, 1).numbered()],
                                  self.run_dir / "checkpoints", o.restart)
 
-    def _resume_preset(self) -> Preset:
-        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run)."""
+    def _resume_preset(self, run_info: dict[str, Any]) -> Preset:
+        """The run's saved preset; ``--set`` on resume may change only the schedule's length (extend a run).
+        ``preset.toml`` edited by hand since the run wrote it follows the same rule: its changes are checked
+        against the preset ``run.json`` recorded (runs of older srtool versions recorded none)."""
         saved_path = str(self.run_dir / "preset.toml")
         saved = load_preset(saved_path)
+        recorded = run_info.get("preset")
+        if isinstance(recorded, dict):
+            edited = _changed_fields(recorded, saved.model_dump(mode="json"))
+            refused = [k for k in edited if k not in RESUMABLE_FIELDS]
+            if refused:
+                before, after = _flatten(recorded), _flatten(saved.model_dump(mode="json"))
+                shown = ", ".join(f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in refused[:4])
+                raise UserError(
+                    f"{saved_path}: edited since the run wrote it ({shown}); --resume may change only "
+                    f"{', '.join(RESUMABLE_FIELDS)} (as with --set). Put the file back, or start a new run with "
+                    "the edited preset (`srtool train --preset FILE`)"
+                )
+            if edited:
+                self.warn(f"{saved_path}: {', '.join(edited)} edited by hand; the run continues with them, as "
+                          "with --resume --set")
         if not self.options.overrides:
             return saved
         changed = load_preset(saved_path, self.options.overrides)
-        before, after = _flatten(saved.model_dump(mode="json")), _flatten(changed.model_dump(mode="json"))
-        refused = sorted(k for k in before.keys() | after.keys()
-                         if before.get(k) != after.get(k) and k not in RESUMABLE_FIELDS)
+        refused = [k for k in _changed_fields(saved.model_dump(mode="json"), changed.model_dump(mode="json"))
+                   if k not in RESUMABLE_FIELDS]
         if refused:
             raise UserError(
                 f"--resume {self.run_dir}: --set may change only {', '.join(RESUMABLE_FIELDS)} of a run "
@@ -571,24 +610,87 @@ class Trainer:
         self.last_scores = scores
         return scores
 
-    def export_info(self, scores: dict[str, Any] | None) -> dict[str, Any]:
+    def export_info(self, scores: dict[str, Any] | None, iteration: int | None = None) -> dict[str, Any]:
         p = self.preset
         return {
-            "preset": p.name, "stage": p.stage, "iterations": self.iteration, "weights": "ema",
+            "preset": p.name, "stage": p.stage, "iterations": self.iteration if iteration is None else iteration,
+            "weights": "ema",
             "validation": scores or {}, "validation_protocol": p.validation.protocol,
             "hyperparameters": {"train": p.train.model_dump(mode="json"), "loss": p.loss.model_dump(mode="json")},
             "preset_toml": dump_toml(p, with_descriptions=False), "run_dir": str(self.run_dir.resolve()),
             **self.weights_used,
         }
 
-    def export(self, name: str, scores: dict[str, Any] | None) -> Path:
+    def export(self, name: str, scores: dict[str, Any] | None, network: nn.Module | None = None,
+               iteration: int | None = None) -> Path:
+        """``exports/NAME.safetensors`` of the EMA generator now (or of ``network`` at ``iteration``)."""
         from ..models.export import save_export
 
+        network = self.ema.module if network is None else network
         path = self.run_dir / "exports" / f"{name}.safetensors"
-        with runstate.disk_full_guard(path, runstate.state_nbytes(self.ema.module.state_dict()), self.run_dir):
-            return save_export(path, self.ema.module, self.export_info(scores))
+        with runstate.disk_full_guard(path, runstate.state_nbytes(network.state_dict()), self.run_dir):
+            return save_export(path, network, self.export_info(scores, iteration))
 
-    def _after_validation(self, scores: dict[str, dict[str, float]]) -> None:
+    def _reconcile_exports(self, state: dict[str, Any] | None) -> None:
+        """``--resume``: exports and ``best.pt`` written after the checkpoint the run resumes from belong to
+        a discarded timeline. A run killed after a validation wrote a new best but before the next
+        numbered checkpoint redoes those iterations, and under GPU nondeterminism the redone scores can
+        stay below the discarded one's: ``best.safetensors`` would keep weights this run never produced.
+        Such files are kept aside (``best.discarded-iterN.*``), the best export is rewritten from the
+        resumed checkpoint's own best where its weights are still on disk (the resumed checkpoint or a kept
+        numbered one), and otherwise the resumed run's validations pick the best export again."""
+        resumed = self.iteration
+        want = self.best.get("iteration") if self.best else None
+        exports = self.run_dir / "exports"
+        found: list[tuple[Path, int | None]] = []  # (file, the iteration it records) that does not belong here
+        for name in ("best", "last"):
+            path = exports / f"{name}.safetensors"
+            if not path.is_file() or (recorded := runstate.export_iteration(path)) is None:
+                continue
+            ranked = name == "best" and bool(self.val_datasets)
+            if (recorded != want) if ranked else (recorded > resumed):
+                found.append((path, recorded))
+        if self.val_datasets and self.checkpoints.best_path.is_file():
+            try:
+                recorded = load_checkpoint(self.checkpoints.best_path).get("iteration")
+            except UserError:
+                recorded = None
+            if recorded != want:
+                found.append((self.checkpoints.best_path, recorded if isinstance(recorded, int) else None))
+        if not found:
+            return
+        listing = ", ".join(f"{p.relative_to(self.run_dir)} (iteration {it})" for p, it in found)
+        aside = [runstate.set_aside_discarded(p, it) for p, it in found]
+        names = {p.name for p, _ in found}
+        outcome = []
+        if "last.safetensors" in names and state is not None:
+            self.export("last", None)
+            outcome.append(f"last export rewritten from iteration {resumed}")
+        if names & {"best.safetensors", "best.pt"} and want is not None:
+            source = state if want == resumed else None
+            if source is None and self.checkpoints.path_for(want).is_file():
+                try:
+                    source = load_checkpoint(self.checkpoints.path_for(want))
+                except UserError:
+                    source = None
+            if source is not None:
+                from .checkpoint import save_checkpoint
+
+                save_checkpoint(self.checkpoints.best_path, {k: v for k, v in source.items() if k != "format"})
+                network = copy.deepcopy(self.ema.module)
+                network.load_state_dict(source["ema"])
+                self.export("best", self.best.get("scores"), network, want)
+                outcome.append(f"best export and best.pt rewritten from iteration {want} (the resumed run's best)")
+            elif "best.safetensors" in names:
+                self.best = None  # its weights are gone: the resumed run's own validations pick best again
+        if self.best is None and "best.safetensors" in names:
+            outcome.append("the resumed run's validations pick the best export again")
+        since = f"the checkpoint it resumes from (iteration {resumed})" if state is not None else "its start"
+        self.warn(f"--resume {self.run_dir}: {listing} came after {since}, from iterations that are redone now; "
+                  f"kept aside as {', '.join(a.name for a in aside)}"
+                  + (f"; {'; '.join(outcome)}" if outcome else ""))
+
+    def _after_validation(self, scores: dict[str, dict[str, float]], log: bool = True) -> None:
         from ..scoring import METRICS
 
         select = self.val_plan.select
@@ -606,7 +708,27 @@ class Trainer:
             with runstate.disk_full_guard(self.checkpoints.best_path, runstate.state_nbytes(state), self.run_dir):
                 save_checkpoint(self.checkpoints.best_path, state)
             self.export("best", scores)
-        self.monitor.log_validation(self.iteration, scores, is_best)
+        if log:
+            self.monitor.log_validation(self.iteration, scores, is_best)
+
+    def _validate_or_checkpoint(self) -> None:
+        """Validate; a validation that fails (an image deleted or damaged during training, no memory left for
+        it) checkpoints the iterations done since the last checkpoint before the error stops the run, and
+        ``--resume`` validates that iteration first (:meth:`run`)."""
+        try:
+            scores = self.validate()
+        except Exception as exc:
+            try:
+                self._save()
+            except Exception:  # the checkpoint itself failed (disk full): the validation's error is the news
+                raise exc from None
+            saved = (f"checkpoint saved at iteration {self.iteration}; fix that and continue with "
+                     f"`srtool train --resume {self.run_dir}`")
+            if isinstance(exc, UserError):
+                raise UserError(f"validation at iteration {self.iteration}: {exc}; {saved}") from None
+            self.warn(f"validation at iteration {self.iteration} failed: {saved}")
+            raise
+        self._after_validation(scores)
 
     def _save(self) -> None:
         state = self.state_dict()
@@ -665,6 +787,9 @@ class Trainer:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 handlers[sig] = signal.signal(sig, self._on_signal)
         interrupted = None
+        if (self.dist.is_main and self.val_datasets and 0 < self.iteration < end
+                and self.iteration % p.validation.every == 0 and not self.monitor.validated_at(self.iteration)):
+            self._validate_or_checkpoint()  # resumed from a checkpoint saved when its validation failed
         self.generator.train()
         if self.discriminator is not None:
             self.discriminator.train()
@@ -694,7 +819,7 @@ class Trainer:
                         self._log()
                     if self.val_datasets and (self.iteration % p.validation.every == 0 or
                                               (self.iteration == self.total and not stop)):
-                        self._after_validation(self.validate())
+                        self._validate_or_checkpoint()
                         self.generator.train()
                     if self.iteration % p.checkpoint.every == 0 or done or stop:
                         self._save()
@@ -703,11 +828,13 @@ class Trainer:
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
+        validated = self.dist.is_main and self.monitor.validated_at(self.iteration)
         if (self.dist.is_main and not interrupted and self.iteration == self.total and self.val_datasets
-                and not self.monitor.validated_at(self.iteration)):
+                and (not validated or self.best is None)):
             # a run that reached its end without the final validation (stopped on its last iteration, or
-            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked too
-            self._after_validation(self.validate())
+            # shortened with --resume --set train.epochs=N down to where it was): its last weights are ranked
+            # too; so are they when a discarded timeline's best was set aside and nothing since replaced it
+            self._after_validation(self.validate(), log=not validated)
             self._save()
         if self.dist.is_main and self.iteration == 0 and not (self.run_dir / "exports" / "last.safetensors").exists():
             self._save()

@@ -180,11 +180,13 @@ def restart_aside(run_dir: Path, warn: Callable[[str], None]) -> list[Path]:
 def check_resumable(run_dir: Path, checkpoints: list[Path], checkpoint_dir: Path, restart: bool) -> None:
     """Refuse ``--resume`` when the checkpoints are gone, unless the user asked to ``--restart``.
 
-    A run killed before its first checkpoint (an empty ``checkpoints/``, no exports) has nothing to
-    lose and starts again; one whose checkpoints were deleted would lose its exports and log."""
+    A run killed before its first checkpoint (an empty ``checkpoints/``, no ``last`` export: every
+    checkpoint writes one) has nothing to lose and starts again; a best export its validations wrote
+    meanwhile is kept aside then (:meth:`Trainer._reconcile_exports`). One whose checkpoints were deleted
+    would lose its exports and log."""
     if restart or checkpoints:
         return
-    exported = (Path(run_dir) / "exports").exists()
+    exported = (Path(run_dir) / "exports" / "last.safetensors").exists()
     if checkpoint_dir.is_dir() and not exported:
         return
     what = "checkpoints folder" if not checkpoint_dir.is_dir() else "checkpoint files (iter_*.pt) in"
@@ -305,6 +307,36 @@ def newest_good_checkpoint(paths: list[Path], load: Callable[[Path], dict[str, A
             "to train again from iteration 0 keeping the old exports and log aside"
         )
     return None
+
+
+# ------------------------------------------------------------------- files of a discarded timeline
+
+
+def export_iteration(path: Path) -> int | None:
+    """The training iteration an export records (its ``iterations``), or None where it cannot tell (an
+    export of an older srtool, a damaged header): such a file is left as it is."""
+    from ..model_files import read_export_metadata
+
+    try:
+        doc = read_export_metadata(path)
+    except UserError:
+        return None
+    value = (doc or {}).get("iterations")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def set_aside_discarded(path: Path, iteration: int | None) -> Path:
+    """Rename ``best.safetensors`` (with its ``.json``) or ``best.pt`` to ``best.discarded-iterN...``: kept for
+    inspection, no longer what a run directory's export or best checkpoint names. Returns the new name."""
+    stem = f"{path.stem}.discarded" + (f"-iter{iteration}" if iteration is not None else "")
+    target, n = path.with_name(stem + path.suffix), 1
+    while target.exists():
+        target, n = path.with_name(f"{stem}-{n}{path.suffix}"), n + 1
+    path.rename(target)
+    sidecar = path.with_suffix(".json")
+    if path.suffix == ".safetensors" and sidecar.exists():
+        sidecar.rename(target.with_suffix(".json"))
+    return target
 
 
 # -------------------------------------------------------------------------------- loader errors
