@@ -131,6 +131,40 @@ def write_text_atomic(final: str | os.PathLike, text: str, replace: bool = True)
     write_bytes_atomic(final, text.encode("utf-8"), replace)
 
 
+# Descriptors holding a flock in this process. A flock belongs to the open file, which a fork shares:
+# a forked child (a DataLoader worker) that outlives its killed parent by the seconds it takes to
+# notice kept the parent's run locked. Children close their copies at once; the parent's lock is
+# untouched (closing one copy of several releases nothing).
+_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in _LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+def open_lock_fd(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` for a descriptor that will hold a flock: forked children do not keep it (see above).
+    Close it with :func:`close_lock_fd`."""
+    fd = os.open(path, flags, mode)
+    _LOCK_FDS.add(fd)
+    return fd
+
+
+def close_lock_fd(fd: int) -> None:
+    """Close a descriptor from :func:`open_lock_fd`, releasing its lock; in a forked child, whose copy
+    is already closed (and whose descriptor number may be reused since), nothing."""
+    if fd in _LOCK_FDS:
+        _LOCK_FDS.discard(fd)
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def waiting_lock(lock: Path, on_wait=None, what: str = "lock", hint: str = "") -> Iterator[None]:
     """Hold the exclusive ``flock`` of the file ``lock`` (created if missing), waiting while another process
@@ -145,7 +179,7 @@ def waiting_lock(lock: Path, on_wait=None, what: str = "lock", hint: str = "") -
         yield
         return
     try:  # read-only is enough for flock, and lets users sharing a cache open each other's lock file
-        fd = os.open(lock, os.O_RDONLY | os.O_CREAT, 0o666)
+        fd = open_lock_fd(lock, os.O_RDONLY | os.O_CREAT)
     except OSError as exc:
         raise UserError(f"{lock}: cannot open the {what} ({exc.strerror or exc})" + (f"; {hint}" if hint else "")) from None
     try:
@@ -159,4 +193,4 @@ def waiting_lock(lock: Path, on_wait=None, what: str = "lock", hint: str = "") -
             pass
         yield
     finally:
-        os.close(fd)  # releases the lock
+        close_lock_fd(fd)  # releases the lock

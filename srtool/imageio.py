@@ -67,11 +67,36 @@ def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[by
         return source, label
     try:
         with open(source, "rb") as fh:
+            if not fh.seekable():  # a FIFO, /dev/stdin, bash's <(...): the header is checked on its first bytes
+                head = fh.read(_PIPE_HEAD_BYTES)
+                _check_pipe_head(head, label, max_pixels)
+                return head + fh.read(), label
             _open_checked(fh, label, max_pixels)
             fh.seek(0)
             return fh.read(), label
     except OSError as exc:
         raise ImageReadError(f"{label}: cannot open ({exc.strerror or exc})") from None
+
+
+_PIPE_HEAD_BYTES = 1 << 20
+_TIFF_MAGIC = (b"II*\0", b"MM\0*")
+
+
+def _check_pipe_head(head: bytes, label: str, max_pixels: int | None) -> None:
+    """Refuse a piped non-image, or an image over ``max_pixels``, from its first bytes, before reading
+    the rest (which may be endless). A header longer than ``head`` is checked once all is read; a TIFF
+    PIL cannot identify may still be one that :func:`_read_tiff_pil_cannot_open` reads."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = Image.open(io.BytesIO(head))
+    except UnidentifiedImageError:
+        if head[:4] in _TIFF_MAGIC:
+            return
+        raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
+    except Exception:  # noqa: BLE001 -- a header that goes on past the head: checked on the whole file
+        return
+    _check_pixels(*img.size, label, max_pixels)
 
 
 def read_image_bytes(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -478,11 +503,13 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     An animated GIF/APNG/WebP or a multi-page TIFF yields every frame in ``frames`` (``array`` is the
     first), with per-frame ``durations`` (ms) and the ``loop`` count.
     """
+    data = None
     try:
         data, label = _read_source(source, max_pixels)
         img = _open_checked(data, label, max_pixels)
-    except _NotForPIL:
-        decoded = _read_tiff_pil_cannot_open(source, max_pixels)
+    except _NotForPIL:  # from the bytes read (a FIFO cannot be read twice) or, unread, from the file
+        decoded = _read_tiff_pil_cannot_open(data if data is not None else source, max_pixels,
+                                             "<stdin>" if isinstance(source, bytes) else str(source))
         if decoded is None:
             raise
         return decoded
@@ -539,7 +566,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
     )
 
 
-def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | None) -> DecodedImage | None:
+def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | None, label: str) -> DecodedImage | None:
     """A single-page 16-bit gray+alpha TIFF (which PIL cannot open: it has no such mode) read with
     tifffile, size-checked from its header first; None for anything else (the caller's error stands).
 
@@ -552,7 +579,7 @@ def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | Non
             page = tiff.pages[0]
             if len(tiff.pages) != 1 or page.dtype != np.uint16 or page.shape[-1:] != (2,) or len(page.shape) != 3:
                 return None
-            _check_pixels(page.shape[1], page.shape[0], "<stdin>" if isinstance(source, bytes) else str(source), max_pixels)
+            _check_pixels(page.shape[1], page.shape[0], label, max_pixels)
             array = np.ascontiguousarray(page.asarray(), dtype=np.uint16)
             orientation = page.tags.get(ORIENTATION_TAG)
             icc = page.tags.get(34675)
@@ -817,9 +844,10 @@ def _gif_frame(arr8: np.ndarray) -> Image.Image:
     if arr8.ndim == 3 and arr8.shape[2] in (2, 4):
         clear = arr8[..., -1] < GIF_CLEAR_BELOW
         colour = np.ascontiguousarray(arr8[..., :-1])
-        if not clear.any():
-            return pil_from_array(colour)
-        colour[clear] = colour[~clear][0] if (~clear).any() else 0  # hidden pixels take no palette entry
+        # a fully opaque frame keeps the transparent palette entry too: PIL's animated GIF writer takes
+        # the transparency of the first frame only, so later frames with clear pixels would lose theirs
+        if clear.any():
+            colour[clear] = colour[~clear][0] if (~clear).any() else 0  # hidden pixels take no palette entry
         quantised = pil_from_array(colour).convert("RGB").quantize(255)
         index = np.asarray(quantised).copy()
         index[clear] = 255

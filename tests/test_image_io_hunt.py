@@ -100,20 +100,42 @@ def gif_frames(bird: np.ndarray) -> list[Image.Image]:
     return frames
 
 
+def palette_frame(rgba: np.ndarray) -> Image.Image:
+    """A GIF frame whose clear pixels are palette entry 255, marked transparent even when none is clear
+    (PIL's own writer drops the transparency of later frames when the first one is opaque)."""
+    quantised = Image.fromarray(np.ascontiguousarray(rgba[..., :3])).quantize(255)
+    index = np.asarray(quantised).copy()
+    index[rgba[..., 3] == 0] = 255
+    frame = Image.fromarray(index, "P")
+    palette = quantised.getpalette()[: 255 * 3]
+    frame.putpalette(palette + [0] * (768 - len(palette)))
+    frame.info["transparency"] = 255
+    return frame
+
+
 def test_gif_output_keeps_transparency(tmp_path, bird, bicubic, capsys):
+    """Also an animation whose first frame is fully opaque: its later frames' transparency was lost,
+    because PIL's writer takes the transparent entry from the first frame only."""
     src = tmp_path / "in"
     src.mkdir()
     frames = gif_frames(bird)
     frames[0].save(src / "turning.gif", save_all=True, append_images=frames[1:], duration=80, loop=0, disposal=2)
+    opaque_first = [palette_frame(np.asarray(Image.fromarray(bird).convert("RGBA"))),
+                    palette_frame(np.asarray(frames[1]))]
+    opaque_first[0].save(src / "opaque_first.gif", save_all=True, append_images=opaque_first[1:], duration=80,
+                         loop=0, disposal=2, transparency=255)
     soft = np.dstack([bird, np.tile(np.linspace(0, 255, bird.shape[1]).astype(np.uint8), (bird.shape[0], 1))])
     Image.fromarray(soft).save(src / "soft.png")  # alpha 0..255 left to right
     decoded = read_image(src / "turning.gif")
     assert len(decoded.frames) == 3 and all((f[..., 3] == 0).any() for f in decoded.frames)
+    opaque_then_clear = read_image(src / "opaque_first.gif").frames
+    assert len(opaque_then_clear) == 2 and not (opaque_then_clear[0][..., 3] == 0).any()
+    assert (opaque_then_clear[1][..., 3] == 0).any()
 
     code, err = run_cli_err(capsys, "upscale", str(src), "-m", "bicubic", "-o", str(tmp_path / "out"), "--format", "gif",
                             "--no-progress")
     assert code == 0, err
-    for name, inputs in (("turning", decoded.frames), ("soft", [soft])):
+    for name, inputs in (("turning", decoded.frames), ("opaque_first", opaque_then_clear), ("soft", [soft])):
         with Image.open(tmp_path / "out" / f"{name}_x4.gif") as gif:
             assert gif.n_frames == len(inputs)
             for index, frame in enumerate(inputs):
@@ -357,3 +379,49 @@ def test_prepare_refuses_a_huge_non_image_unread(tmp_path, benchmarks_dir):
     assert outcome == str([str(photos / "bird.png")]) + " " + str(
         [(str(photos / "video.png"), f"{photos / 'video.png'}: not an image file (or an unsupported format)")])
     assert int(peak_mb) < 300, f"peak RSS {peak_mb} MB: the file was read before its header was checked"
+
+
+def feed_fifo(path: Path, data: bytes) -> tuple:
+    """Make ``path`` a FIFO and write ``data`` into it from a thread; returns (thread, outcome list)."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+    outcome: list = []
+
+    def write() -> None:
+        try:
+            with open(path, "wb") as fh:
+                fh.write(data)
+            outcome.append("all written")
+        except BrokenPipeError:
+            outcome.append("reader closed early")
+
+    thread = threading.Thread(target=write, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_python_api_reads_an_image_from_a_fifo(tmp_path, bird):
+    """`srtool.read_image("/dev/stdin")` or a bash `<(...)` path: the header check sought back to the
+    start, which a pipe cannot ("cannot open (Illegal seek)")."""
+    buf = io.BytesIO()
+    Image.fromarray(bird).save(buf, format="PNG")
+    thread, outcome = feed_fifo(tmp_path / "pipe.png", buf.getvalue())
+    decoded = read_image(tmp_path / "pipe.png")
+    thread.join(10)
+    np.testing.assert_array_equal(decoded.array, bird)
+    assert outcome == ["all written"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_piped_non_image_is_refused_from_its_first_bytes(tmp_path):
+    """Not an image: refused after its first megabyte, not after reading all of it into memory."""
+    from srtool.imageio import ImageReadError
+
+    thread, outcome = feed_fifo(tmp_path / "pipe.png", bytes(64 << 20))
+    with pytest.raises(ImageReadError, match="pipe.png: not an image file"):
+        read_image(tmp_path / "pipe.png")
+    thread.join(10)
+    assert outcome == ["reader closed early"]

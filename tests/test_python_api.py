@@ -306,6 +306,21 @@ def test_train_options_take_one_folder_or_override_bare(tmp_path):
                              progress=False))
 
 
+def test_a_trainer_that_fails_to_set_up_releases_its_run_directory(tmp_path):
+    """A Trainer that raised while setting up held its run directory's lock as long as the exception's
+    traceback lived (a notebook keeps it for inspection): the retry after fixing the mistake was refused
+    as "another srtool train is training in this run directory"."""
+    from srtool.train import TrainOptions, Trainer
+    from srtool.train.runstate import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()  # an existing (empty) folder: the lock is taken before --data is checked
+    with pytest.raises(UserError, match="no such folder") as failed:
+        Trainer(TrainOptions(preset="srresnet", data=tmp_path / "missing", out=run, progress=False))
+    assert failed.traceback  # the traceback, and the half-built Trainer in it, are still alive here
+    RunLock(run).close()  # raised UserError("another srtool train ...") before the fix
+
+
 def test_a_pil_image_whose_file_is_closed_is_named(bicubic, rgb, tmp_path):
     Image.fromarray(rgb).save(tmp_path / "a.png")
     with Image.open(tmp_path / "a.png") as image:  # never loaded: its pixels went with the file

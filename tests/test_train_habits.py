@@ -161,6 +161,51 @@ def test_plain_hr_folder_is_prepared_once_into_the_cache_without_a_bar_under_no_
     assert "preparing" not in capsys.readouterr().err
 
 
+def test_a_prepared_read_only_cache_is_used_without_taking_its_lock(shared_data, tmp_path, monkeypatch, capsys):
+    """A plain folder's cache, once prepared, is only read: a read-only cache (a shared, read-only mount)
+    failed with "cannot open the lock" because the lock file was created before checking the cache.
+    The read-only file system is simulated where it bites: creating the lock file fails with EROFS."""
+    import errno
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:2]:
+        (plain / image.name).symlink_to(image)
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    args = ["train", "--preset", "srresnet", "--data", str(plain), "-q",
+            *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]]
+    assert run_cli(*args, "--out", str(tmp_path / "run1")) == 0
+    for lock in (tmp_path / "cache").rglob(".srtool-cache.lock"):
+        lock.unlink()
+    real_open = os.open
+
+    def read_only_cache(path, flags, *rest, **kw):
+        if str(path).startswith(str(tmp_path / "cache")) and flags & (os.O_CREAT | os.O_WRONLY | os.O_RDWR):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, flags, *rest, **kw)
+
+    monkeypatch.setattr(os, "open", read_only_cache)
+    code = run_cli(*args, "--out", str(tmp_path / "run2"))
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "run2" / "exports" / "last.safetensors").is_file()
+
+
+def test_a_cache_folder_that_is_a_file_is_one_line_naming_it(shared_data, tmp_path, monkeypatch, capsys):
+    """SRTOOL_CACHE_DIR naming a file: the cache folder cannot be made; that was an internal
+    NotADirectoryError, now one line naming the folder and the variable, exit 2."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "a.png").symlink_to(sorted((shared_data / "train" / "T91").glob("*.png"))[0])
+    (tmp_path / "cachefile").write_text("not a folder")
+    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cachefile"))
+    code = run_cli("train", "--preset", "srresnet", "--data", str(plain), "--out", str(tmp_path / "run"), "-q",
+                   *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cache folder" in err and str(tmp_path / "cachefile") in err and "SRTOOL_CACHE_DIR" in err
+    assert "Traceback" not in err
+
+
 def test_overwrite_never_deletes_a_folder_that_holds_no_run(t91_subset, tmp_path, capsys):
     """`--out proj` where proj is a user's folder with its own exports/, checkpoints/ and log.jsonl (but no
     run: srtool writes preset.toml first): --overwrite used to delete them ("already holds a run").

@@ -232,6 +232,27 @@ def check_distinct_data(given: list[str | Path]) -> None:
         seen[(st.st_dev, st.st_ino)] = spelling
 
 
+def _prepare_into_cache(path: Path, target: Path, scale: int, workers: int | None, progress: bool) -> None:
+    """Prepare the plain image folder ``path`` into the cache folder ``target``, once: another training on
+    the same folder (a sweep with --jobs 2, a second run) may be preparing it now; wait for it and use its
+    result, instead of failing on prepare's --out lock."""
+    from ..atomic import waiting_lock
+    from ..prepare import prepare_folder
+
+    hint = "set SRTOOL_CACHE_DIR to a writable folder"
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--data {path}: cannot create the cache folder {target} ({exc.strerror or exc}); {hint}") from None
+    with waiting_lock(target / ".srtool-cache.lock", lambda: warn_stderr(
+            f"--data {path}: waiting for another srtool that is preparing it into the cache {target}"),
+            what="cache lock", hint=hint):
+        if not _is_prepared(target):
+            warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
+            prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr,
+                           progress=progress)
+
+
 def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, workers: int | None = None,
                 progress: bool = True) -> tuple[list, list[str]]:
     """Open the training store of each ``--data`` folder; a plain folder of HR images is prepared once
@@ -244,20 +265,9 @@ def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, wo
         if _is_prepared(path):
             stores.append(TrainingStore.open(path, scale))
         else:
-            from ..prepare import prepare_folder
-
-            from ..atomic import waiting_lock
-
             target = (cache_dir or default_cache_dir()) / "train-folders" / _folder_key(path, scale)
-            target.mkdir(parents=True, exist_ok=True)
-            # another training on the same folder (a sweep with --jobs 2, a second run) may be preparing it
-            # now: wait for it and use its result, instead of failing on prepare's --out lock
-            with waiting_lock(target / ".srtool-cache.lock", lambda: warn_stderr(
-                    f"--data {path}: waiting for another srtool that is preparing it into the cache {target}")):
-                if not _is_prepared(target):
-                    warn_stderr(f"--data {path}: a plain image folder; preparing it once into the cache {target}")
-                    prepare_folder([path], target, scale=scale, workers=workers, skip_bad=True, on_skip=warn_stderr,
-                                   progress=progress)
+            if not _is_prepared(target):  # a prepared cache is only read: it may be read-only, or shared
+                _prepare_into_cache(path, target, scale, workers, progress)
             stores.append(TrainingStore.open(target, scale))
         labels.append(path.name or str(path))
     return stores, labels

@@ -215,6 +215,16 @@ class Trainer:
     """Builds everything a run needs from :class:`TrainOptions`; :meth:`run` trains."""
 
     def __init__(self, options: TrainOptions, warn: Callable[[str], None] = warn_stderr):
+        self._run_lock = self.monitor = None
+        try:
+            self._set_up(options, warn)
+        except BaseException:
+            # release the run directory now: the caller's traceback (a notebook's, kept for inspection)
+            # keeps this half-built Trainer alive, and with it the lock a retry needs
+            self.close()
+            raise
+
+    def _set_up(self, options: TrainOptions, warn: Callable[[str], None]) -> None:
         self.options = options
         self.warn = warn
         resuming = options.resume is not None
@@ -256,7 +266,7 @@ class Trainer:
                                      (options.device == "auto" and torch.cuda.is_available()) else "cpu")
         if not self.dist.is_main:
             self.warn = lambda message: None  # rank 0 speaks for the run
-        self._run_lock = None  # rank 0 holds the run directory before anything in it is deleted or rewritten
+        # rank 0 holds the run directory before anything in it is deleted or rewritten
         if self.dist.is_main and self.run_dir.is_dir():
             self._run_lock = runstate.RunLock(self.run_dir)
         if not resuming:

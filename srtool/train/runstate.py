@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..atomic import sha256_file
+from ..atomic import close_lock_fd, open_lock_fd, sha256_file
 from ..errors import UserError
 
 #: What ``--restart`` moves aside (kept under a dated name) before a run starts again from iteration 0.
@@ -409,21 +409,21 @@ class RunLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return
-        fd = os.open(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        fd = open_lock_fd(run_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            os.close(fd)
+            close_lock_fd(fd)
             raise UserError(f"{run_dir}: another srtool train is training in this run directory; wait for it "
                             "to finish or stop it first") from None
         except OSError:  # a file system without flock on a directory (NFS emulates it, EBADF/ENOLCK): no lock
-            os.close(fd)
+            close_lock_fd(fd)
             return
         self._fd = fd
 
     def close(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # releases the lock
+            close_lock_fd(self._fd)  # releases the lock (in a forked DataLoader worker: nothing)
             self._fd = None
 
     __del__ = close  # a Trainer that failed while setting up releases the run at once
