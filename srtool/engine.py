@@ -238,7 +238,7 @@ def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
     500x480 input in one 512-pixel tile); small tiles recompute ``pad`` pixels of context per side and
     pay a thread barrier per layer call (128-pixel tiles cost the bundled model 1.45-1.7x the CPU time
     of 256 or 512). With 64 features in fp32 this gives 256-pixel tiles, at 512's CPU time within the
-    noise and half its peak memory; see benchmarks/README.md, issue 13.
+    noise and half its peak memory (304 in bf16); see benchmarks/README.md, issue 13.
     It depends only on the network, never on free memory, so the same image is tiled the same way in
     every process (sharded runs give a single process's output).
 
@@ -248,7 +248,11 @@ def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
     24 x pad it is at most ~1.17x (less at the image borders).
     """
     feats, _growth = _network_feats(network)
-    elem = 4 if precision == "fp32" else 2
+    # bf16 counts 3 bytes an element, not its 2: oneDNN's bf16 convolutions keep fp32 accumulators and
+    # reorder buffers beside the bf16 maps. Measured (benchmarks/README.md, issue 13 round 9): the bundled
+    # model's bf16 tiles of 256-352 px ran faster than the 384 px that 2 bytes gave (median time ratios
+    # 0.79-0.93 over five runs), though they compute 2-4 % more pixels of context.
+    elem = 4 if precision == "fp32" else 3
     window = int(math.sqrt(CPU_FEATURE_MAP_BYTES / (feats * elem)))
     cache_tile = (window - 2 * pad) // 16 * 16
     context_tile = -(-CONTEXT_TILE_FACTOR * pad // 16) * 16

@@ -32,6 +32,7 @@ def test_cpu_tile_grows_with_the_architectures_context():
 
     net = load_model("default", device="cpu", precision="fp32").network
     assert cpu_cache_tile(net, "fp32", 10) == 256  # ESRGAN-type context: the cache decides
+    assert cpu_cache_tile(net, "bf16", 10) == 304  # bf16's maps cost more than 2 bytes an element (measured)
     assert cpu_cache_tile(net, "fp32", 16) == 16 * CONTEXT_TILE_FACTOR
     assert cpu_cache_tile(net, "fp32", 32) == 512  # capped
     for pad in (10, 16, 24, 32):
