@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .atomic import name_too_long
 from .errors import UserError
+from .filekinds import special_file_kind
 from .ranks import launch
 from .threads import check_workers, default_workers
 from .imageio import (
@@ -85,6 +86,19 @@ def default_suffix(scale: int, outscale: float | None) -> str:
     return f"_x{_scale_label(outscale or scale)}"
 
 
+def _not_an_input(item: str, path: Path) -> str:
+    """Why ``item`` (neither a folder, a file nor a pattern) is no input: missing, or a pipe (bash's
+    ``<(curl ...)``), socket or device, which has no name for an output and is read through ``-``."""
+    try:
+        kind = special_file_kind(path.stat().st_mode)
+    except OSError:
+        return f"{item}: no such file or folder"
+    if kind is None:  # pragma: no cover - a file or folder that appeared meanwhile
+        return f"{item}: not a file or folder"
+    return (f"{item}: is {kind}, not an image file; to upscale what a pipe gives, pipe it into `-`: "
+            "`... | srtool upscale - -o OUT.png`")
+
+
 def collect_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path | None, Path]]:
     """(source, path relative to its input root) for every image; ``-`` gives (None, 'stdin').
 
@@ -113,7 +127,7 @@ def collect_inputs(inputs: list[str], recursive: bool) -> list[tuple[Path | None
             base = Path(_glob_base(item))
             found += [(m, m.relative_to(base) if m.is_relative_to(base) else Path(m.name)) for m in files]
         else:
-            raise UserError(f"{item}: no such file or folder")
+            raise UserError(_not_an_input(item, path))
     seen: set[Path] = set()
     unique = []
     for source, relative in found:

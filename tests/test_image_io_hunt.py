@@ -425,3 +425,17 @@ def test_a_piped_non_image_is_refused_from_its_first_bytes(tmp_path):
         read_image(tmp_path / "pipe.png")
     thread.join(10)
     assert outcome == ["reader closed early"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_pipe_given_as_an_input_is_named_a_pipe_with_the_stdin_way(tmp_path, capsys):
+    """`srtool upscale <(curl URL)`: bash passes /dev/fd/63, a pipe; it was refused as "no such file or
+    folder" (the path exists). Now what it is and how to upscale from a pipe, before any work."""
+    import os
+
+    os.mkfifo(tmp_path / "pipe.png")  # no writer: opening it for reading would block the test
+    code, err = run_cli_err(capsys, "upscale", str(tmp_path / "pipe.png"), "-m", "bicubic", "-o",
+                            str(tmp_path / "out"), "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{tmp_path / 'pipe.png'}: is a FIFO (named pipe), not an image file" in err
+    assert "srtool upscale - -o" in err and not (tmp_path / "out").exists()

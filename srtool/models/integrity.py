@@ -21,7 +21,6 @@ line naming the file and the tensor or field, never an internal error, a hang or
 from __future__ import annotations
 
 import re
-import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..filekinds import special_file_kind
 from ..threads import one_torch_thread
 
 # Convolution weights the supported layouts name this way (srtool's networks, BasicSR, ESRGAN): they
@@ -44,12 +44,9 @@ def check_model_path(path: Path, spec: str) -> None:
         mode = path.stat().st_mode
     except OSError as exc:
         raise UserError(f"model {spec}: cannot open ({exc.strerror or exc})") from None
-    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+    kind = special_file_kind(mode)
+    if kind is None:
         return
-    kind = (
-        "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-        else "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else "not a regular file"
-    )
     raise UserError(f"model {spec}: is {kind}; give a weights file or a training run directory")
 
 
