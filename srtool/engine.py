@@ -252,7 +252,7 @@ def cpu_cache_tile(network: nn.Module, precision: str, pad: int) -> int:
     # reorder buffers beside the bf16 maps. Measured (benchmarks/README.md, issue 13 round 9): the bundled
     # model's bf16 tiles of 256-352 px ran faster than the 384 px that 2 bytes gave (median time ratios
     # 0.79-0.93 over five runs), though they compute 2-4 % more pixels of context.
-    elem = 4 if precision == "fp32" else 3
+    elem = {"fp32": 4, "bf16": 3}.get(precision, 2)  # fp16 (CPU fp16 is rare): its 2 bytes, unmeasured
     window = int(math.sqrt(CPU_FEATURE_MAP_BYTES / (feats * elem)))
     cache_tile = (window - 2 * pad) // 16 * 16
     context_tile = -(-CONTEXT_TILE_FACTOR * pad // 16) * 16

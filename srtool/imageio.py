@@ -70,7 +70,7 @@ def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[by
             if not fh.seekable():  # a FIFO, /dev/stdin, bash's <(...): the header is checked on its first bytes
                 head = fh.read(_PIPE_HEAD_BYTES)
                 _check_pipe_head(head, label, max_pixels)
-                return head + fh.read(), label
+                return head + _read_pipe_rest(fh, label, max_pixels), label
             _open_checked(fh, label, max_pixels)
             fh.seek(0)
             return fh.read(), label
@@ -79,7 +79,21 @@ def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[by
 
 
 _PIPE_HEAD_BYTES = 1 << 20
+_PIPE_SLACK_BYTES = 64 << 20  # metadata beyond the pixels (ICC, EXIF, XMP) an image from a pipe may hold
 _TIFF_MAGIC = (b"II*\0", b"MM\0*")
+
+
+def _read_pipe_rest(fh: BinaryIO, label: str, max_pixels: int | None) -> bytes:
+    """The rest of a pipe, up to what an image within ``max_pixels`` can take: 8 bytes a pixel (16-bit
+    RGBA stored raw) plus ``_PIPE_SLACK_BYTES`` of metadata. A valid header followed by endless bytes is refused there."""
+    if max_pixels is None:
+        return fh.read()
+    limit = 8 * max_pixels + _PIPE_SLACK_BYTES
+    rest = fh.read(limit + 1)
+    if len(rest) > limit:
+        raise ImageReadError(f"{label}: more than {limit / 1e9:.1f} GB from a pipe, more than an image within the "
+                             f"limit of {max_pixels:,} pixels takes (raise it with --max-pixels)")
+    return rest
 
 
 def _check_pipe_head(head: bytes, label: str, max_pixels: int | None) -> None:
@@ -709,7 +723,8 @@ def encode_image(
                 extra["exif"] = _with_software(exif, software)
             img.save(buf, format="WEBP", **_webp_options(quality, lossless), **extra)
         elif fmt == "gif":
-            _gif_frame(arr8).save(buf, format="GIF", **({"comment": software.encode("utf-8")} if software else {}))
+            _gif_frame(arr8).save(buf, format="GIF", optimize=False,
+                                  **({"comment": software.encode("utf-8")} if software else {}))
         else:
             img.save(buf, format="BMP")
     return buf.getvalue()
@@ -823,7 +838,9 @@ def encode_frames(
     elif fmt == "webp":
         first.save(buf, format="WEBP", save_all=True, append_images=rest, **_webp_options(quality, lossless), **extra)
     elif fmt == "gif":
-        first.save(buf, format="GIF", save_all=True, append_images=rest, disposal=2, **extra)
+        # optimize=False: PIL's optimiser drops palette entries a frame does not use, and with them an opaque
+        # first frame's transparent entry 255, which later frames need (see _gif_frame)
+        first.save(buf, format="GIF", save_all=True, append_images=rest, disposal=2, optimize=False, **extra)
     else:
         first.save(buf, format="TIFF", save_all=True, append_images=rest, compression="tiff_adobe_deflate", **extra)
     return buf.getvalue()

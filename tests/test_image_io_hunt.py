@@ -115,7 +115,8 @@ def palette_frame(rgba: np.ndarray) -> Image.Image:
 
 def test_gif_output_keeps_transparency(tmp_path, bird, bicubic, capsys):
     """Also an animation whose first frame is fully opaque: its later frames' transparency was lost,
-    because PIL's writer takes the transparent entry from the first frame only."""
+    because PIL's writer takes the transparent entry from the first frame only; and the same with a
+    small flat-coloured first frame (a logo, a fade-in), whose unused entry 255 PIL's optimiser dropped."""
     src = tmp_path / "in"
     src.mkdir()
     frames = gif_frames(bird)
@@ -124,6 +125,12 @@ def test_gif_output_keeps_transparency(tmp_path, bird, bicubic, capsys):
                     palette_frame(np.asarray(frames[1]))]
     opaque_first[0].save(src / "opaque_first.gif", save_all=True, append_images=opaque_first[1:], duration=80,
                          loop=0, disposal=2, transparency=255)
+    flat = np.zeros((48, 48, 4), np.uint8)
+    flat[...] = (30, 60, 200, 255)
+    half_clear = flat.copy()
+    half_clear[:24, :, 3] = 0
+    Image.fromarray(flat).save(src / "flat.png", save_all=True, append_images=[Image.fromarray(half_clear)],
+                               duration=80, loop=0)  # an APNG: its frames keep their alpha as they are
     soft = np.dstack([bird, np.tile(np.linspace(0, 255, bird.shape[1]).astype(np.uint8), (bird.shape[0], 1))])
     Image.fromarray(soft).save(src / "soft.png")  # alpha 0..255 left to right
     decoded = read_image(src / "turning.gif")
@@ -135,7 +142,8 @@ def test_gif_output_keeps_transparency(tmp_path, bird, bicubic, capsys):
     code, err = run_cli_err(capsys, "upscale", str(src), "-m", "bicubic", "-o", str(tmp_path / "out"), "--format", "gif",
                             "--no-progress")
     assert code == 0, err
-    for name, inputs in (("turning", decoded.frames), ("opaque_first", opaque_then_clear), ("soft", [soft])):
+    for name, inputs in (("turning", decoded.frames), ("opaque_first", opaque_then_clear), ("flat", [flat, half_clear]),
+                         ("soft", [soft])):
         with Image.open(tmp_path / "out" / f"{name}_x4.gif") as gif:
             assert gif.n_frames == len(inputs)
             for index, frame in enumerate(inputs):
@@ -439,3 +447,20 @@ def test_a_pipe_given_as_an_input_is_named_a_pipe_with_the_stdin_way(tmp_path, c
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"{tmp_path / 'pipe.png'}: is a FIFO (named pipe), not an image file" in err
     assert "srtool upscale - -o" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="FIFOs are POSIX")
+def test_a_pipe_that_goes_on_past_its_image_is_refused_at_the_limit(tmp_path, bird, monkeypatch):
+    """An image header followed by endless bytes from a pipe was read into memory without end (8x8 PNG
+    + 400 MB: 846 MB peak RSS). Now at most what an image within --max-pixels takes (the metadata slack
+    made small here, so the test moves kilobytes, not gigabytes)."""
+    from srtool import imageio
+
+    monkeypatch.setattr(imageio, "_PIPE_SLACK_BYTES", 4096)
+    buf = io.BytesIO()
+    Image.fromarray(bird[:8, :8]).save(buf, format="PNG")
+    thread, outcome = feed_fifo(tmp_path / "pipe.png", buf.getvalue() + bytes(8 << 20))
+    with pytest.raises(imageio.ImageReadError, match="pipe.png: more than .* from a pipe"):
+        read_image(tmp_path / "pipe.png", max_pixels=100_000)  # at most 0.8 MB + 4 kB
+    thread.join(10)
+    assert outcome == ["reader closed early"]

@@ -204,6 +204,12 @@ def test_a_cache_folder_that_is_a_file_is_one_line_naming_it(shared_data, tmp_pa
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert "cache folder" in err and str(tmp_path / "cachefile") in err and "SRTOOL_CACHE_DIR" in err
     assert "Traceback" not in err
+    from srtool.errors import UserError
+    from srtool.train.data import open_stores
+
+    with pytest.raises(UserError, match="give a writable cache_dir") as refused:  # Python's own way to set it
+        open_stores([plain], 4, cache_dir=tmp_path / "cachefile", progress=False)
+    assert "SRTOOL_CACHE_DIR" not in str(refused.value)
 
 
 def test_overwrite_never_deletes_a_folder_that_holds_no_run(t91_subset, tmp_path, capsys):

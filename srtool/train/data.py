@@ -232,14 +232,14 @@ def check_distinct_data(given: list[str | Path]) -> None:
         seen[(st.st_dev, st.st_ino)] = spelling
 
 
-def _prepare_into_cache(path: Path, target: Path, scale: int, workers: int | None, progress: bool) -> None:
+def _prepare_into_cache(path: Path, target: Path, scale: int, workers: int | None, progress: bool,
+                        hint: str) -> None:
     """Prepare the plain image folder ``path`` into the cache folder ``target``, once: another training on
     the same folder (a sweep with --jobs 2, a second run) may be preparing it now; wait for it and use its
     result, instead of failing on prepare's --out lock."""
     from ..atomic import waiting_lock
     from ..prepare import prepare_folder
 
-    hint = "set SRTOOL_CACHE_DIR to a writable folder"
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -267,7 +267,9 @@ def open_stores(paths: list[Path], scale: int, cache_dir: Path | None = None, wo
         else:
             target = (cache_dir or default_cache_dir()) / "train-folders" / _folder_key(path, scale)
             if not _is_prepared(target):  # a prepared cache is only read: it may be read-only, or shared
-                _prepare_into_cache(path, target, scale, workers, progress)
+                hint = ("give a writable cache_dir" if cache_dir is not None
+                        else "set SRTOOL_CACHE_DIR to a writable folder")
+                _prepare_into_cache(path, target, scale, workers, progress, hint)
             stores.append(TrainingStore.open(target, scale))
         labels.append(path.name or str(path))
     return stores, labels
