@@ -13,6 +13,10 @@ automatic one (``srtool.engine.auto_tile``).
   after loading the model and reading the images is the engine's working memory at that tile.
 
     .venv/bin/python benchmarks/bench_cpu_tile.py [--rounds 6] [--tiles 384 320 256 192] [--precision auto]
+                                                  [--cli-rounds 6] [--no-memory]
+
+``--cli-rounds N`` also times the user's whole path, ``srtool upscale FOLDER --tile T`` on the same images
+as files, a fresh process per run (start-up ~2 s included in every run).
 
 Needs ../shared/data (Set14). Holds /tmp/srtool-cpu.lock like the other CPU benchmarks.
 """
@@ -76,12 +80,51 @@ def memory_child(precision: str, tile: int, count: int) -> None:
     print(json.dumps({"tile": tile, "before_mb": before, "peak_mb": _peak_mb(), "precision": model.precision}))
 
 
+def _ratio_line(tile: int, times: dict[int, list[float]], auto: int, out_mp: float) -> str:
+    ratios = sorted(a / b for a, b in zip(times[tile], times[auto]))
+    q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
+    return (f"  tile {tile}: median {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), "
+            f"best {min(times[tile]):.2f} s = {out_mp / min(times[tile]):.2f} output MP/s")
+
+
+def cli_rounds(tiles: list[int], auto: int, images: list, out_mp: float, rounds: int) -> None:
+    """The user's path: ``srtool upscale FOLDER -m default --tile T`` in a fresh process per run (start-up,
+    decode, encode and the PNG write included), the images as files, tiles alternated round by round."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="srtool-tile-") as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for name, _image in images:
+            (folder / f"{name}.png").symlink_to(SET14_HR / f"{name}.png")
+
+        def run(tile: int) -> float:
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "srtool", "upscale", str(folder), "-m", "default", "-o",
+                            str(Path(tmp) / "out"), "--tile", str(tile), "--overwrite", "--no-progress", "-q"],
+                           check=True, cwd=ROOT)
+            return time.perf_counter() - start
+
+        run(auto)  # warm-up: page cache, the model file
+        times: dict[int, list[float]] = {t: [] for t in tiles}
+        for r in range(rounds):
+            for tile in tiles if r % 2 == 0 else tiles[::-1]:
+                times[tile].append(run(tile))
+            print(f"  CLI round {r}: " + "  ".join(f"{t}: {times[t][-1]:.2f} s" for t in tiles), flush=True)
+        print("srtool upscale, whole command (time / the automatic tile's time in the same round):")
+        for tile in tiles:
+            print(_ratio_line(tile, times, auto, out_mp))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--tiles", type=int, nargs="+", default=[384, 320, 256, 192])
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--images", type=int, default=4, help="the largest N of Set14's HR images")
+    parser.add_argument("--cli-rounds", type=int, default=0,
+                        help="also time `srtool upscale` on the same images as files, fresh process per run")
+    parser.add_argument("--no-memory", action="store_true", help="skip the fresh-process memory figure")
     parser.add_argument("--memory-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if not SET14_HR.is_dir():
@@ -113,19 +156,21 @@ def main() -> None:
                 upscale_array(model, image)
             return time.perf_counter() - start
 
-        for tile in tiles:  # warm-up: every window shape's primitives created once
+        for tile in tiles if args.rounds else []:  # warm-up: every window shape's primitives created once
             run(tile)
         times: dict[int, list[float]] = {t: [] for t in tiles}
         for r in range(args.rounds):
             for tile in tiles if r % 2 == 0 else tiles[::-1]:
                 times[tile].append(run(tile))
             print(f"  round {r}: " + "  ".join(f"{t}: {times[t][-1]:.2f} s" for t in tiles), flush=True)
-        print("speed (time / the automatic tile's time in the same round; < 1 is faster):")
-        for tile in tiles:
-            ratios = sorted(a / b for a, b in zip(times[tile], times[auto]))
-            q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
-            print(f"  tile {tile}: median {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}), "
-                  f"best {min(times[tile]):.2f} s = {out_mp / min(times[tile]):.2f} output MP/s")
+        if args.rounds:
+            print("speed (time / the automatic tile's time in the same round; < 1 is faster):")
+            for tile in tiles:
+                print(_ratio_line(tile, times, auto, out_mp))
+        if args.cli_rounds:
+            cli_rounds(tiles, auto, images, out_mp, args.cli_rounds)
+        if args.no_memory:
+            return
         print("engine working memory (fresh process per tile, peak RSS less the peak before the first image):")
         for tile in tiles:
             done = subprocess.run([sys.executable, __file__, "--memory-child", str(tile), "--precision", args.precision,
