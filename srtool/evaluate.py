@@ -107,14 +107,17 @@ def check_pairs(dataset: Dataset) -> None:
         if pair.lr_path is not None:
             check_complete(pair.lr_path)
         hr_w, hr_h = header_size(pair.hr_path)
-        if min(hr_w, hr_h) - 2 * dataset.scale < SSIM_WINDOW:
+        if pair.lr_path is None and (hr_w < dataset.scale or hr_h < dataset.scale):
+            raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
+        # a generated LR comes from the mod-cropped HR: that is the size scored (19x19 at x4 -> 16x16)
+        scored = min(hr_w, hr_h) - (min(hr_w, hr_h) % dataset.scale if pair.lr_path is None else 0)
+        if scored - 2 * dataset.scale < SSIM_WINDOW:
+            cropped = "" if scored == min(hr_w, hr_h) else f"mod-cropping to a multiple of {dataset.scale} and "
             raise UserError(
-                f"{pair.hr_path}: {hr_w}x{hr_h} is too small to score: after cropping {dataset.scale} px from every "
-                f"border it must still hold the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
+                f"{pair.hr_path}: {hr_w}x{hr_h} is too small to score: after {cropped}cropping {dataset.scale} px "
+                f"from every border it must still hold the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
             )
         if pair.lr_path is None:
-            if hr_w < dataset.scale or hr_h < dataset.scale:
-                raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
             continue
         lr_w, lr_h = header_size(pair.lr_path)
         if lr_w * dataset.scale != hr_w or lr_h * dataset.scale != hr_h:
