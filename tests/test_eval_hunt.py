@@ -39,3 +39,25 @@ def test_image_too_small_after_the_mod_crop_is_named_before_any_work(tmp_path, c
     Image.fromarray(baby[:64, :64]).save(folder / "fine.png")
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "--scale", str(scale), "-d", str(folder), "--no-progress")
     one_line(code, err, "small.png", f"{size}x{size}", "too small", "mod-crop")
+
+
+def test_a_folder_of_images_named_like_a_known_dataset_is_that_folder(tmp_path, capsys, baby, monkeypatch, shared_data):
+    """`-d Set5` with ./Set5 holding PNGs (a downloaded set) silently scored the data dir's Set5 (or said
+    'not prepared'); only a ./Set5 with an HR/ subfolder counted as the user's."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "Set5").symlink_to(shared_data / "benchmarks" / "Set5")  # the data dir's prepared copy
+    monkeypatch.setenv("SRTOOL_DATA_DIR", str(data_dir))
+    work = tmp_path / "work"
+    (work / "Set5").mkdir(parents=True)
+    for name, crop in (("mine1", baby[:64, :64]), ("mine2", baby[64:128, :96])):
+        Image.fromarray(crop).save(work / "Set5" / f"{name}.png")
+    monkeypatch.chdir(work)
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", "Set5", "--csv", "r.csv", "-q")
+    assert code == 0, err
+    rows = (work / "r.csv").read_text().splitlines()
+    assert [row.split(",")[3] for row in rows[1:]] == ["mine1", "mine2", "(mean)"]
+    shutil.rmtree(work / "Set5")  # gone: the name means the data dir's copy again
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", "Set5", "--csv", "r.csv", "--overwrite", "-q")
+    assert code == 0, err
+    assert len((work / "r.csv").read_text().splitlines()) == 1 + 5 + 1
