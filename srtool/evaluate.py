@@ -166,17 +166,13 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
             f"(model scale and dataset scale must match)"
         )
     name = _dataset_label(dataset, folder)
+    hr_by_stem = _by_stem(hr_images, "HR", hr_dir, lambda stem: stem)
     if flat or not lr_dir.is_dir():
-        pairs = [ImagePair(p.stem, p, None) for p in hr_images]
+        pairs = [ImagePair(stem, p, None) for stem, p in hr_by_stem.items()]
         dataset = Dataset(name, folder, scale, pairs, "generated")
         check_pairs(dataset)
         return dataset
-    lr_by_stem: dict[str, Path] = {}
-    for p in list_images(lr_dir):
-        stem = _strip_scale_suffix(p.stem, scale)
-        if stem in lr_by_stem:
-            raise UserError(f"{lr_dir}: two LR images for {stem!r}: {lr_by_stem[stem].name} and {p.name}")
-        lr_by_stem[stem] = p
+    lr_by_stem = _by_stem(list_images(lr_dir), "LR", lr_dir, lambda stem: _strip_scale_suffix(stem, scale))
     pairs = []
     for hr_path in hr_images:
         lr_path = lr_by_stem.pop(hr_path.stem, None)
@@ -189,6 +185,19 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/X{scale}")
     check_pairs(dataset)
     return dataset
+
+
+def _by_stem(images: list[Path], kind: str, folder: Path, key: Callable[[str], str]) -> dict[str, Path]:
+    """Images by the name results give them (their stem): two files of one name (``a.png``, ``a.jpg``)
+    would be two rows named ``a``, or an HR paired with the other's LR, so they are refused."""
+    found: dict[str, Path] = {}
+    for p in images:
+        stem = key(p.stem)
+        if stem in found:
+            raise UserError(f"{folder}: two {kind} images named {stem!r}: {found[stem].name} and {p.name}; results "
+                            "(and --save-images files) are named by stem, so rename or move one")
+        found[stem] = p
+    return found
 
 
 def _strip_scale_suffix(stem: str, scale: int) -> str:
@@ -681,15 +690,7 @@ def _check_outputs(
     if root.exists() and not root.is_dir():
         raise UserError(f"--save-images {root}: exists and is not a folder")
     _check_writable_file("--save-images", root / "x")
-    for d in datasets:
-        stems: dict[str, Path] = {}
-        for pair in d.pairs:
-            if pair.name in stems:
-                raise UserError(
-                    f"--save-images: {stems[pair.name]} and {pair.hr_path} would both be saved as {pair.name}.png; "
-                    "rename one of them"
-                )
-            stems[pair.name] = pair.hr_path
+    for d in datasets:  # (one image per name: open_dataset refuses a.png beside a.jpg)
         for label in labels:
             for pair in d.pairs:
                 claim("--save-images", saved_image_path(root, d.name, label, pair.name))

@@ -61,3 +61,19 @@ def test_a_folder_of_images_named_like_a_known_dataset_is_that_folder(tmp_path, 
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", "Set5", "--csv", "r.csv", "--overwrite", "-q")
     assert code == 0, err
     assert len((work / "r.csv").read_text().splitlines()) == 1 + 5 + 1
+
+
+@pytest.mark.parametrize("with_lr", [False, True])
+def test_two_hr_images_of_one_name_are_refused_naming_both(tmp_path, capsys, baby, with_lr):
+    """HR a.png + a.jpg: without LR two result rows both named 'a' (which is which?); with LR/ a.jpg took
+    a.png's LR and a.png was said to have 'no LR image'."""
+    hr = tmp_path / "set" / "HR"
+    hr.mkdir(parents=True)
+    Image.fromarray(baby[:64, :64]).save(hr / "a.png")
+    Image.fromarray(baby[64:128, 64:128]).save(hr / "a.jpg", quality=95)
+    if with_lr:
+        lr = tmp_path / "set" / "LR_bicubic" / "X4"
+        lr.mkdir(parents=True)
+        Image.fromarray(baby[:16, :16]).save(lr / "a.png")
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(tmp_path / "set"), "--no-progress")
+    one_line(code, err, "two HR images named 'a'", "a.jpg", "a.png")
