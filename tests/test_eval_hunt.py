@@ -77,3 +77,17 @@ def test_two_hr_images_of_one_name_are_refused_naming_both(tmp_path, capsys, bab
         Image.fromarray(baby[:16, :16]).save(lr / "a.png")
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(tmp_path / "set"), "--no-progress")
     one_line(code, err, "two HR images named 'a'", "a.jpg", "a.png")
+
+
+def test_figure_of_a_thin_region_is_drawn(tmp_path, capsys, baby):
+    """--figure-region 0,0,256,8 on a 256x256 image: its box on the overview is under one pixel high, and
+    PIL refused the rectangle after the whole evaluation: 'a model failed on ... (ValueError: y1 must be
+    greater than or equal to y0)', exit 2, no figure."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:256, :256]).save(folder / "a.png")
+    figure = tmp_path / "f.png"
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--figure", str(figure),
+                            "--figure-region", "0,0,256,8", "--no-progress", "-q")
+    assert code == 0, err
+    assert Image.open(figure).size[0] > 2 * 256  # the overview and the HR and bicubic strips
