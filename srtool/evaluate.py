@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from .engine import SRModel
 
 LR_FOLDER = "LR_bicubic"
-_LR_SCALE_DIR = re.compile(r"^X(\d+)$")
+_LR_SCALE_DIR = re.compile(r"^X(\d+)$", re.IGNORECASE)  # X4, or x4 as some releases spell it
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -127,11 +127,25 @@ def check_pairs(dataset: Dataset) -> None:
             )
 
 
-def _lr_scales(folder: Path) -> list[int]:
+def _lr_dirs(folder: Path) -> dict[int, Path]:
+    """``LR_bicubic/X{s}`` folders by scale (``x4`` counts too: it used to be ignored, and LR generated)."""
     lr_root = folder / LR_FOLDER
     if not lr_root.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in lr_root.iterdir() if p.is_dir() and (m := _LR_SCALE_DIR.match(p.name)))
+        return {}
+    found = {int(m.group(1)): p for p in sorted(lr_root.iterdir()) if p.is_dir() and (m := _LR_SCALE_DIR.match(p.name))}
+    return dict(sorted(found.items()))
+
+
+def _dataset_images(folder: Path) -> list[Path]:
+    """The images of a dataset folder; an entry named as an image that cannot be read as a file (a broken
+    link, a FIFO) is refused rather than left out: the means would be over fewer images than the set has."""
+    from .imageio import IMAGE_SUFFIXES, list_images
+
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_file() and not p.is_dir():
+            what = "a broken link" if p.is_symlink() and not p.exists() else "not a regular file"
+            raise UserError(f"{p}: {what}; a dataset image must be a file (remove or fix it)")
+    return list_images(folder)
 
 
 def open_dataset(dataset: str | Path, scale: int) -> Dataset:
@@ -140,9 +154,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     Raises :class:`UserError` for a missing HR/, an empty HR/, LR folders only for other scales
     (the model's scale differs from the dataset's) or an HR image without its LR counterpart.
     """
-    from .imageio import list_images
     from .prepare import resolve_dataset
-
     from .prepare.paths import is_flat_hr_folder
 
     folder = Path(resolve_dataset(dataset, scale))
@@ -151,11 +163,12 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
         hr_dir = folder
     elif not hr_dir.is_dir():
         raise UserError(f"dataset {dataset}: {folder} has no HR/ folder (expected HR/ and optionally {LR_FOLDER}/X{scale}/)")
-    hr_images = list_images(hr_dir)
+    hr_images = _dataset_images(hr_dir)
     if not hr_images:
         raise UserError(f"dataset {dataset}: no images in {hr_dir}")
-    scales = _lr_scales(folder)
-    lr_dir = folder / LR_FOLDER / f"X{scale}"
+    lr_dirs = _lr_dirs(folder)
+    scales = list(lr_dirs)
+    lr_dir = lr_dirs.get(scale, folder / LR_FOLDER / f"X{scale}")
     flat = hr_dir == folder
     if flat:
         scales = []
@@ -172,7 +185,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
         dataset = Dataset(name, folder, scale, pairs, "generated")
         check_pairs(dataset)
         return dataset
-    lr_by_stem = _by_stem(list_images(lr_dir), "LR", lr_dir, lambda stem: _strip_scale_suffix(stem, scale))
+    lr_by_stem = _by_stem(_dataset_images(lr_dir), "LR", lr_dir, lambda stem: _strip_scale_suffix(stem, scale))
     pairs = []
     for hr_path in hr_images:
         lr_path = lr_by_stem.pop(hr_path.stem, None)
@@ -182,7 +195,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     if lr_by_stem:
         extra = sorted(lr_by_stem)[0]
         raise UserError(f"{lr_by_stem[extra]}: LR image without an HR image {extra}.* in {hr_dir}")
-    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/X{scale}")
+    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/{lr_dir.name}")
     check_pairs(dataset)
     return dataset
 
@@ -828,10 +841,8 @@ def is_plain_image_folder(dataset: str | Path) -> bool:
 
 def open_image_folder(folder: str | Path) -> Dataset:
     """The images of ``folder`` as a dataset scored as they are (no-reference metrics only)."""
-    from .imageio import list_images
-
     path = Path(str(folder)).expanduser()
-    images = list_images(path)
+    images = _dataset_images(path)
     if not images:
         raise UserError(f"--data {folder}: no images in {path}")
     label = _dataset_label(folder, path)

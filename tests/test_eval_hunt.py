@@ -91,3 +91,43 @@ def test_figure_of_a_thin_region_is_drawn(tmp_path, capsys, baby):
                             "--figure-region", "0,0,256,8", "--no-progress", "-q")
     assert code == 0, err
     assert Image.open(figure).size[0] > 2 * 256  # the overview and the HR and bicubic strips
+
+
+@pytest.mark.parametrize("layout", ["flat", "HR", "LR", "as-is"])
+def test_a_broken_link_among_the_images_is_named_not_left_out(tmp_path, capsys, baby, layout):
+    """A dangling link `head.png` (a moved benchmark folder) was silently left out: the mean was over
+    fewer images than the set has, with nothing said."""
+    root = tmp_path / "set"
+    hr = root if layout in ("flat", "as-is") else root / "HR"
+    hr.mkdir(parents=True)
+    Image.fromarray(baby[:64, :64]).save(hr / "a.png")
+    broken = hr / "head.png"
+    if layout == "LR":
+        lr = root / "LR_bicubic" / "X4"
+        lr.mkdir(parents=True)
+        Image.fromarray(baby[:16, :16]).save(lr / "a.png")
+        broken = lr / "head.png"
+    broken.symlink_to(tmp_path / "moved" / "head.png")
+    command = ["--metric", "niqe"] if layout == "as-is" else ["-m", "bicubic"]
+    code, err = run_cli_err(capsys, "eval", *command, "-d", str(root), "--no-progress")
+    one_line(code, err, str(broken), "broken link")
+
+
+def test_lowercase_x4_lr_folder_is_the_lr_not_ignored(tmp_path, capsys, shared_data):
+    """LR_bicubic/x4 (lower case) was not seen: LR was generated from HR instead, silently (lr_source
+    'generated'), so the dataset's own LR images were never used."""
+    import json
+
+    mirror = shared_data / "benchmarks" / "Set5-mirror-edge"  # its LR differs from a generated one (borders)
+    for spelling in ("x4", "X4"):
+        (tmp_path / spelling / "LR_bicubic" / spelling).mkdir(parents=True)
+        (tmp_path / spelling / "HR").mkdir()
+        (tmp_path / spelling / "HR" / "bird.png").symlink_to(mirror / "HR" / "bird.png")
+        (tmp_path / spelling / "LR_bicubic" / spelling / "bird.png").symlink_to(mirror / "LR_bicubic" / "X4" / "bird.png")
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(tmp_path / "x4"), "-d", str(tmp_path / "X4"),
+                            "-d", str(tmp_path / "X4" / "HR"), "--json", str(tmp_path / "r.json"), "--no-progress", "-q")
+    assert code == 0, err
+    lower, upper, generated = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert (lower["lr_source"], upper["lr_source"], generated["lr_source"]) == ("LR_bicubic/x4", "LR_bicubic/X4",
+                                                                               "generated")
+    assert lower["psnr"] == upper["psnr"] != generated["psnr"]
