@@ -308,7 +308,7 @@ def eval_(
     (LR made on the fly with MATLAB bicubic). --json - (or --csv -, --markdown -) writes that file to stdout
     (the table then goes to stderr)."""
     _quiet(quiet)
-    from .evaluate import EvalOutputs, parse_region, run_eval
+    from .evaluate import EvalOutputs, parse_region, refuse_empty, run_eval
     from .report import print_report
 
     from pathlib import Path
@@ -316,6 +316,10 @@ def eval_(
     def as_path(value: Optional[str]) -> Optional[Path]:
         return Path(value) if value is not None else None
 
+    for option, value in (("--json", json_out), ("--csv", csv_out), ("--markdown", markdown_out),
+                          ("--save-images", save_images), ("--figure", figure), ("--figure-image", figure_image),
+                          ("--figure-region", figure_region), ("--lpips-weights", lpips_weights)):
+        refuse_empty(option, value)  # an unset "$OUT": not the working folder, not "no figure"
     to_stdout = [f"{option} -" for option, value in (("--json", json_out), ("--csv", csv_out),
                                                      ("--markdown", markdown_out)) if value == "-"]
     if len(to_stdout) > 1:

@@ -972,6 +972,12 @@ def _expand_home(outputs: EvalOutputs) -> EvalOutputs:
                    save_images=expand(outputs.save_images), figure=expand(outputs.figure))
 
 
+def refuse_empty(option: str, *values: object) -> None:
+    """An empty value (an unset ``"$OUT"``) is refused: as a path it would be the working folder."""
+    if any(value is not None and not str(value).strip() for value in values):
+        raise UserError(f"{option}: empty value; give a name or leave the option out")
+
+
 def run_eval(
     model_specs: Sequence[str | Path],
     datasets: Sequence[str | Path],
@@ -1014,6 +1020,8 @@ def run_eval(
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
+    for option, values in (("--data", datasets), ("--model", model_specs), ("--label", labels or [])):
+        refuse_empty(option, *values)
     workers_or_default(workers)  # checked before any model loads
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")

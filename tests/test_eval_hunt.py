@@ -131,3 +131,17 @@ def test_lowercase_x4_lr_folder_is_the_lr_not_ignored(tmp_path, capsys, shared_d
     assert (lower["lr_source"], upper["lr_source"], generated["lr_source"]) == ("LR_bicubic/x4", "LR_bicubic/X4",
                                                                                "generated")
     assert lower["psnr"] == upper["psnr"] != generated["psnr"]
+
+
+@pytest.mark.parametrize("option", ["--data", "--model", "--save-images", "--figure-region", "--json"])
+def test_an_empty_option_value_is_refused(tmp_path, capsys, shared_data, monkeypatch, option):
+    """`--save-images "$OUT"` with OUT unset wrote every SR image into the working folder; `-d ""` evaluated
+    the working folder, `--figure-region ""` silently chose a region, `-m ""` loaded '.' as a model."""
+    monkeypatch.chdir(tmp_path)
+    args = {"--data": str(shared_data / "benchmarks" / "Set5"), "--model": "bicubic"}
+    args[option] = ""
+    extra = ["--figure", "f.png"] if option == "--figure-region" else []
+    command = [arg for pair in args.items() for arg in pair]
+    code, err = run_cli_err(capsys, "eval", *command, *extra, "--no-progress")
+    one_line(code, err, option, "empty value")
+    assert list(tmp_path.iterdir()) == []
