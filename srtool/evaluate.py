@@ -710,12 +710,22 @@ def _check_outputs(
 
 
 def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, ImagePair]:
-    """The image ``NAME`` (first dataset holding it) or ``DATASET/NAME``."""
+    """The image ``NAME`` (first dataset holding it) or ``DATASET/NAME``; a file name (``baby.png``) names its image."""
+    key = _image_key(wanted)
     for dataset in datasets:
         for pair in dataset.pairs:
-            if wanted in (pair.name, f"{dataset.name}/{pair.name}"):
+            if key in (pair.name, f"{dataset.name}/{pair.name}"):
                 return dataset, pair
-    raise UserError(f"--figure-image {wanted}: no such image in {', '.join(d.name for d in datasets)}")
+    names = [pair.name for d in datasets for pair in d.pairs]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} images)" if len(names) > 8 else "")
+    raise UserError(f"--figure-image {wanted}: no such image in {', '.join(d.name for d in datasets)} (images: {shown})")
+
+
+def _image_key(wanted: str) -> str:
+    """``--figure-image`` as results name images: ``baby.png`` (the file) is ``baby``."""
+    from .imageio import IMAGE_SUFFIXES
+
+    return wanted[: -len(Path(wanted).suffix)] if Path(wanted).suffix.lower() in IMAGE_SUFFIXES else wanted
 
 
 def _check_region(region: tuple[int, int, int, int], dataset: Dataset, pair: ImagePair, chosen: bool = True) -> None:
@@ -766,8 +776,9 @@ def choose_figure_image(report: EvalReport, wanted: str | None) -> tuple[str, st
             value = getattr(image, metric.name, None)
             by_image.setdefault((r.name, image.name), []).append(None if value is None else sign * value)
     if wanted:
+        key = _image_key(wanted)
         for dataset, image in by_image:
-            if wanted in (image, f"{dataset}/{image}"):
+            if key in (image, f"{dataset}/{image}"):
                 return dataset, image
         raise UserError(f"--figure-image {wanted}: no such image in {', '.join(report.dataset_names)}")
     scored = {key: values for key, values in by_image.items() if all(v is not None for v in values)}

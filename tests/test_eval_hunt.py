@@ -145,3 +145,20 @@ def test_an_empty_option_value_is_refused(tmp_path, capsys, shared_data, monkeyp
     code, err = run_cli_err(capsys, "eval", *command, *extra, "--no-progress")
     one_line(code, err, option, "empty value")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_figure_image_given_as_its_file_name(tmp_path, capsys, baby):
+    """`--figure-image a.png` (the file, as `ls` shows it) was 'no such image' after... nothing: the names
+    results use are stems. The file name now names its image; an unknown one lists the images."""
+    from srtool.evaluate import EvalOutputs, run_eval
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "a.png")
+    Image.fromarray(baby[128:192, 128:192]).save(folder / "b.png")
+    report = run_eval(["bicubic"], [folder], outputs=EvalOutputs(figure=tmp_path / "f.png", figure_image="b.png"),
+                      progress=False)
+    assert report.figure[:2] == ("photos", "b") and (tmp_path / "f.png").is_file()
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--figure", str(tmp_path / "g.png"),
+                            "--figure-image", "c.png", "--no-progress")
+    one_line(code, err, "--figure-image c.png", "images: a, b")
