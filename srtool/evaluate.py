@@ -609,8 +609,10 @@ def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | N
     """
     from .devices import resolve_device
     from .loading import bicubic_model, load_model
+    from .model_files import check_model_options
 
     resolve_device(device)  # an unusable --device is refused even when only bicubic (no network) is evaluated
+    check_model_options(tile, None, "model", None)  # and a bad --tile (bicubic alone used to take any)
     specs = list(specs) or ["default"]
     loaded: dict[int, SRModel] = {}
     for i, spec in enumerate(specs):

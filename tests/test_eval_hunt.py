@@ -162,3 +162,11 @@ def test_figure_image_given_as_its_file_name(tmp_path, capsys, baby):
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--figure", str(tmp_path / "g.png"),
                             "--figure-image", "c.png", "--no-progress")
     one_line(code, err, "--figure-image c.png", "images: a, b")
+
+
+@pytest.mark.parametrize("tile", ["-1", "3"])
+def test_a_bad_tile_is_refused_with_bicubic_alone(capsys, shared_data, tile):
+    """`-m default --tile -1` was refused, `-m bicubic --tile -1` ran (the value was never looked at)."""
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(shared_data / "benchmarks" / "Set5"),
+                            "--tile", tile, "--no-progress")
+    one_line(code, err, "--tile", f"got {tile}")
