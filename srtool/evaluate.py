@@ -561,6 +561,9 @@ def evaluate(
     models = _model_list(models)
     if isinstance(datasets, (str, Path)):  # one dataset, not its name's letters
         datasets = [datasets]
+    datasets = list(datasets)
+    if opened is None and not datasets:  # an empty report would read as "evaluated, nothing to say"
+        raise UserError("no dataset given")
     scale = _common_scale(models, protocol)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]

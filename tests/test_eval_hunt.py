@@ -170,3 +170,13 @@ def test_a_bad_tile_is_refused_with_bicubic_alone(capsys, shared_data, tile):
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(shared_data / "benchmarks" / "Set5"),
                             "--tile", tile, "--no-progress")
     one_line(code, err, "--tile", f"got {tile}")
+
+
+def test_python_evaluate_without_a_dataset_says_so():
+    """`evaluate(model, [])` returned an empty report (no rows, no error), as if all was evaluated."""
+    import srtool
+    from srtool.errors import UserError
+    from srtool.evaluate import evaluate
+
+    with pytest.raises(UserError, match="no dataset"):
+        evaluate(srtool.load_model("bicubic"), [], progress=False)
