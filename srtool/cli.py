@@ -368,7 +368,7 @@ def eval_(
     for output in report.kept:
         print_error(f"[bold red]error:[/bold red] {escape(output)}: appeared while eval ran (another run?) and was kept "
                     "as it is; the results are in the table above (use --overwrite to replace it)")
-    if report.kept:
+    if report.kept or any(result.failed for result in report.results):  # a mean over fewer images than the set
         raise typer.Exit(1)
 
 

@@ -180,3 +180,34 @@ def test_python_evaluate_without_a_dataset_says_so():
 
     with pytest.raises(UserError, match="no dataset"):
         evaluate(srtool.load_model("bicubic"), [], progress=False)
+
+
+def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, baby, monkeypatch):
+    """A model that failed on an image (out of memory...) left an incomplete mean and exit status 0, so
+    `srtool eval ... && publish` went on with it. The table and files are still written; the status is 1."""
+    import srtool
+    import srtool.evaluate
+
+    bicubic = srtool.load_model("bicubic")
+
+    class OutOfMemory(type(bicubic)):
+        def __call__(self, lr):
+            if lr.shape[0] > 20:
+                raise MemoryError("out of memory")
+            return super().__call__(lr)
+
+    failing = OutOfMemory.__new__(OutOfMemory)
+    failing.__dict__.update(bicubic.__dict__, name="big-net")
+    monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [bicubic, failing])
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "small.png")
+    Image.fromarray(baby[:128, :128]).save(folder / "large.png")
+    code, err = run_cli_err(capsys, "eval", "-d", str(folder), "--csv", str(tmp_path / "r.csv"), "--no-progress")
+    assert code == 1, err
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert any(row.startswith("big-net,") and ",failed,MemoryError: out of memory," in row for row in rows), rows
+    assert any("incomplete (1 failed)" in row for row in rows), rows
+    monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [bicubic])
+    code, err = run_cli_err(capsys, "eval", "-d", str(folder), "--no-progress")
+    assert code == 0, err
