@@ -635,7 +635,9 @@ def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | N
 
 
 def _safe_component(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._#+-]", "_", text) or "_"
+    """One folder name: ``/`` and the like become ``_``; ``.``/``..`` too (``--label ..`` wrote one level up)."""
+    safe = re.sub(r"[^A-Za-z0-9._#+-]", "_", text)
+    return "_" * max(1, len(safe)) if safe in ("", ".", "..") else safe
 
 
 def saved_image_path(root: Path, dataset: str, model_label: str, image: str) -> Path:

@@ -214,6 +214,11 @@ def to_csv(report: EvalReport) -> str:
     return buffer.getvalue()
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` in a label, dataset or image name would split it into two columns."""
+    return str(text).replace("|", "\\|")
+
+
 def to_markdown(report: EvalReport) -> str:
     lines = [f"# srtool eval: {title(report)}", ""]
     lines.append(f"srtool {report.srtool_version}, {report.created}. Scores are means of per-image scores.")
@@ -221,11 +226,11 @@ def to_markdown(report: EvalReport) -> str:
     metrics = report.metrics
     header = ["model"]
     for name in report.dataset_names:
-        header += [f"{name} {_heading(report, m)}" for m in metrics]
+        header += [f"{_cell(name)} {_heading(report, m)}" for m in metrics]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for m in report.models:
-        row = [m.label]
+        row = [_cell(m.label)]
         for name in report.dataset_names:
             row.extend(format_cells(report.cell(m.label, name), metrics))
         lines.append("| " + " | ".join(row) + " |")
@@ -244,10 +249,12 @@ def to_markdown(report: EvalReport) -> str:
         lines += ["", f"## {r.model} on {r.name}", "", f"LR: {r.lr_source}", "", f"| image | {heads} |",
                   "|---|" + "---:|" * len(metrics)]
         for i in r.images:
-            if i.failed:
-                lines.append(f"| {i.name} | failed | {(i.error or '').replace('|', '/')} |" + " |" * (len(metrics) - 2))
+            if i.failed:  # "failed" and the error in the first two columns (in one with a single metric)
+                cells = ["failed", _cell(i.error or "")] + [""] * (len(metrics) - 2)
+                cells = cells if len(metrics) > 1 else [f"failed: {cells[1]}"]
+                lines.append(f"| {_cell(i.name)} | " + " | ".join(cells) + " |")
             else:
-                lines.append(f"| {i.name} | " + " | ".join(f"{getattr(i, m):.{METRICS[m].digits + 2}f}" for m in metrics) + " |")
+                lines.append(f"| {_cell(i.name)} | " + " | ".join(f"{getattr(i, m):.{METRICS[m].digits + 2}f}" for m in metrics) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{c}**" for c in format_cells(r, metrics)) + " |")
     return "\n".join(lines).replace("|  |", "| |") + "\n"
 

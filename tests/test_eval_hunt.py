@@ -211,3 +211,34 @@ def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, b
     monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [bicubic])
     code, err = run_cli_err(capsys, "eval", "-d", str(folder), "--no-progress")
     assert code == 0, err
+
+
+def test_labels_with_a_bar_keep_the_markdown_table_and_dots_stay_in_their_folder(tmp_path, capsys, baby):
+    """`--label 'a|b'` split the Markdown row into one column too many; `--label ..` saved the SR images
+    into the --save-images root itself (ROOT/<dataset>/../x.png), where other models' folders live."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "x.png")
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-l", "a|b", "-d", str(folder), "--markdown",
+                            str(tmp_path / "r.md"), "--no-progress", "-q")
+    assert code == 0, err
+    rows = [line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| a")]
+    assert rows and all(row.replace("\\|", "").count("|") == 4 for row in rows), rows  # model, PSNR, SSIM
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-l", "..", "-d", str(folder), "--save-images",
+                            str(tmp_path / "sr"), "--no-progress", "-q")
+    assert code == 0, err
+    assert [p.relative_to(tmp_path / "sr").parts for p in (tmp_path / "sr").rglob("*.png")] == [("photos", "__", "x.png")]
+
+
+def test_markdown_failed_row_with_one_metric_has_the_table_s_columns(tmp_path, baby):
+    """With --metric psnr a failed image's row had three cells under a two-column header."""
+    from srtool.eval_results import DatasetResult, EvalReport, ImageResult, ModelEntry
+    from srtool.report import to_markdown
+
+    result = DatasetResult("photos", "photos", 4, "y", "net", "sha", "generated",
+                           [ImageResult("x", 30.0, None), ImageResult("y", None, None, error="MemoryError: out | of")])
+    report = EvalReport("y", 4, [ModelEntry("net", "net", "sha", "net.safetensors", 4)], [result], "0", "now",
+                        metrics=("psnr",))
+    table = [line for line in to_markdown(report).splitlines() if line.startswith("| ") and "## " not in line][-4:]
+    assert [row.replace("\\|", "").count("|") for row in table] == [3, 3, 3, 3], table  # image, PSNR
+    assert "failed: MemoryError: out \\| of" in table[2]
