@@ -81,11 +81,9 @@ class Dataset:
                 f"{pair.lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but HR {pair.hr_path.name} is {w}x{h}; "
                 f"LR must be exactly HR/{self.scale} ({w / self.scale:g}x{h / self.scale:g})"
             )
-        if hr.ndim != lr.ndim:
+        if hr.ndim != lr.ndim:  # (found up front from the headers, but for palette images)
             kinds = {2: "grayscale", 3: "RGB"}
-            raise UserError(
-                f"{pair.lr_path}: LR is {kinds[lr.ndim]} but HR {pair.hr_path.name} is {kinds[hr.ndim]}"
-            )
+            raise _kind_mismatch(pair, kinds[lr.ndim], kinds[hr.ndim])
         return hr, lr
 
 
@@ -94,6 +92,20 @@ def header_size(path: Path) -> tuple[int, int]:
     from .imageio import image_size
 
     return image_size(path)
+
+
+def _check_kinds(pair: ImagePair) -> None:
+    """An RGB HR with a grayscale LR (or the reverse), from the headers: found before any model runs,
+    not when the image is reached (after other images were scored and saved)."""
+    from .imageio import dataset_kind, image_header
+
+    hr_kind, lr_kind = (dataset_kind(image_header(path)[2]) for path in (pair.hr_path, pair.lr_path))
+    if hr_kind and lr_kind and hr_kind != lr_kind:
+        raise _kind_mismatch(pair, lr_kind, hr_kind)
+
+
+def _kind_mismatch(pair: ImagePair, lr_kind: str, hr_kind: str) -> UserError:
+    return UserError(f"{pair.lr_path}: LR is {lr_kind} but HR {pair.hr_path.name} is {hr_kind}")
 
 
 def check_pairs(dataset: Dataset) -> None:
@@ -125,6 +137,7 @@ def check_pairs(dataset: Dataset) -> None:
                 f"{pair.lr_path}: LR is {lr_w}x{lr_h} but HR {pair.hr_path.name} is {hr_w}x{hr_h}; "
                 f"LR must be exactly HR/{dataset.scale} ({hr_w / dataset.scale:g}x{hr_h / dataset.scale:g})"
             )
+        _check_kinds(pair)
 
 
 def _lr_dirs(folder: Path) -> dict[int, Path]:

@@ -202,12 +202,19 @@ def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as viewers show it (EXIF orientation applied), from the header only."""
+    width, height, _ = image_header(path)
+    return width, height
+
+
+def image_header(path: str | Path) -> tuple[int, int, str]:
+    """(width, height, PIL mode) from the header only; the size as :func:`image_size` gives it."""
     label = str(path)
     try:
         with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(fh) as img:
                 width, height = img.size
+                mode = img.mode
                 header_only = img.format == "PNG" and not _png_metadata_after_pixels(fh)
                 orientation, _ = exif_orientation(img, label, header_only)
     except ImageReadError:
@@ -219,8 +226,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
     if img.format == "TIFF" and _pil_orients_tiffs():  # PIL's size is the oriented one already
-        return width, height
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return width, height, mode
+    return (height, width, mode) if orientation in (5, 6, 7, 8) else (width, height, mode)
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -274,10 +281,22 @@ def check_complete(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
     open_image(path, max_pixels)
 
 
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_GRAY_MODES = ("L", "1", "LA")
+
+
+def dataset_kind(mode: str) -> str | None:
+    """What :func:`to_dataset_array` makes of an image of PIL ``mode``: "grayscale" or "RGB"; None for a
+    palette image (grayscale when its palette is)."""
+    if mode == "P":
+        return None
+    return "grayscale" if mode in _WIDE_GRAY_MODES + _GRAY_MODES else "RGB"
+
+
 def to_dataset_array(img: Image.Image) -> np.ndarray:
     """uint8 (H, W) for grayscale images, (H, W, 3) otherwise; see the module docstring for conversions."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in _WIDE_GRAY_MODES:
         arr = np.asarray(img).astype(np.float64)
         if mode == "I" and arr.max(initial=0) <= 255:  # 'I' holding 8-bit data
             return np.clip(arr, 0, 255).astype(np.uint8)
@@ -288,7 +307,7 @@ def to_dataset_array(img: Image.Image) -> np.ndarray:
         if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
             return np.ascontiguousarray(arr[..., 0])
         return arr
-    if mode in ("L", "1", "LA"):
+    if mode in _GRAY_MODES:
         return np.asarray(img.convert("L"))
     return np.asarray(img.convert("RGB"))
 

@@ -242,3 +242,26 @@ def test_markdown_failed_row_with_one_metric_has_the_table_s_columns(tmp_path, b
     table = [line for line in to_markdown(report).splitlines() if line.startswith("| ") and "## " not in line][-4:]
     assert [row.replace("\\|", "").count("|") for row in table] == [3, 3, 3, 3], table  # image, PSNR
     assert "failed: MemoryError: out \\| of" in table[2]
+
+
+def test_grayscale_lr_for_an_rgb_hr_is_refused_before_any_work(tmp_path, capsys, baby, monkeypatch):
+    """The LR/HR kinds were compared only when the pair was reached: other images were scored and their
+    --save-images files written first, then the run stopped."""
+    import srtool.evaluate
+
+    root = tmp_path / "set"
+    (root / "HR").mkdir(parents=True)
+    (root / "LR_bicubic" / "X4").mkdir(parents=True)
+    for name, crop in (("a", baby[:64, :64]), ("b", baby[64:128, 64:128])):
+        Image.fromarray(crop).save(root / "HR" / f"{name}.png")
+        small = Image.fromarray(crop[::4, ::4])
+        (small.convert("L") if name == "b" else small).save(root / "LR_bicubic" / "X4" / f"{name}.png")
+
+    def reached(*args, **kwargs):
+        raise AssertionError("evaluation started although the data is bad")
+
+    monkeypatch.setattr(srtool.evaluate, "evaluate", reached)
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(root), "--save-images", str(tmp_path / "sr"),
+                            "--no-progress")
+    one_line(code, err, "b.png", "LR is grayscale but HR b.png is RGB")
+    assert not (tmp_path / "sr").exists()
