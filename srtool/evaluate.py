@@ -726,7 +726,9 @@ def _check_outputs(
     for d in datasets:  # (one image per name: open_dataset refuses a.png beside a.jpg)
         for label in labels:
             for pair in d.pairs:
-                claim("--save-images", saved_image_path(root, d.name, label, pair.name))
+                path = saved_image_path(root, d.name, label, pair.name)
+                _check_writable_file("--save-images", path)  # ROOT/Set5 a file, baby.png a folder
+                claim("--save-images", path)
 
 
 def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, ImagePair]:

@@ -265,3 +265,22 @@ def test_grayscale_lr_for_an_rgb_hr_is_refused_before_any_work(tmp_path, capsys,
                             "--no-progress")
     one_line(code, err, "b.png", "LR is grayscale but HR b.png is RGB")
     assert not (tmp_path / "sr").exists()
+
+
+@pytest.mark.parametrize("obstacle", ["dataset-folder-is-a-file", "image-is-a-folder"])
+def test_save_images_onto_a_file_or_folder_in_the_way_is_one_line(tmp_path, capsys, baby, obstacle):
+    """ROOT/<dataset> being a file, or ROOT/<dataset>/<model>/x.png a folder: an internal error
+    (NotADirectoryError / IsADirectoryError) after the evaluation had started."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "x.png")
+    root = tmp_path / "sr"
+    if obstacle == "dataset-folder-is-a-file":
+        root.mkdir()
+        (root / "photos").write_text("mine")
+    else:
+        (root / "photos" / "bicubic" / "x.png").mkdir(parents=True)
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--save-images", str(root),
+                            "--overwrite", "--no-progress")
+    one_line(code, err, "--save-images", str(root / "photos" / "bicubic" / "x.png"))
+    assert not list(root.rglob("*.tmp"))
