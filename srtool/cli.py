@@ -358,7 +358,7 @@ def eval_(
     for kind, option, path in (("JSON", "--json", None if json_stdout else json_out),
                                ("CSV", "--csv", None if csv_stdout else csv_out),
                                ("Markdown", "--markdown", None if markdown_stdout else markdown_out)):
-        if path is not None and f"{option} {path}" not in report.kept:
+        if path is not None and not any(line.startswith(f"{option} ") for line in report.kept + report.unwritten):
             err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
         err_console.print(f"SR images: {escape(str(save_images))}", highlight=False)
@@ -368,7 +368,10 @@ def eval_(
     for output in report.kept:
         print_error(f"[bold red]error:[/bold red] {escape(output)}: appeared while eval ran (another run?) and was kept "
                     "as it is; the results are in the table above (use --overwrite to replace it)")
-    if report.kept or any(result.failed for result in report.results):  # a mean over fewer images than the set
+    for line in report.unwritten:
+        print_error(f"[bold red]error:[/bold red] {escape(line)}; the results are in the table above")
+    failed = any(result.failed for result in report.results)  # a mean over fewer images than the set
+    if report.kept or report.unwritten or failed:
         raise typer.Exit(1)
 
 

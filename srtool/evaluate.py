@@ -861,6 +861,9 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     except OutputExists:
         report.kept.append(f"--figure {outputs.figure}")
         return None
+    except OSError as exc:
+        report.unwritten.append(_cannot_write("--figure", outputs.figure, exc))
+        return None
     return dataset_name, image_name, layout.region
 
 
@@ -948,6 +951,12 @@ def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
                 write(report, path, replace=outputs.overwrite)
             except OutputExists:
                 report.kept.append(f"{option} {path}")
+            except OSError as exc:  # after the work: the results are still shown, this file named
+                report.unwritten.append(_cannot_write(option, path, exc))
+
+
+def _cannot_write(option: str, path: Path, exc: OSError) -> str:
+    return f"{option} {path}: cannot write ({exc.strerror or exc})"
 
 
 def _gathered(shard, report: EvalReport) -> EvalReport | None:
@@ -1103,6 +1112,8 @@ def run_eval(
                 except OutputExists:  # checked before any work: made since, by a second run into ROOT?
                     raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
                                     "kept as it is (use --overwrite to replace it)") from None
+                except OSError as exc:  # a full disk, a read-only folder: one line, not an internal error
+                    raise UserError(_cannot_write("--save-images", path, exc)) from None
 
     if shard.enabled:  # the same images on every rank; also the barrier: every rank has checked the outputs
         _agree_on_images(shard, opened)

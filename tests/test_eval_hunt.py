@@ -284,3 +284,24 @@ def test_save_images_onto_a_file_or_folder_in_the_way_is_one_line(tmp_path, caps
                             "--overwrite", "--no-progress")
     one_line(code, err, "--save-images", str(root / "photos" / "bicubic" / "x.png"))
     assert not list(root.rglob("*.tmp"))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (a folder where no file can be made)")
+def test_an_output_that_cannot_be_written_is_named_and_the_table_still_shown(tmp_path, capsys, baby):
+    """--json (or --figure) into a folder where no file can be made (read-only, full disk): an internal
+    error after the whole evaluation, and the table was never printed. --save-images: the same, mid-run."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "x.png")
+    from cli_runner import run_cli
+
+    code = run_cli("eval", "-m", "bicubic", "-d", str(folder), "--json", "/proc/r.json", "--csv",
+                   str(tmp_path / "r.csv"), "--figure", "/proc/f.png", "--no-progress")
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "bicubic" in err + out and "internal error" not in err
+    assert "error: --json /proc/r.json: cannot write" in err and "error: --figure /proc/f.png: cannot write" in err
+    assert (tmp_path / "r.csv").is_file() and "JSON:" not in err
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--save-images", "/proc/sr",
+                            "--no-progress")
+    one_line(code, err, "--save-images /proc/sr/photos/bicubic/x.png: cannot write")
