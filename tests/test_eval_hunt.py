@@ -14,14 +14,7 @@ import pytest
 from PIL import Image
 
 from cli_runner import run_cli_err
-
-
-def one_line(code: int, err: str, *needles: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:"), err
-    for needle in needles:
-        assert needle in err, (needle, err)
+from test_eval_hardening import one_line
 
 
 @pytest.fixture
