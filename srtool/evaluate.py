@@ -1127,5 +1127,8 @@ def run_eval(
         report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer, workers=workers)
     _write_reports(report, outputs)
     if outputs.figure is not None:
-        report.figure = _write_figure(report, models, opened, outputs, scorer)
+        try:
+            report.figure = _write_figure(report, models, opened, outputs, scorer)
+        except UserError as exc:  # no image every model scored, a model failing on it: after the work, the
+            report.unwritten.append(str(exc))  # table is still shown, with this line
     return report

@@ -175,9 +175,8 @@ def test_python_evaluate_without_a_dataset_says_so():
         evaluate(srtool.load_model("bicubic"), [], progress=False)
 
 
-def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, baby, monkeypatch):
-    """A model that failed on an image (out of memory...) left an incomplete mean and exit status 0, so
-    `srtool eval ... && publish` went on with it. The table and files are still written; the status is 1."""
+def with_failing_model(monkeypatch, above: int) -> None:
+    """`srtool eval` loads bicubic and 'big-net', a bicubic that runs out of memory on LR taller than ``above``."""
     import srtool
     import srtool.evaluate
 
@@ -185,13 +184,22 @@ def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, b
 
     class OutOfMemory(type(bicubic)):
         def __call__(self, lr):
-            if lr.shape[0] > 20:
+            if lr.shape[0] > above:
                 raise MemoryError("out of memory")
             return super().__call__(lr)
 
     failing = OutOfMemory.__new__(OutOfMemory)
     failing.__dict__.update(bicubic.__dict__, name="big-net")
     monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [bicubic, failing])
+
+
+def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, baby, monkeypatch):
+    """A model that failed on an image (out of memory...) left an incomplete mean and exit status 0, so
+    `srtool eval ... && publish` went on with it. The table and files are still written; the status is 1."""
+    import srtool
+    import srtool.evaluate
+
+    with_failing_model(monkeypatch, above=20)
     folder = tmp_path / "photos"
     folder.mkdir()
     Image.fromarray(baby[:64, :64]).save(folder / "small.png")
@@ -201,9 +209,25 @@ def test_a_model_failing_on_an_image_makes_the_exit_status_1(tmp_path, capsys, b
     rows = (tmp_path / "r.csv").read_text().splitlines()
     assert any(row.startswith("big-net,") and ",failed,MemoryError: out of memory," in row for row in rows), rows
     assert any("incomplete (1 failed)" in row for row in rows), rows
-    monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [bicubic])
+    monkeypatch.setattr(srtool.evaluate, "load_models", lambda *args, **kwargs: [srtool.load_model("bicubic")])
     code, err = run_cli_err(capsys, "eval", "-d", str(folder), "--no-progress")
     assert code == 0, err
+
+
+def test_a_figure_that_cannot_be_drawn_after_the_work_still_shows_the_table(tmp_path, capsys, baby, monkeypatch):
+    """A model failing on every image with --figure: 'no image was scored by every model' was raised after
+    the whole evaluation, the table never shown (and exit 2, as for bad input)."""
+    from cli_runner import run_cli
+
+    with_failing_model(monkeypatch, above=0)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "x.png")
+    code = run_cli("eval", "-d", str(folder), "--figure", str(tmp_path / "f.png"), "--no-progress")
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "big-net" in out and "failed" in out, out
+    assert "error: --figure: no image was scored by every model" in err
 
 
 def test_labels_with_a_bar_keep_the_markdown_table_and_dots_stay_in_their_folder(tmp_path, capsys, baby):
