@@ -535,14 +535,26 @@ def evaluate_dataset(
                            workers=workers)[0]
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with ``#2``, ``#3`` appended to repeats, never onto a name given as it is (``x``, ``x``,
+    ``x#2`` -> ``x``, ``x#3``, ``x#2``: two ``x#2`` would share one table row or column)."""
+    taken = set(names)
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        candidate, n = name, seen[name]
+        while n > 1 and (candidate := f"{name}#{n}") in taken:
+            n += 1
+        seen[name] = n
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def model_labels(models: Sequence[SRModel]) -> list[str]:
     """Unique row labels: the model names, with ``#2``, ``#3`` appended to repeats."""
-    seen: dict[str, int] = {}
-    labels = []
-    for m in models:
-        seen[m.name] = seen.get(m.name, 0) + 1
-        labels.append(m.name if seen[m.name] == 1 else f"{m.name}#{seen[m.name]}")
-    return labels
+    return unique_names([m.name for m in models])
 
 
 # ------------------------------------------------------------------------------------- whole runs
@@ -550,11 +562,8 @@ def model_labels(models: Sequence[SRModel]) -> list[str]:
 
 def _unique_dataset_names(data: Sequence[Dataset]) -> None:
     """Two folders with the same name still get separate table columns (``name#2``)."""
-    seen: dict[str, int] = {}
-    for dataset in data:
-        seen[dataset.name] = seen.get(dataset.name, 0) + 1
-        if seen[dataset.name] > 1:
-            dataset.name = f"{dataset.name}#{seen[dataset.name]}"
+    for dataset, name in zip(data, unique_names([d.name for d in data])):
+        dataset.name = name
 
 
 def evaluate(

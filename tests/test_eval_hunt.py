@@ -322,3 +322,23 @@ def test_an_output_that_cannot_be_written_is_named_and_the_table_still_shown(tmp
     code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), "--save-images", "/proc/sr",
                             "--no-progress")
     one_line(code, err, "--save-images /proc/sr/photos/bicubic/x.png: cannot write")
+
+
+def test_repeated_dataset_names_never_share_a_column(tmp_path, capsys, baby):
+    """Folders a/x, b/x and c/x#2: the second was renamed x#2, the same name as the third, so the table's
+    x#2 column showed one of them twice (cells are looked up by name) and the other was never shown."""
+    import json
+
+    folders = [tmp_path / "a" / "x", tmp_path / "b" / "x", tmp_path / "c" / "x#2"]
+    for k, folder in enumerate(folders):
+        folder.mkdir(parents=True)
+        Image.fromarray(baby[64 * k : 64 * k + 64, :64]).save(folder / "p.png")
+    args = [arg for folder in folders for arg in ("-d", str(folder))]
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", *args, "--json", str(tmp_path / "r.json"),
+                            "--markdown", str(tmp_path / "r.md"), "--no-progress", "-q")
+    assert code == 0, err
+    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["dataset"] for r in results] == ["x", "x#3", "x#2"]
+    assert [r["dataset_path"] for r in results] == [str(f) for f in folders]
+    row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| bicubic"))
+    assert row.split(" | ")[1::2] == [f"{r['psnr']:.2f}" for r in results]
