@@ -732,12 +732,19 @@ def _check_outputs(
     if root.exists() and not root.is_dir():
         raise UserError(f"--save-images {root}: exists and is not a folder")
     _check_writable_file("--save-images", root / "x")
+    folders = {_resolved(root): str(root)}  # the folders the images go into: no file output may be one of them
     for d in datasets:  # (one image per name: open_dataset refuses a.png beside a.jpg)
         for label in labels:
+            folders.update({_resolved(f): str(f) for f in (root / _safe_component(d.name),
+                                                         saved_image_path(root, d.name, label, "x").parent)})
             for pair in d.pairs:
                 path = saved_image_path(root, d.name, label, pair.name)
                 _check_writable_file("--save-images", path)  # ROOT/Set5 a file, baby.png a folder
                 claim("--save-images", path)
+    for key, option in claimed.items():
+        if key in folders:
+            raise UserError(f"{option}: --save-images makes {folders[key]} a folder of SR images; "
+                            "give this output another name")
 
 
 def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, ImagePair]:

@@ -342,3 +342,17 @@ def test_repeated_dataset_names_never_share_a_column(tmp_path, capsys, baby):
     assert [r["dataset_path"] for r in results] == [str(f) for f in folders]
     row = next(line for line in (tmp_path / "r.md").read_text().splitlines() if line.startswith("| bicubic"))
     assert row.split(" | ")[1::2] == [f"{r['psnr']:.2f}" for r in results]
+
+
+@pytest.mark.parametrize("option,name,root", [("--json", "sr", "sr"), ("--figure", "sr.png", "sr.png"),
+                                              ("--markdown", "sr/photos", "sr"), ("--csv", "sr/photos/bicubic", "sr")])
+def test_a_file_output_naming_a_save_images_folder_is_refused_up_front(tmp_path, capsys, baby, option, name, root):
+    """`--json sr --save-images sr`: the images made `sr` a folder, and after the whole run the JSON was
+    'kept' with 'appeared while eval ran (another run?)', a wrong reason, exit 1."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:64, :64]).save(folder / "x.png")
+    code, err = run_cli_err(capsys, "eval", "-m", "bicubic", "-d", str(folder), option, str(tmp_path / name),
+                            "--save-images", str(tmp_path / root), "--no-progress")
+    one_line(code, err, f"{option} {tmp_path / name}", "--save-images makes", "folder of SR images")
+    assert not (tmp_path / root).exists()
