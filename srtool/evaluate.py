@@ -94,16 +94,6 @@ def header_size(path: Path) -> tuple[int, int]:
     return image_size(path)
 
 
-def _check_kinds(pair: ImagePair) -> None:
-    """An RGB HR with a grayscale LR (or the reverse), from the headers: found before any model runs,
-    not when the image is reached (after other images were scored and saved)."""
-    from .imageio import dataset_kind, image_header
-
-    hr_kind, lr_kind = (dataset_kind(image_header(path)[2]) for path in (pair.hr_path, pair.lr_path))
-    if hr_kind and lr_kind and hr_kind != lr_kind:
-        raise _kind_mismatch(pair, lr_kind, hr_kind)
-
-
 def _kind_mismatch(pair: ImagePair, lr_kind: str, hr_kind: str) -> UserError:
     return UserError(f"{pair.lr_path}: LR is {lr_kind} but HR {pair.hr_path.name} is {hr_kind}")
 
@@ -111,14 +101,14 @@ def _kind_mismatch(pair: ImagePair, lr_kind: str, hr_kind: str) -> UserError:
 def check_pairs(dataset: Dataset) -> None:
     """Fail fast, before any model runs: every image complete (not truncated, see
     :func:`srtool.imageio.check_complete`) and every LR exactly HR / scale."""
-    from .imageio import check_complete
+    from .imageio import check_complete, dataset_kind, image_header
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
         check_complete(pair.hr_path)
         if pair.lr_path is not None:
             check_complete(pair.lr_path)
-        hr_w, hr_h = header_size(pair.hr_path)
+        hr_w, hr_h, hr_mode = image_header(pair.hr_path)
         if pair.lr_path is None and (hr_w < dataset.scale or hr_h < dataset.scale):
             raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
         # a generated LR comes from the mod-cropped HR: that is the size scored (19x19 at x4 -> 16x16)
@@ -131,13 +121,17 @@ def check_pairs(dataset: Dataset) -> None:
             )
         if pair.lr_path is None:
             continue
-        lr_w, lr_h = header_size(pair.lr_path)
+        lr_w, lr_h, lr_mode = image_header(pair.lr_path)
         if lr_w * dataset.scale != hr_w or lr_h * dataset.scale != hr_h:
             raise UserError(
                 f"{pair.lr_path}: LR is {lr_w}x{lr_h} but HR {pair.hr_path.name} is {hr_w}x{hr_h}; "
                 f"LR must be exactly HR/{dataset.scale} ({hr_w / dataset.scale:g}x{hr_h / dataset.scale:g})"
             )
-        _check_kinds(pair)
+        # grayscale LR for an RGB HR (or the reverse): here, not when the pair is reached (after other
+        # images were scored and saved); a palette image's kind is known only once decoded (Dataset.load)
+        hr_kind, lr_kind = dataset_kind(hr_mode), dataset_kind(lr_mode)
+        if hr_kind and lr_kind and hr_kind != lr_kind:
+            raise _kind_mismatch(pair, lr_kind, hr_kind)
 
 
 def _lr_dirs(folder: Path) -> dict[int, Path]:
