@@ -301,6 +301,7 @@ def eval_(
     lpips_net: Annotated[str, typer.Option("--lpips-net", metavar="alex|vgg", help="LPIPS backbone.")] = "alex",
     lpips_weights: Annotated[Optional[str], typer.Option("--lpips-weights", metavar="FILE", help="torchvision ImageNet weights of the LPIPS backbone for offline machines (default: $SRTOOL_LPIPS_WEIGHTS, then the torch hub cache or a download).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Images at once when the models run on the CPU (one per core; default: up to 4). PSNR/SSIM tested equal at any -j.")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse dataset images with more pixels (decompression-bomb guard).")] = 100_000_000,
 ) -> None:
     """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 
@@ -339,7 +340,7 @@ def eval_(
 
     report = run_eval(model or [], data, protocol, device, tile, scale, outputs,
                       progress=progress and not quiet, labels=label, metrics=metric or list(DEFAULT_METRICS),
-                      lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers)
+                      lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers, max_pixels=max_pixels)
     if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
         return
     if to_stdout:  # stdout carries that document only; the table goes to stderr

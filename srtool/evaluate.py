@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import UserError
+from .imageio import DEFAULT_MAX_PIXELS
 from .eval_results import AS_IS, DatasetResult, EvalReport, ImageResult, ModelEntry
 from .metrics import PROTOCOLS
 from .scoring import DEFAULT_METRICS, Scorer
@@ -59,6 +60,7 @@ class Dataset:
     scale: int
     pairs: list[ImagePair]
     lr_source: str
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the decompression-bomb guard (``--max-pixels``)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,13 +70,13 @@ class Dataset:
         from .imageio import read_dataset_image
         from .resize import downscale, modcrop
 
-        hr = read_dataset_image(pair.hr_path)
+        hr = read_dataset_image(pair.hr_path, self.max_pixels)
         if pair.lr_path is None:
             hr = modcrop(hr, self.scale)
             if min(hr.shape[:2]) == 0:
                 raise UserError(f"{pair.hr_path}: image is smaller than the scale factor x{self.scale}")
             return hr, downscale(hr, self.scale)
-        lr = read_dataset_image(pair.lr_path)
+        lr = read_dataset_image(pair.lr_path, self.max_pixels)
         h, w = hr.shape[:2]
         if lr.shape[0] * self.scale != h or lr.shape[1] * self.scale != w:
             raise UserError(
@@ -101,7 +103,7 @@ def _kind_mismatch(pair: ImagePair, lr_kind: str, hr_kind: str) -> UserError:
 def check_pairs(dataset: Dataset) -> None:
     """Fail fast, before any model runs: every image complete (not truncated, see
     :func:`srtool.imageio.check_complete`) and every LR exactly HR / scale."""
-    from .imageio import check_complete, dataset_kind, image_header
+    from .imageio import check_complete, check_pixels, dataset_kind, image_header
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
@@ -109,6 +111,7 @@ def check_pairs(dataset: Dataset) -> None:
         if pair.lr_path is not None:
             check_complete(pair.lr_path)
         hr_w, hr_h, hr_mode = image_header(pair.hr_path)
+        check_pixels(hr_w, hr_h, str(pair.hr_path), dataset.max_pixels)  # here, not when the image is reached
         if pair.lr_path is None and (hr_w < dataset.scale or hr_h < dataset.scale):
             raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
         # a generated LR comes from the mod-cropped HR: that is the size scored (19x19 at x4 -> 16x16)
@@ -155,7 +158,7 @@ def _dataset_images(folder: Path) -> list[Path]:
     return list_images(folder)
 
 
-def open_dataset(dataset: str | Path, scale: int) -> Dataset:
+def open_dataset(dataset: str | Path, scale: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """Resolve a dataset folder or name and pair its HR images with LR images at ``scale``.
 
     Raises :class:`UserError` for a missing HR/, an empty HR/, LR folders only for other scales
@@ -189,7 +192,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     hr_by_stem = _by_stem(hr_images, "HR", hr_dir, lambda stem: stem)
     if flat or not lr_dir.is_dir():
         pairs = [ImagePair(stem, p, None) for stem, p in hr_by_stem.items()]
-        dataset = Dataset(name, folder, scale, pairs, "generated")
+        dataset = Dataset(name, folder, scale, pairs, "generated", max_pixels)
         check_pairs(dataset)
         return dataset
     lr_by_stem = _by_stem(_dataset_images(lr_dir), "LR", lr_dir, lambda stem: _strip_scale_suffix(stem, scale))
@@ -202,7 +205,7 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     if lr_by_stem:
         extra = sorted(lr_by_stem)[0]
         raise UserError(f"{lr_by_stem[extra]}: LR image without an HR image {extra}.* in {hr_dir}")
-    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/{lr_dir.name}")
+    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/{lr_dir.name}", max_pixels)
     check_pairs(dataset)
     return dataset
 
@@ -885,16 +888,20 @@ def is_plain_image_folder(dataset: str | Path) -> bool:
     return path.is_dir() and not (path / "HR").is_dir()
 
 
-def open_image_folder(folder: str | Path) -> Dataset:
+def open_image_folder(folder: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """The images of ``folder`` as a dataset scored as they are (no-reference metrics only)."""
+    from .imageio import check_pixels, image_size
+
     path = Path(str(folder)).expanduser()
     images = _dataset_images(path)
     if not images:
         raise UserError(f"--data {folder}: no images in {path}")
+    for image in images:  # the decompression-bomb guard before any work, not when the image is reached
+        check_pixels(*image_size(image), str(image), max_pixels)
     label = _dataset_label(folder, path)
     if label == "HR" and path.resolve().parent.name:  # a benchmark's HR/ folder: say whose
         label = f"{path.resolve().parent.name}/HR"
-    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
+    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS, max_pixels)
 
 
 def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
@@ -934,7 +941,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
             def score_one(index: int) -> None:
                 pair = data.pairs[index]
                 started = time.perf_counter()
-                scored[index] = _scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None))
+                scored[index] = _scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path, data.max_pixels), None))
                 with one_at_a_time:
                     advance()
 
@@ -984,7 +991,8 @@ def _agree_on_images(shard, opened: list[Dataset]) -> None:
     shard.agree([(d.name, [pair.name for pair in d.pairs]) for d in opened], "found the datasets' images")
 
 
-def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None) -> EvalReport | None:
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EvalReport | None:
     """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
 
     Sharded like a model evaluation: each torchrun rank scores a slice, rank 0 gathers and writes."""
@@ -994,7 +1002,7 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
         if value is not None:
             raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
     def prepare():
-        opened = [open_image_folder(d) for d in datasets]
+        opened = [open_image_folder(d, max_pixels) for d in datasets]
         _unique_dataset_names(opened)
         _check_outputs(outputs, [], [])
         check_niqe_sizes(opened)
@@ -1044,13 +1052,15 @@ def run_eval(
     lpips_net: str = "alex",
     lpips_weights: str | Path | None = None,
     workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> EvalReport | None:
     """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
 
     ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names.
 
     ``workers`` (``-j``): images evaluated at once when the models run on the CPU (default: up to 4,
-    one per core; see :func:`evaluate_models`).
+    one per core; see :func:`evaluate_models`). ``max_pixels`` (``--max-pixels``): dataset images with more
+    pixels are refused before any work (decompression-bomb guard; None: no limit).
 
     ``metrics``: names from :data:`srtool.scoring.METRICS` (``"psnr,ssim,lpips,niqe"``). LPIPS weights
     are loaded before anything else, so missing weights stop the run before any image is read. Folders
@@ -1088,7 +1098,7 @@ def run_eval(
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
-        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers)
+        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers, max_pixels)
     def prepare():
         """Models loaded, datasets opened, outputs checked: under torchrun a refusal on any rank stops
         every rank, and rank 0 alone prints it (sharding.report_once)."""
@@ -1099,7 +1109,7 @@ def run_eval(
         scorer.scale = model_scale
         if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
             scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
-        opened = [open_dataset(d, model_scale) for d in datasets]
+        opened = [open_dataset(d, model_scale, max_pixels) for d in datasets]
         _unique_dataset_names(opened)
         _check_outputs(outputs, opened, model_labels(models), models)
         if "niqe" in chosen:

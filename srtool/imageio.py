@@ -96,7 +96,7 @@ def _check_pipe_head(head: bytes, label: str, max_pixels: int | None) -> None:
         raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
     except Exception:  # noqa: BLE001 -- a header that goes on past the head: checked on the whole file
         return
-    _check_pixels(*img.size, label, max_pixels)
+    check_pixels(*img.size, label, max_pixels)
 
 
 def read_image_bytes(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -115,11 +115,12 @@ def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) ->
         raise _NotForPIL(f"{label}: not an image file (or an unsupported format)") from None
     except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
-    _check_pixels(*img.size, label, max_pixels)
+    check_pixels(*img.size, label, max_pixels)
     return img
 
 
-def _check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
+def check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
+    """The decompression-bomb guard: more than ``max_pixels`` (None: no limit) is an :class:`ImageReadError`."""
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
             f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
@@ -598,7 +599,7 @@ def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | Non
             page = tiff.pages[0]
             if len(tiff.pages) != 1 or page.dtype != np.uint16 or page.shape[-1:] != (2,) or len(page.shape) != 3:
                 return None
-            _check_pixels(page.shape[1], page.shape[0], label, max_pixels)
+            check_pixels(page.shape[1], page.shape[0], label, max_pixels)
             array = np.ascontiguousarray(page.asarray(), dtype=np.uint16)
             orientation = page.tags.get(ORIENTATION_TAG)
             icc = page.tags.get(34675)

@@ -356,3 +356,26 @@ def test_a_file_output_naming_a_save_images_folder_is_refused_up_front(tmp_path,
                             "--save-images", str(tmp_path / root), "--no-progress")
     one_line(code, err, f"{option} {tmp_path / name}", "--save-images makes", "folder of SR images")
     assert not (tmp_path / root).exists()
+
+
+@pytest.mark.parametrize("command", [["-m", "bicubic"], ["--metric", "niqe"]])
+def test_max_pixels_is_an_eval_option_and_checked_before_any_work(tmp_path, capsys, baby, monkeypatch, command):
+    """An HR image over the decompression-bomb limit said 'raise it with --max-pixels', an option eval did
+    not have (a 110-megapixel HR could not be evaluated at all), and only when the image was reached."""
+    import srtool.evaluate
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(baby[:200, :200]).save(folder / "big.png")
+    Image.fromarray(baby[:96, :200]).save(folder / "small.png")
+    def refuse(*args, **kwargs):
+        raise AssertionError("evaluation started although an image is over the limit")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(srtool.evaluate, "evaluate", refuse)
+        patch.setattr(srtool.evaluate, "score_images", refuse)
+        code, err = run_cli_err(capsys, "eval", *command, "-d", str(folder), "--max-pixels", "30000", "--no-progress")
+    one_line(code, err, "big.png", "200x200 = 40,000 pixels exceeds the limit of 30,000", "--max-pixels")
+    code, err = run_cli_err(capsys, "eval", *command, "-d", str(folder), "--max-pixels", "40000", "--no-progress",
+                            "-q")
+    assert code == 0, err
