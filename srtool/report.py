@@ -95,16 +95,18 @@ def metric_notes(report: EvalReport) -> list[str]:
 
 
 def rich_table(report: EvalReport):
-    """The study's table shape: rows = models, a PSNR and an SSIM column per dataset."""
+    """The study's table shape: rows = models, a PSNR and an SSIM column per dataset. Names are text, not
+    markup (a label ``net[v2]`` showed as ``net``; ``[/]`` ended the run in a MarkupError)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title(report), title_justify="left")
+    table = Table(title=escape(title(report)), title_justify="left")
     table.add_column("model", style="bold")
     for name in report.dataset_names:
         for metric in report.metrics:
-            table.add_column(f"{name}\n{_heading(report, metric)}", justify="right")
+            table.add_column(f"{escape(name)}\n{_heading(report, metric)}", justify="right")
     for model in report.models:
-        row = [model.label]
+        row = [escape(model.label)]
         for name in report.dataset_names:
             row.extend(format_cells(report.cell(model.label, name), report.metrics))
         table.add_row(*row)
@@ -114,8 +116,18 @@ def rich_table(report: EvalReport):
 def print_report(report: EvalReport, console) -> None:
     """The table, then the protocol in words and any failures (one line each), on ``console``."""
     from rich.markup import escape
+    from rich.measure import Measurement
 
-    console.print(rich_table(report))
+    table = rich_table(report)
+    # never narrower than the table: squeezed into 80 columns (a log, a pipe) its names and numbers were
+    # cut to "Set5_…" and "0.81…"; a wider table is written whole (a terminal wraps its lines)
+    natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
     if not _as_is(report) and (report.metrics == DEFAULT_METRICS or {"psnr", "ssim"} & set(report.metrics)):
         console.print(f"protocol {report.protocol}: {PROTOCOL_DESCRIPTIONS[report.protocol]}", highlight=False)
     for note in metric_notes(report):

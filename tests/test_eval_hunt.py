@@ -379,3 +379,26 @@ def test_max_pixels_is_an_eval_option_and_checked_before_any_work(tmp_path, caps
     code, err = run_cli_err(capsys, "eval", *command, "-d", str(folder), "--max-pixels", "40000", "--no-progress",
                             "-q")
     assert code == 0, err
+
+
+def test_the_table_shows_whole_names_and_numbers_however_narrow_and_names_are_not_markup(tmp_path, capsys, baby):
+    """Piped into a log (80 columns), four datasets were cut to 'Set5_…' and SSIMs to '0.81…'; a label
+    'net[v2]' showed as 'net' (rich markup) and '[/]' ended the finished run in an internal MarkupError."""
+    from cli_runner import run_cli
+
+    names = [f"a_long_dataset_folder_name_{k}" for k in range(3)] + ["br[bold]x"]
+    args = []
+    for k, name in enumerate(names):
+        (tmp_path / name).mkdir()
+        Image.fromarray(baby[64 * k : 64 * k + 64, :64]).save(tmp_path / name / "p.png")
+        args += ["-d", str(tmp_path / name)]
+    code = run_cli("eval", "-m", "bicubic", "-m", "bicubic", "-l", "net[v2]", "-l", "[/]", *args,
+                   "--csv", str(tmp_path / "r.csv"), "--no-progress")
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for name in names + ["net[v2]", "[/]"]:
+        assert name in out, (name, out)
+    means = [row.split(",") for row in (tmp_path / "r.csv").read_text().splitlines() if ",(mean)," in row]
+    for row in means:
+        assert f"{float(row[4]):.2f}" in out and f"{float(row[5]):.4f}" in out, (row, out)
+    assert "…" not in out
