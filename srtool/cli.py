@@ -365,7 +365,7 @@ def eval_(
         err_console.print(f"SR images: {escape(str(save_images))}", highlight=False)
     if report.figure is not None:
         dataset, image, (x, y, w, h) = report.figure
-        err_console.print(f"figure: {escape(str(figure))} ({dataset}/{image}, region {x},{y},{w},{h})", highlight=False)
+        err_console.print(f"figure: {escape(str(figure))} ({escape(dataset)}/{escape(image)}, region {x},{y},{w},{h})", highlight=False)
     for output in report.kept:
         print_error(f"[bold red]error:[/bold red] {escape(output)}: appeared while eval ran (another run?) and was kept "
                     "as it is; the results are in the table above (use --overwrite to replace it)")
