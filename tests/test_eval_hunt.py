@@ -393,9 +393,11 @@ def test_the_table_shows_whole_names_and_numbers_however_narrow_and_names_are_no
         Image.fromarray(baby[64 * k : 64 * k + 64, :64]).save(tmp_path / name / "p.png")
         args += ["-d", str(tmp_path / name)]
     code = run_cli("eval", "-m", "bicubic", "-m", "bicubic", "-l", "net[v2]", "-l", "[/]", *args,
-                   "--csv", str(tmp_path / "r.csv"), "--no-progress")
+                   "--csv", str(tmp_path / "r.csv"), "--figure", str(tmp_path / "f.png"), "--figure-image",
+                   "br[bold]x/p", "--no-progress")
     out, err = capsys.readouterr()
     assert code == 0, err
+    assert "(br[bold]x/p, region" in err
     for name in names + ["net[v2]", "[/]"]:
         assert name in out, (name, out)
     means = [row.split(",") for row in (tmp_path / "r.csv").read_text().splitlines() if ",(mean)," in row]
