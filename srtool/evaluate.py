@@ -256,6 +256,7 @@ class ProgressHandle:
 
 def _rich_progress(description: str, total: int) -> ProgressHandle:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -264,7 +265,7 @@ def _rich_progress(description: str, total: int) -> ProgressHandle:
         console=Console(stderr=True), transient=False,
     )
     progress.start()
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(escape(description), total=total)  # a folder "x[/]y" is a name, not markup
 
     class _Handle(ProgressHandle):
         def advance(self) -> None:

@@ -404,3 +404,14 @@ def test_the_table_shows_whole_names_and_numbers_however_narrow_and_names_are_no
     for row in means:
         assert f"{float(row[4]):.2f}" in out and f"{float(row[5]):.4f}" in out, (row, out)
     assert "…" not in out
+
+
+def test_the_progress_bar_shows_a_dataset_name_as_it_is(capsys, monkeypatch):
+    """The bar's description went through rich markup: a folder 'br[bold]x' showed as 'brx'."""
+    from srtool.evaluate import _rich_progress
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal's rendering, into pytest's capture
+    bar = _rich_progress("br[bold]x x4", 1)
+    bar.advance()
+    bar.close()
+    assert "br[bold]x x4" in capsys.readouterr().err
