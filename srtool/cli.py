@@ -301,6 +301,7 @@ def eval_(
     lpips_net: Annotated[str, typer.Option("--lpips-net", metavar="alex|vgg", help="LPIPS backbone.")] = "alex",
     lpips_weights: Annotated[Optional[str], typer.Option("--lpips-weights", metavar="FILE", help="torchvision ImageNet weights of the LPIPS backbone for offline machines (default: $SRTOOL_LPIPS_WEIGHTS, then the torch hub cache or a download).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", "-j", min=1, help="Images at once when the models run on the CPU (one per core; default: up to 4). PSNR/SSIM tested equal at any -j.")] = None,
+    max_pixels: Annotated[int, typer.Option(min=1, help="Refuse dataset images with more pixels (decompression-bomb guard).")] = 100_000_000,
 ) -> None:
     """Print benchmark tables (PSNR/SSIM, optionally LPIPS/NIQE) computed the way the literature computes them.
 
@@ -308,7 +309,7 @@ def eval_(
     (LR made on the fly with MATLAB bicubic). --json - (or --csv -, --markdown -) writes that file to stdout
     (the table then goes to stderr)."""
     _quiet(quiet)
-    from .evaluate import EvalOutputs, parse_region, run_eval
+    from .evaluate import EvalOutputs, parse_region, refuse_empty, run_eval
     from .report import print_report
 
     from pathlib import Path
@@ -316,6 +317,10 @@ def eval_(
     def as_path(value: Optional[str]) -> Optional[Path]:
         return Path(value) if value is not None else None
 
+    for option, value in (("--json", json_out), ("--csv", csv_out), ("--markdown", markdown_out),
+                          ("--save-images", save_images), ("--figure", figure), ("--figure-image", figure_image),
+                          ("--figure-region", figure_region), ("--lpips-weights", lpips_weights)):
+        refuse_empty(option, value)  # an unset "$OUT": not the working folder, not "no figure"
     to_stdout = [f"{option} -" for option, value in (("--json", json_out), ("--csv", csv_out),
                                                      ("--markdown", markdown_out)) if value == "-"]
     if len(to_stdout) > 1:
@@ -335,7 +340,7 @@ def eval_(
 
     report = run_eval(model or [], data, protocol, device, tile, scale, outputs,
                       progress=progress and not quiet, labels=label, metrics=metric or list(DEFAULT_METRICS),
-                      lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers)
+                      lpips_net=lpips_net, lpips_weights=lpips_weights, workers=workers, max_pixels=max_pixels)
     if report is None:  # a torchrun rank other than 0: rank 0 prints the gathered table
         return
     if to_stdout:  # stdout carries that document only; the table goes to stderr
@@ -354,17 +359,20 @@ def eval_(
     for kind, option, path in (("JSON", "--json", None if json_stdout else json_out),
                                ("CSV", "--csv", None if csv_stdout else csv_out),
                                ("Markdown", "--markdown", None if markdown_stdout else markdown_out)):
-        if path is not None and f"{option} {path}" not in report.kept:
+        if path is not None and not any(line.startswith(f"{option} ") for line in report.kept + report.unwritten):
             err_console.print(f"{kind}: {escape(str(path))}", highlight=False)
     if save_images is not None:
         err_console.print(f"SR images: {escape(str(save_images))}", highlight=False)
     if report.figure is not None:
         dataset, image, (x, y, w, h) = report.figure
-        err_console.print(f"figure: {escape(str(figure))} ({dataset}/{image}, region {x},{y},{w},{h})", highlight=False)
+        err_console.print(f"figure: {escape(str(figure))} ({escape(dataset)}/{escape(image)}, region {x},{y},{w},{h})", highlight=False)
     for output in report.kept:
         print_error(f"[bold red]error:[/bold red] {escape(output)}: appeared while eval ran (another run?) and was kept "
                     "as it is; the results are in the table above (use --overwrite to replace it)")
-    if report.kept:
+    for line in report.unwritten:
+        print_error(f"[bold red]error:[/bold red] {escape(line)}; the results are in the table above")
+    failed = any(result.failed for result in report.results)  # a mean over fewer images than the set
+    if report.kept or report.unwritten or failed:
         raise typer.Exit(1)
 
 

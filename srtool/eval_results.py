@@ -106,6 +106,8 @@ class EvalReport:
     metric_sources: dict[str, str] = field(default_factory=dict)  # e.g. LPIPS net and backbone weights
     # output files (``--json PATH``...) that appeared while the run worked and were kept, not replaced
     kept: list[str] = field(default_factory=list)
+    # output files that could not be written (``--json /full/disk/r.json: cannot write (No space left...)``)
+    unwritten: list[str] = field(default_factory=list)
 
     @property
     def dataset_names(self) -> list[str]:

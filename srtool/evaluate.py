@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import UserError
+from .imageio import DEFAULT_MAX_PIXELS
 from .eval_results import AS_IS, DatasetResult, EvalReport, ImageResult, ModelEntry
 from .metrics import PROTOCOLS
 from .scoring import DEFAULT_METRICS, Scorer
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
     from .engine import SRModel
 
 LR_FOLDER = "LR_bicubic"
-_LR_SCALE_DIR = re.compile(r"^X(\d+)$")
+_LR_SCALE_DIR = re.compile(r"^X(\d+)$", re.IGNORECASE)  # X4, or x4 as some releases spell it
 
 
 # ----------------------------------------------------------------------------------------- datasets
@@ -59,6 +60,7 @@ class Dataset:
     scale: int
     pairs: list[ImagePair]
     lr_source: str
+    max_pixels: int | None = DEFAULT_MAX_PIXELS  # the decompression-bomb guard (``--max-pixels``)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,24 +70,22 @@ class Dataset:
         from .imageio import read_dataset_image
         from .resize import downscale, modcrop
 
-        hr = read_dataset_image(pair.hr_path)
+        hr = read_dataset_image(pair.hr_path, self.max_pixels)
         if pair.lr_path is None:
             hr = modcrop(hr, self.scale)
             if min(hr.shape[:2]) == 0:
                 raise UserError(f"{pair.hr_path}: image is smaller than the scale factor x{self.scale}")
             return hr, downscale(hr, self.scale)
-        lr = read_dataset_image(pair.lr_path)
+        lr = read_dataset_image(pair.lr_path, self.max_pixels)
         h, w = hr.shape[:2]
         if lr.shape[0] * self.scale != h or lr.shape[1] * self.scale != w:
             raise UserError(
                 f"{pair.lr_path}: LR is {lr.shape[1]}x{lr.shape[0]} but HR {pair.hr_path.name} is {w}x{h}; "
                 f"LR must be exactly HR/{self.scale} ({w / self.scale:g}x{h / self.scale:g})"
             )
-        if hr.ndim != lr.ndim:
+        if hr.ndim != lr.ndim:  # (found up front from the headers, but for palette images)
             kinds = {2: "grayscale", 3: "RGB"}
-            raise UserError(
-                f"{pair.lr_path}: LR is {kinds[lr.ndim]} but HR {pair.hr_path.name} is {kinds[hr.ndim]}"
-            )
+            raise _kind_mismatch(pair, kinds[lr.ndim], kinds[hr.ndim])
         return hr, lr
 
 
@@ -96,50 +96,75 @@ def header_size(path: Path) -> tuple[int, int]:
     return image_size(path)
 
 
+def _kind_mismatch(pair: ImagePair, lr_kind: str, hr_kind: str) -> UserError:
+    return UserError(f"{pair.lr_path}: LR is {lr_kind} but HR {pair.hr_path.name} is {hr_kind}")
+
+
 def check_pairs(dataset: Dataset) -> None:
     """Fail fast, before any model runs: every image complete (not truncated, see
     :func:`srtool.imageio.check_complete`) and every LR exactly HR / scale."""
-    from .imageio import check_complete
+    from .imageio import check_complete, check_pixels, dataset_kind, image_header
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
         check_complete(pair.hr_path)
         if pair.lr_path is not None:
             check_complete(pair.lr_path)
-        hr_w, hr_h = header_size(pair.hr_path)
-        if min(hr_w, hr_h) - 2 * dataset.scale < SSIM_WINDOW:
+        hr_w, hr_h, hr_mode = image_header(pair.hr_path)
+        check_pixels(hr_w, hr_h, str(pair.hr_path), dataset.max_pixels)  # here, not when the image is reached
+        if pair.lr_path is None and (hr_w < dataset.scale or hr_h < dataset.scale):
+            raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
+        # a generated LR comes from the mod-cropped HR: that is the size scored (19x19 at x4 -> 16x16)
+        scored = min(hr_w, hr_h) - (min(hr_w, hr_h) % dataset.scale if pair.lr_path is None else 0)
+        if scored - 2 * dataset.scale < SSIM_WINDOW:
+            cropped = "" if scored == min(hr_w, hr_h) else f"mod-cropping to a multiple of {dataset.scale} and "
             raise UserError(
-                f"{pair.hr_path}: {hr_w}x{hr_h} is too small to score: after cropping {dataset.scale} px from every "
-                f"border it must still hold the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
+                f"{pair.hr_path}: {hr_w}x{hr_h} is too small to score: after {cropped}cropping {dataset.scale} px "
+                f"from every border it must still hold the {SSIM_WINDOW}x{SSIM_WINDOW} SSIM window"
             )
         if pair.lr_path is None:
-            if hr_w < dataset.scale or hr_h < dataset.scale:
-                raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
             continue
-        lr_w, lr_h = header_size(pair.lr_path)
+        lr_w, lr_h, lr_mode = image_header(pair.lr_path)
         if lr_w * dataset.scale != hr_w or lr_h * dataset.scale != hr_h:
             raise UserError(
                 f"{pair.lr_path}: LR is {lr_w}x{lr_h} but HR {pair.hr_path.name} is {hr_w}x{hr_h}; "
                 f"LR must be exactly HR/{dataset.scale} ({hr_w / dataset.scale:g}x{hr_h / dataset.scale:g})"
             )
+        # grayscale LR for an RGB HR (or the reverse): here, not when the pair is reached (after other
+        # images were scored and saved); a palette image's kind is known only once decoded (Dataset.load)
+        hr_kind, lr_kind = dataset_kind(hr_mode), dataset_kind(lr_mode)
+        if hr_kind and lr_kind and hr_kind != lr_kind:
+            raise _kind_mismatch(pair, lr_kind, hr_kind)
 
 
-def _lr_scales(folder: Path) -> list[int]:
+def _lr_dirs(folder: Path) -> dict[int, Path]:
+    """``LR_bicubic/X{s}`` folders by scale (``x4`` counts too: it used to be ignored, and LR generated)."""
     lr_root = folder / LR_FOLDER
     if not lr_root.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in lr_root.iterdir() if p.is_dir() and (m := _LR_SCALE_DIR.match(p.name)))
+        return {}
+    found = {int(m.group(1)): p for p in sorted(lr_root.iterdir()) if p.is_dir() and (m := _LR_SCALE_DIR.match(p.name))}
+    return dict(sorted(found.items()))
 
 
-def open_dataset(dataset: str | Path, scale: int) -> Dataset:
+def _dataset_images(folder: Path) -> list[Path]:
+    """The images of a dataset folder; an entry named as an image that cannot be read as a file (a broken
+    link, a FIFO) is refused rather than left out: the means would be over fewer images than the set has."""
+    from .imageio import IMAGE_SUFFIXES, list_images
+
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_file() and not p.is_dir():
+            what = "a broken link" if p.is_symlink() and not p.exists() else "not a regular file"
+            raise UserError(f"{p}: {what}; a dataset image must be a file (remove or fix it)")
+    return list_images(folder)
+
+
+def open_dataset(dataset: str | Path, scale: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """Resolve a dataset folder or name and pair its HR images with LR images at ``scale``.
 
     Raises :class:`UserError` for a missing HR/, an empty HR/, LR folders only for other scales
     (the model's scale differs from the dataset's) or an HR image without its LR counterpart.
     """
-    from .imageio import list_images
     from .prepare import resolve_dataset
-
     from .prepare.paths import is_flat_hr_folder
 
     folder = Path(resolve_dataset(dataset, scale))
@@ -148,11 +173,12 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
         hr_dir = folder
     elif not hr_dir.is_dir():
         raise UserError(f"dataset {dataset}: {folder} has no HR/ folder (expected HR/ and optionally {LR_FOLDER}/X{scale}/)")
-    hr_images = list_images(hr_dir)
+    hr_images = _dataset_images(hr_dir)
     if not hr_images:
         raise UserError(f"dataset {dataset}: no images in {hr_dir}")
-    scales = _lr_scales(folder)
-    lr_dir = folder / LR_FOLDER / f"X{scale}"
+    lr_dirs = _lr_dirs(folder)
+    scales = list(lr_dirs)
+    lr_dir = lr_dirs.get(scale, folder / LR_FOLDER / f"X{scale}")
     flat = hr_dir == folder
     if flat:
         scales = []
@@ -163,17 +189,13 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
             f"(model scale and dataset scale must match)"
         )
     name = _dataset_label(dataset, folder)
+    hr_by_stem = _by_stem(hr_images, "HR", hr_dir, lambda stem: stem)
     if flat or not lr_dir.is_dir():
-        pairs = [ImagePair(p.stem, p, None) for p in hr_images]
-        dataset = Dataset(name, folder, scale, pairs, "generated")
+        pairs = [ImagePair(stem, p, None) for stem, p in hr_by_stem.items()]
+        dataset = Dataset(name, folder, scale, pairs, "generated", max_pixels)
         check_pairs(dataset)
         return dataset
-    lr_by_stem: dict[str, Path] = {}
-    for p in list_images(lr_dir):
-        stem = _strip_scale_suffix(p.stem, scale)
-        if stem in lr_by_stem:
-            raise UserError(f"{lr_dir}: two LR images for {stem!r}: {lr_by_stem[stem].name} and {p.name}")
-        lr_by_stem[stem] = p
+    lr_by_stem = _by_stem(_dataset_images(lr_dir), "LR", lr_dir, lambda stem: _strip_scale_suffix(stem, scale))
     pairs = []
     for hr_path in hr_images:
         lr_path = lr_by_stem.pop(hr_path.stem, None)
@@ -183,9 +205,22 @@ def open_dataset(dataset: str | Path, scale: int) -> Dataset:
     if lr_by_stem:
         extra = sorted(lr_by_stem)[0]
         raise UserError(f"{lr_by_stem[extra]}: LR image without an HR image {extra}.* in {hr_dir}")
-    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/X{scale}")
+    dataset = Dataset(name, folder, scale, pairs, f"{LR_FOLDER}/{lr_dir.name}", max_pixels)
     check_pairs(dataset)
     return dataset
+
+
+def _by_stem(images: list[Path], kind: str, folder: Path, key: Callable[[str], str]) -> dict[str, Path]:
+    """Images by the name results give them (their stem): two files of one name (``a.png``, ``a.jpg``)
+    would be two rows named ``a``, or an HR paired with the other's LR, so they are refused."""
+    found: dict[str, Path] = {}
+    for p in images:
+        stem = key(p.stem)
+        if stem in found:
+            raise UserError(f"{folder}: two {kind} images named {stem!r}: {found[stem].name} and {p.name}; results "
+                            "(and --save-images files) are named by stem, so rename or move one")
+        found[stem] = p
+    return found
 
 
 def _strip_scale_suffix(stem: str, scale: int) -> str:
@@ -221,6 +256,7 @@ class ProgressHandle:
 
 def _rich_progress(description: str, total: int) -> ProgressHandle:
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -229,7 +265,7 @@ def _rich_progress(description: str, total: int) -> ProgressHandle:
         console=Console(stderr=True), transient=False,
     )
     progress.start()
-    task = progress.add_task(description, total=total)
+    task = progress.add_task(escape(description), total=total)  # a folder "x[/]y" is a name, not markup
 
     class _Handle(ProgressHandle):
         def advance(self) -> None:
@@ -497,14 +533,26 @@ def evaluate_dataset(
                            workers=workers)[0]
 
 
+def unique_names(names: Sequence[str]) -> list[str]:
+    """``names`` with ``#2``, ``#3`` appended to repeats, never onto a name given as it is (``x``, ``x``,
+    ``x#2`` -> ``x``, ``x#3``, ``x#2``: two ``x#2`` would share one table row or column)."""
+    taken = set(names)
+    seen: dict[str, int] = {}
+    unique = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        candidate, n = name, seen[name]
+        while n > 1 and (candidate := f"{name}#{n}") in taken:
+            n += 1
+        seen[name] = n
+        taken.add(candidate)
+        unique.append(candidate)
+    return unique
+
+
 def model_labels(models: Sequence[SRModel]) -> list[str]:
     """Unique row labels: the model names, with ``#2``, ``#3`` appended to repeats."""
-    seen: dict[str, int] = {}
-    labels = []
-    for m in models:
-        seen[m.name] = seen.get(m.name, 0) + 1
-        labels.append(m.name if seen[m.name] == 1 else f"{m.name}#{seen[m.name]}")
-    return labels
+    return unique_names([m.name for m in models])
 
 
 # ------------------------------------------------------------------------------------- whole runs
@@ -512,11 +560,8 @@ def model_labels(models: Sequence[SRModel]) -> list[str]:
 
 def _unique_dataset_names(data: Sequence[Dataset]) -> None:
     """Two folders with the same name still get separate table columns (``name#2``)."""
-    seen: dict[str, int] = {}
-    for dataset in data:
-        seen[dataset.name] = seen.get(dataset.name, 0) + 1
-        if seen[dataset.name] > 1:
-            dataset.name = f"{dataset.name}#{seen[dataset.name]}"
+    for dataset, name in zip(data, unique_names([d.name for d in data])):
+        dataset.name = name
 
 
 def evaluate(
@@ -536,6 +581,9 @@ def evaluate(
     models = _model_list(models)
     if isinstance(datasets, (str, Path)):  # one dataset, not its name's letters
         datasets = [datasets]
+    datasets = list(datasets)
+    if opened is None and not datasets:  # an empty report would read as "evaluated, nothing to say"
+        raise UserError("no dataset given")
     scale = _common_scale(models, protocol)
     scorer = scorer or Scorer(DEFAULT_METRICS, scale, protocol)
     data = list(opened) if opened is not None else [open_dataset(d, scale) for d in datasets]
@@ -584,8 +632,10 @@ def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | N
     """
     from .devices import resolve_device
     from .loading import bicubic_model, load_model
+    from .model_files import check_model_options
 
     resolve_device(device)  # an unusable --device is refused even when only bicubic (no network) is evaluated
+    check_model_options(tile, None, "model", None)  # and a bad --tile (bicubic alone used to take any)
     specs = list(specs) or ["default"]
     loaded: dict[int, SRModel] = {}
     for i, spec in enumerate(specs):
@@ -605,7 +655,9 @@ def load_models(specs: Sequence[str | Path], device: str = "auto", tile: int | N
 
 
 def _safe_component(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._#+-]", "_", text) or "_"
+    """One folder name: ``/`` and the like become ``_``; ``.``/``..`` too (``--label ..`` wrote one level up)."""
+    safe = re.sub(r"[^A-Za-z0-9._#+-]", "_", text)
+    return "_" * max(1, len(safe)) if safe in ("", ".", "..") else safe
 
 
 def saved_image_path(root: Path, dataset: str, model_label: str, image: str) -> Path:
@@ -678,27 +730,38 @@ def _check_outputs(
     if root.exists() and not root.is_dir():
         raise UserError(f"--save-images {root}: exists and is not a folder")
     _check_writable_file("--save-images", root / "x")
-    for d in datasets:
-        stems: dict[str, Path] = {}
-        for pair in d.pairs:
-            if pair.name in stems:
-                raise UserError(
-                    f"--save-images: {stems[pair.name]} and {pair.hr_path} would both be saved as {pair.name}.png; "
-                    "rename one of them"
-                )
-            stems[pair.name] = pair.hr_path
+    folders = {_resolved(root): str(root)}  # the folders the images go into: no file output may be one of them
+    for d in datasets:  # (one image per name: open_dataset refuses a.png beside a.jpg)
         for label in labels:
+            folders.update({_resolved(f): str(f) for f in (root / _safe_component(d.name),
+                                                         saved_image_path(root, d.name, label, "x").parent)})
             for pair in d.pairs:
-                claim("--save-images", saved_image_path(root, d.name, label, pair.name))
+                path = saved_image_path(root, d.name, label, pair.name)
+                _check_writable_file("--save-images", path)  # ROOT/Set5 a file, baby.png a folder
+                claim("--save-images", path)
+    for key, option in claimed.items():
+        if key in folders:
+            raise UserError(f"{option}: --save-images makes {folders[key]} a folder of SR images; "
+                            "give this output another name")
 
 
 def find_image(datasets: Sequence[Dataset], wanted: str) -> tuple[Dataset, ImagePair]:
-    """The image ``NAME`` (first dataset holding it) or ``DATASET/NAME``."""
+    """The image ``NAME`` (first dataset holding it) or ``DATASET/NAME``; a file name (``baby.png``) names its image."""
+    key = _image_key(wanted)
     for dataset in datasets:
         for pair in dataset.pairs:
-            if wanted in (pair.name, f"{dataset.name}/{pair.name}"):
+            if key in (pair.name, f"{dataset.name}/{pair.name}"):
                 return dataset, pair
-    raise UserError(f"--figure-image {wanted}: no such image in {', '.join(d.name for d in datasets)}")
+    names = [pair.name for d in datasets for pair in d.pairs]
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} images)" if len(names) > 8 else "")
+    raise UserError(f"--figure-image {wanted}: no such image in {', '.join(d.name for d in datasets)} (images: {shown})")
+
+
+def _image_key(wanted: str) -> str:
+    """``--figure-image`` as results name images: ``baby.png`` (the file) is ``baby``."""
+    from .imageio import IMAGE_SUFFIXES
+
+    return wanted[: -len(Path(wanted).suffix)] if Path(wanted).suffix.lower() in IMAGE_SUFFIXES else wanted
 
 
 def _check_region(region: tuple[int, int, int, int], dataset: Dataset, pair: ImagePair, chosen: bool = True) -> None:
@@ -749,8 +812,9 @@ def choose_figure_image(report: EvalReport, wanted: str | None) -> tuple[str, st
             value = getattr(image, metric.name, None)
             by_image.setdefault((r.name, image.name), []).append(None if value is None else sign * value)
     if wanted:
+        key = _image_key(wanted)
         for dataset, image in by_image:
-            if wanted in (image, f"{dataset}/{image}"):
+            if key in (image, f"{dataset}/{image}"):
                 return dataset, image
         raise UserError(f"--figure-image {wanted}: no such image in {', '.join(report.dataset_names)}")
     scored = {key: values for key, values in by_image.items() if all(v is not None for v in values)}
@@ -811,6 +875,9 @@ def _write_figure(report: EvalReport, models: Sequence[SRModel], datasets: Seque
     except OutputExists:
         report.kept.append(f"--figure {outputs.figure}")
         return None
+    except OSError as exc:
+        report.unwritten.append(_cannot_write("--figure", outputs.figure, exc))
+        return None
     return dataset_name, image_name, layout.region
 
 
@@ -822,18 +889,20 @@ def is_plain_image_folder(dataset: str | Path) -> bool:
     return path.is_dir() and not (path / "HR").is_dir()
 
 
-def open_image_folder(folder: str | Path) -> Dataset:
+def open_image_folder(folder: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Dataset:
     """The images of ``folder`` as a dataset scored as they are (no-reference metrics only)."""
-    from .imageio import list_images
+    from .imageio import check_pixels, image_size
 
     path = Path(str(folder)).expanduser()
-    images = list_images(path)
+    images = _dataset_images(path)
     if not images:
         raise UserError(f"--data {folder}: no images in {path}")
+    for image in images:  # the decompression-bomb guard before any work, not when the image is reached
+        check_pixels(*image_size(image), str(image), max_pixels)
     label = _dataset_label(folder, path)
     if label == "HR" and path.resolve().parent.name:  # a benchmark's HR/ folder: say whose
         label = f"{path.resolve().parent.name}/HR"
-    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS)
+    return Dataset(label, path, 1, [ImagePair(p.name, p, None) for p in images], AS_IS, max_pixels)
 
 
 def check_niqe_sizes(datasets: Sequence[Dataset]) -> None:
@@ -873,7 +942,7 @@ def score_images(datasets: Sequence[Dataset], scorer: Scorer, protocol: str = "y
             def score_one(index: int) -> None:
                 pair = data.pairs[index]
                 started = time.perf_counter()
-                scored[index] = _scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path), None))
+                scored[index] = _scored(pair.name, started, scorer.score(read_dataset_image(pair.hr_path, data.max_pixels), None))
                 with one_at_a_time:
                     advance()
 
@@ -900,6 +969,12 @@ def _write_reports(report: EvalReport, outputs: EvalOutputs) -> None:
                 write(report, path, replace=outputs.overwrite)
             except OutputExists:
                 report.kept.append(f"{option} {path}")
+            except OSError as exc:  # after the work: the results are still shown, this file named
+                report.unwritten.append(_cannot_write(option, path, exc))
+
+
+def _cannot_write(option: str, path: Path, exc: OSError) -> str:
+    return f"{option} {path}: cannot write ({exc.strerror or exc})"
 
 
 def _gathered(shard, report: EvalReport) -> EvalReport | None:
@@ -917,7 +992,8 @@ def _agree_on_images(shard, opened: list[Dataset]) -> None:
     shard.agree([(d.name, [pair.name for pair in d.pairs]) for d in opened], "found the datasets' images")
 
 
-def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None) -> EvalReport | None:
+def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, workers: int | None,
+               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> EvalReport | None:
     """``srtool eval --metric niqe --data FOLDER`` (no --model) on folders without HR/: score the images themselves.
 
     Sharded like a model evaluation: each torchrun rank scores a slice, rank 0 gathers and writes."""
@@ -927,7 +1003,7 @@ def _run_as_is(datasets, protocol, outputs, progress, scorer: Scorer, shard, wor
         if value is not None:
             raise UserError(f"{option}: not available when scoring images as they are (no model, no HR)")
     def prepare():
-        opened = [open_image_folder(d) for d in datasets]
+        opened = [open_image_folder(d, max_pixels) for d in datasets]
         _unique_dataset_names(opened)
         _check_outputs(outputs, [], [])
         check_niqe_sizes(opened)
@@ -957,6 +1033,12 @@ def _expand_home(outputs: EvalOutputs) -> EvalOutputs:
                    save_images=expand(outputs.save_images), figure=expand(outputs.figure))
 
 
+def refuse_empty(option: str, *values: object) -> None:
+    """An empty value (an unset ``"$OUT"``) is refused: as a path it would be the working folder."""
+    if any(value is not None and not str(value).strip() for value in values):
+        raise UserError(f"{option}: empty value; give a name or leave the option out")
+
+
 def run_eval(
     model_specs: Sequence[str | Path],
     datasets: Sequence[str | Path],
@@ -971,13 +1053,15 @@ def run_eval(
     lpips_net: str = "alex",
     lpips_weights: str | Path | None = None,
     workers: int | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> EvalReport | None:
     """What ``srtool eval`` does: load models, check datasets and outputs, evaluate, write files.
 
     ``labels`` name the table rows, one per model spec in order (``--label``); default: the models' names.
 
     ``workers`` (``-j``): images evaluated at once when the models run on the CPU (default: up to 4,
-    one per core; see :func:`evaluate_models`).
+    one per core; see :func:`evaluate_models`). ``max_pixels`` (``--max-pixels``): dataset images with more
+    pixels are refused before any work (decompression-bomb guard; None: no limit).
 
     ``metrics``: names from :data:`srtool.scoring.METRICS` (``"psnr,ssim,lpips,niqe"``). LPIPS weights
     are loaded before anything else, so missing weights stop the run before any image is read. Folders
@@ -999,6 +1083,8 @@ def run_eval(
         raise UserError(f"--protocol {protocol!r}: choose one of {', '.join(PROTOCOLS)}")
     if not datasets:
         raise UserError("no dataset given (use --data FOLDER_OR_NAME)")
+    for option, values in (("--data", datasets), ("--model", model_specs), ("--label", labels or [])):
+        refuse_empty(option, *values)
     workers_or_default(workers)  # checked before any model loads
     if outputs.figure is not None and Path(outputs.figure).suffix.lower() != ".png":
         raise UserError(f"--figure {outputs.figure}: the figure is a PNG; give a .png file name")
@@ -1013,7 +1099,7 @@ def run_eval(
     if not scorer.needs_reference and not list(model_specs) and any(is_plain_image_folder(d) for d in datasets):
         if labels:
             raise UserError("--label names the rows of --model; images scored as they are (no --model) are one row")
-        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers)
+        return _run_as_is(datasets, protocol, outputs, progress, scorer, shard, workers, max_pixels)
     def prepare():
         """Models loaded, datasets opened, outputs checked: under torchrun a refusal on any rank stops
         every rank, and rank 0 alone prints it (sharding.report_once)."""
@@ -1024,7 +1110,7 @@ def run_eval(
         scorer.scale = model_scale
         if scorer.lpips is not None and any(m.device.type == "cuda" for m in models):  # --device auto found a GPU
             scorer.lpips.to(next(m.device for m in models if m.device.type == "cuda"))
-        opened = [open_dataset(d, model_scale) for d in datasets]
+        opened = [open_dataset(d, model_scale, max_pixels) for d in datasets]
         _unique_dataset_names(opened)
         _check_outputs(outputs, opened, model_labels(models), models)
         if "niqe" in chosen:
@@ -1047,6 +1133,8 @@ def run_eval(
                 except OutputExists:  # checked before any work: made since, by a second run into ROOT?
                     raise UserError(f"--save-images {path}: appeared after the run started (another run?); "
                                     "kept as it is (use --overwrite to replace it)") from None
+                except OSError as exc:  # a full disk, a read-only folder: one line, not an internal error
+                    raise UserError(_cannot_write("--save-images", path, exc)) from None
 
     if shard.enabled:  # the same images on every rank; also the barrier: every rank has checked the outputs
         _agree_on_images(shard, opened)
@@ -1060,5 +1148,8 @@ def run_eval(
         report = evaluate(models, datasets, protocol, progress, on_image, opened=opened, scorer=scorer, workers=workers)
     _write_reports(report, outputs)
     if outputs.figure is not None:
-        report.figure = _write_figure(report, models, opened, outputs, scorer)
+        try:
+            report.figure = _write_figure(report, models, opened, outputs, scorer)
+        except UserError as exc:  # no image every model scored, a model failing on it: after the work, the
+            report.unwritten.append(str(exc))  # table is still shown, with this line
     return report

@@ -154,9 +154,10 @@ def render_comparison(
     overview = Image.fromarray(_rgb(hr)).resize((overview_w, overview_h), Image.Resampling.LANCZOS)
     figure.paste(overview, (MARGIN, top))
     sx, sy = overview_w / width, overview_h / height
-    draw.rectangle(
-        (MARGIN + x * sx, top + y * sy, MARGIN + (x + w) * sx - 1, top + (y + h) * sy - 1), outline=REGION_COLOUR, width=2
-    )
+    x0, y0 = MARGIN + x * sx, top + y * sy
+    # a thin region (288x9) is under one overview pixel across: its box is still drawn, at least one pixel
+    draw.rectangle((x0, y0, max(x0, MARGIN + (x + w) * sx - 1), max(y0, top + (y + h) * sy - 1)),
+                   outline=REGION_COLOUR, width=2)
     layout = FigureLayout((fig_w, fig_h), region, zoom, (MARGIN, top, overview_w, overview_h), title=title)
     left = MARGIN + overview_w + MARGIN
     for panel in panels:

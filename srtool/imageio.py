@@ -110,7 +110,7 @@ def _check_pipe_head(head: bytes, label: str, max_pixels: int | None) -> None:
         raise ImageReadError(f"{label}: not an image file (or an unsupported format)") from None
     except Exception:  # noqa: BLE001 -- a header that goes on past the head: checked on the whole file
         return
-    _check_pixels(*img.size, label, max_pixels)
+    check_pixels(*img.size, label, max_pixels)
 
 
 def read_image_bytes(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -129,11 +129,12 @@ def _open_checked(data: bytes | BinaryIO, label: str, max_pixels: int | None) ->
         raise _NotForPIL(f"{label}: not an image file (or an unsupported format)") from None
     except Exception as exc:  # PIL's decoders raise many types on hostile files (TypeError, struct.error, ...)
         raise ImageReadError(f"{label}: corrupt or truncated image ({_reason(exc)})") from None
-    _check_pixels(*img.size, label, max_pixels)
+    check_pixels(*img.size, label, max_pixels)
     return img
 
 
-def _check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
+def check_pixels(width: int, height: int, label: str, max_pixels: int | None) -> None:
+    """The decompression-bomb guard: more than ``max_pixels`` (None: no limit) is an :class:`ImageReadError`."""
     if max_pixels is not None and width * height > max_pixels:
         raise ImageReadError(
             f"{label}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
@@ -216,12 +217,19 @@ def open_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) as viewers show it (EXIF orientation applied), from the header only."""
+    width, height, _ = image_header(path)
+    return width, height
+
+
+def image_header(path: str | Path) -> tuple[int, int, str]:
+    """(width, height, PIL mode) from the header only; the size as :func:`image_size` gives it."""
     label = str(path)
     try:
         with open(path, "rb") as fh, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(fh) as img:
                 width, height = img.size
+                mode = img.mode
                 header_only = img.format == "PNG" and not _png_metadata_after_pixels(fh)
                 orientation, _ = exif_orientation(img, label, header_only)
     except ImageReadError:
@@ -233,8 +241,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     except Exception as exc:  # noqa: BLE001
         raise ImageReadError(f"{label}: corrupt or unreadable image ({_reason(exc)})") from None
     if img.format == "TIFF" and _pil_orients_tiffs():  # PIL's size is the oriented one already
-        return width, height
-    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+        return width, height, mode
+    return (height, width, mode) if orientation in (5, 6, 7, 8) else (width, height, mode)
 
 
 _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -288,10 +296,22 @@ def check_complete(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS
     open_image(path, max_pixels)
 
 
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+_GRAY_MODES = ("L", "1", "LA")
+
+
+def dataset_kind(mode: str) -> str | None:
+    """What :func:`to_dataset_array` makes of an image of PIL ``mode``: "grayscale" or "RGB"; None for a
+    palette image (grayscale when its palette is)."""
+    if mode == "P":
+        return None
+    return "grayscale" if mode in _WIDE_GRAY_MODES + _GRAY_MODES else "RGB"
+
+
 def to_dataset_array(img: Image.Image) -> np.ndarray:
     """uint8 (H, W) for grayscale images, (H, W, 3) otherwise; see the module docstring for conversions."""
     mode = img.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode in _WIDE_GRAY_MODES:
         arr = np.asarray(img).astype(np.float64)
         if mode == "I" and arr.max(initial=0) <= 255:  # 'I' holding 8-bit data
             return np.clip(arr, 0, 255).astype(np.uint8)
@@ -302,7 +322,7 @@ def to_dataset_array(img: Image.Image) -> np.ndarray:
         if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 1], arr[..., 2]):
             return np.ascontiguousarray(arr[..., 0])
         return arr
-    if mode in ("L", "1", "LA"):
+    if mode in _GRAY_MODES:
         return np.asarray(img.convert("L"))
     return np.asarray(img.convert("RGB"))
 
@@ -593,7 +613,7 @@ def _read_tiff_pil_cannot_open(source: str | Path | bytes, max_pixels: int | Non
             page = tiff.pages[0]
             if len(tiff.pages) != 1 or page.dtype != np.uint16 or page.shape[-1:] != (2,) or len(page.shape) != 3:
                 return None
-            _check_pixels(page.shape[1], page.shape[0], label, max_pixels)
+            check_pixels(page.shape[1], page.shape[0], label, max_pixels)
             array = np.ascontiguousarray(page.asarray(), dtype=np.uint16)
             orientation = page.tags.get(ORIENTATION_TAG)
             icc = page.tags.get(34675)

@@ -95,16 +95,18 @@ def metric_notes(report: EvalReport) -> list[str]:
 
 
 def rich_table(report: EvalReport):
-    """The study's table shape: rows = models, a PSNR and an SSIM column per dataset."""
+    """The study's table shape: rows = models, a PSNR and an SSIM column per dataset. Names are text, not
+    markup (a label ``net[v2]`` showed as ``net``; ``[/]`` ended the run in a MarkupError)."""
+    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title(report), title_justify="left")
+    table = Table(title=escape(title(report)), title_justify="left")
     table.add_column("model", style="bold")
     for name in report.dataset_names:
         for metric in report.metrics:
-            table.add_column(f"{name}\n{_heading(report, metric)}", justify="right")
+            table.add_column(f"{escape(name)}\n{_heading(report, metric)}", justify="right")
     for model in report.models:
-        row = [model.label]
+        row = [escape(model.label)]
         for name in report.dataset_names:
             row.extend(format_cells(report.cell(model.label, name), report.metrics))
         table.add_row(*row)
@@ -114,8 +116,18 @@ def rich_table(report: EvalReport):
 def print_report(report: EvalReport, console) -> None:
     """The table, then the protocol in words and any failures (one line each), on ``console``."""
     from rich.markup import escape
+    from rich.measure import Measurement
 
-    console.print(rich_table(report))
+    table = rich_table(report)
+    # never narrower than the table: squeezed into 80 columns (a log, a pipe) its names and numbers were
+    # cut to "Set5_…" and "0.81…"; a wider table is written whole (a terminal wraps its lines)
+    natural = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    width = console.width
+    console.width = max(width, natural)
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
     if not _as_is(report) and (report.metrics == DEFAULT_METRICS or {"psnr", "ssim"} & set(report.metrics)):
         console.print(f"protocol {report.protocol}: {PROTOCOL_DESCRIPTIONS[report.protocol]}", highlight=False)
     for note in metric_notes(report):
@@ -214,6 +226,11 @@ def to_csv(report: EvalReport) -> str:
     return buffer.getvalue()
 
 
+def _cell(text: str) -> str:
+    """A Markdown table cell: a ``|`` in a label, dataset or image name would split it into two columns."""
+    return str(text).replace("|", "\\|")
+
+
 def to_markdown(report: EvalReport) -> str:
     lines = [f"# srtool eval: {title(report)}", ""]
     lines.append(f"srtool {report.srtool_version}, {report.created}. Scores are means of per-image scores.")
@@ -221,11 +238,11 @@ def to_markdown(report: EvalReport) -> str:
     metrics = report.metrics
     header = ["model"]
     for name in report.dataset_names:
-        header += [f"{name} {_heading(report, m)}" for m in metrics]
+        header += [f"{_cell(name)} {_heading(report, m)}" for m in metrics]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for m in report.models:
-        row = [m.label]
+        row = [_cell(m.label)]
         for name in report.dataset_names:
             row.extend(format_cells(report.cell(m.label, name), metrics))
         lines.append("| " + " | ".join(row) + " |")
@@ -244,10 +261,12 @@ def to_markdown(report: EvalReport) -> str:
         lines += ["", f"## {r.model} on {r.name}", "", f"LR: {r.lr_source}", "", f"| image | {heads} |",
                   "|---|" + "---:|" * len(metrics)]
         for i in r.images:
-            if i.failed:
-                lines.append(f"| {i.name} | failed | {(i.error or '').replace('|', '/')} |" + " |" * (len(metrics) - 2))
+            if i.failed:  # "failed" and the error in the first two columns (in one with a single metric)
+                cells = ["failed", _cell(i.error or "")] + [""] * (len(metrics) - 2)
+                cells = cells if len(metrics) > 1 else [f"failed: {cells[1]}"]
+                lines.append(f"| {_cell(i.name)} | " + " | ".join(cells) + " |")
             else:
-                lines.append(f"| {i.name} | " + " | ".join(f"{getattr(i, m):.{METRICS[m].digits + 2}f}" for m in metrics) + " |")
+                lines.append(f"| {_cell(i.name)} | " + " | ".join(f"{getattr(i, m):.{METRICS[m].digits + 2}f}" for m in metrics) + " |")
         lines.append("| **mean** | " + " | ".join(f"**{c}**" for c in format_cells(r, metrics)) + " |")
     return "\n".join(lines).replace("|  |", "| |") + "\n"
 

@@ -54,10 +54,11 @@ def is_flat_hr_folder(path: Path) -> bool:
 
 def given_dataset_folder(name_or_path: str | Path) -> Path | None:
     """The folder a dataset argument names as a path, or None where it names a known dataset: a known
-    name (``Set5``) means the data dir's copy unless a same-named folder here has an ``HR/`` subfolder."""
+    name (``Set5``) means the data dir's copy unless a same-named folder here is a dataset: it has an ``HR/``
+    subfolder, or HR images directly in it (a downloaded ``Set5/`` of PNGs is the user's, not the data dir's)."""
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if _KNOWN.get(text.lower()) is None or (path.exists() and (path / "HR").is_dir()):
+    if _KNOWN.get(text.lower()) is None or (path / "HR").is_dir() or is_flat_hr_folder(path):
         return path
     return None
 
