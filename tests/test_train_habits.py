@@ -141,15 +141,21 @@ def test_quiet_run_validating_on_a_flat_hr_folder(t91_subset, shared_data, tmp_p
     assert (tmp_path / "run" / "exports" / "best.safetensors").is_file()
 
 
-def test_plain_hr_folder_is_prepared_once_into_the_cache_without_a_bar_under_no_progress(shared_data, tmp_path,
-                                                                                        monkeypatch, capsys):
-    """README: `--data` takes a plain folder of HR images, prepared once into $SRTOOL_CACHE_DIR/train-folders/<key>;
-    `--no-progress` means no live display, the implicit prepare's bar included."""
+def plain_folder_with_its_cache(shared_data: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A plain folder of two T91 images (links), its training cache in tmp_path/cache."""
     plain = tmp_path / "plain"
     plain.mkdir()
     for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:2]:
         (plain / image.name).symlink_to(image)
     monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    return plain
+
+
+def test_plain_hr_folder_is_prepared_once_into_the_cache_without_a_bar_under_no_progress(shared_data, tmp_path,
+                                                                                        monkeypatch, capsys):
+    """README: `--data` takes a plain folder of HR images, prepared once into $SRTOOL_CACHE_DIR/train-folders/<key>;
+    `--no-progress` means no live display, the implicit prepare's bar included."""
+    plain = plain_folder_with_its_cache(shared_data, tmp_path, monkeypatch)
     args = ["train", "--preset", "srresnet", "--data", str(plain), "--no-progress",
             *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]]
     assert run_cli(*args, "--out", str(tmp_path / "run1")) == 0
@@ -167,11 +173,7 @@ def test_a_prepared_read_only_cache_is_used_without_taking_its_lock(shared_data,
     The read-only file system is simulated where it bites: creating the lock file fails with EROFS."""
     import errno
 
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    for image in sorted((shared_data / "train" / "T91").glob("*.png"))[:2]:
-        (plain / image.name).symlink_to(image)
-    monkeypatch.setenv("SRTOOL_CACHE_DIR", str(tmp_path / "cache"))
+    plain = plain_folder_with_its_cache(shared_data, tmp_path, monkeypatch)
     args = ["train", "--preset", "srresnet", "--data", str(plain), "-q",
             *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)]]
     assert run_cli(*args, "--out", str(tmp_path / "run1")) == 0
