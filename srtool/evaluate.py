@@ -107,11 +107,11 @@ def check_pairs(dataset: Dataset) -> None:
     from .metrics import SSIM_WINDOW
 
     for pair in dataset.pairs:
-        check_complete(pair.hr_path)
-        if pair.lr_path is not None:
-            check_complete(pair.lr_path)
         hr_w, hr_h, hr_mode = image_header(pair.hr_path)
         check_pixels(hr_w, hr_h, str(pair.hr_path), dataset.max_pixels)  # here, not when the image is reached
+        check_complete(pair.hr_path, dataset.max_pixels)  # (decodes all but PNG/JPEG: under the dataset's limit)
+        if pair.lr_path is not None:
+            check_complete(pair.lr_path, dataset.max_pixels)
         if pair.lr_path is None and (hr_w < dataset.scale or hr_h < dataset.scale):
             raise UserError(f"{pair.hr_path}: image {hr_w}x{hr_h} is smaller than the scale factor x{dataset.scale}")
         # a generated LR comes from the mod-cropped HR: that is the size scored (19x19 at x4 -> 16x16)

@@ -381,6 +381,18 @@ def test_max_pixels_is_an_eval_option_and_checked_before_any_work(tmp_path, caps
     assert code == 0, err
 
 
+def test_a_raised_max_pixels_reaches_the_completeness_check(tmp_path):
+    """The up-front check that an image decodes (every format but PNG/JPEG is decoded in full) used the
+    default limit whatever --max-pixels said: a 100.02-megapixel BMP was refused under --max-pixels 2e8."""
+    from srtool.evaluate import open_dataset
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    Image.new("1", (10_001, 10_001)).save(folder / "scan.bmp")  # 12.5 MB on disk, 1 bit a pixel
+    dataset = open_dataset(folder, 4, max_pixels=200_000_000)
+    assert [pair.name for pair in dataset.pairs] == ["scan"]
+
+
 def test_the_table_shows_whole_names_and_numbers_however_narrow_and_names_are_not_markup(tmp_path, capsys, baby):
     """Piped into a log (80 columns), four datasets were cut to 'Set5_…' and SSIMs to '0.81…'; a label
     'net[v2]' showed as 'net' (rich markup) and '[/]' ended the finished run in an internal MarkupError."""
