@@ -58,11 +58,16 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
+def _source_label(source: str | Path | bytes) -> str:
+    """How messages name an image source: its path, or ``<stdin>`` for bytes (``srtool upscale -``)."""
+    return "<stdin>" if isinstance(source, bytes) else str(source)
+
+
 def _read_source(source: str | Path | bytes, max_pixels: int | None) -> tuple[bytes, str]:
     """The bytes of ``source`` and its label. A file is read only once its header shows an image
     within ``max_pixels``: a multi-gigabyte non-image with an image's name, or a scan over the
     limit, is refused without being read into memory (it used to take its whole size in RAM first)."""
-    label = "<stdin>" if isinstance(source, bytes) else str(source)
+    label = _source_label(source)
     if isinstance(source, bytes):
         return source, label
     try:
@@ -542,8 +547,7 @@ def read_image(source: str | Path | bytes, max_pixels: int | None = DEFAULT_MAX_
         data, label = _read_source(source, max_pixels)
         img = _open_checked(data, label, max_pixels)
     except _NotForPIL:  # from the bytes read (a FIFO cannot be read twice) or, unread, from the file
-        decoded = _read_tiff_pil_cannot_open(data if data is not None else source, max_pixels,
-                                             "<stdin>" if isinstance(source, bytes) else str(source))
+        decoded = _read_tiff_pil_cannot_open(data if data is not None else source, max_pixels, _source_label(source))
         if decoded is None:
             raise
         return decoded
